@@ -1,0 +1,10 @@
+"""MaskGIT in PyTorch: VQGAN tokenizer, bidirectional transformer, iterative parallel decoding and editing."""
+
+from .config import SampleConfig, TrainConfig, TransformerConfig, VQGANConfig
+from .errors import MaskGITError
+from .pipeline import Pipeline, load
+from .sampling import decode
+
+__all__ = ["Pipeline", "load", "decode", "SampleConfig", "TrainConfig", "TransformerConfig", "VQGANConfig",
+           "MaskGITError"]
+__version__ = "0.1.0"

@@ -1,0 +1,187 @@
+"""Weights on disk: a directory with ``config.json`` + ``model.safetensors`` (never pickle).
+
+``config.json`` = {"format": "maskgit", "format_version": 1, "kind": ..., "config": {...}, "meta": {...}}.
+Training state (optimizer, scheduler, RNG, data position) goes in ``train_state.safetensors`` +
+``train_state.json`` beside it. Writes are atomic: a temporary directory renamed into place."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import from_dict, to_dict
+from .errors import MaskGITError
+
+FORMAT_VERSION = 1
+
+# kind -> (module, config class, model class)
+KINDS = {
+    "vqgan": ("maskgit.vqgan", "VQGANConfig", "VQGAN"),
+    "transformer": ("maskgit.transformer", "TransformerConfig", "MaskGITTransformer"),
+    "ar": ("maskgit.autoregressive", "TransformerConfig", "ARTransformer"),
+    "features": ("maskgit.features", "FeatureNetConfig", "FeatureNet"),
+}
+
+
+def _classes(kind: str):
+    if kind not in KINDS:
+        raise MaskGITError(f"unknown model kind {kind!r} in config.json; known: {', '.join(KINDS)}")
+    mod_name, cfg_name, model_name = KINDS[kind]
+    mod = importlib.import_module(mod_name)
+    cfg_cls = getattr(mod, cfg_name, None) or getattr(importlib.import_module("maskgit.config"), cfg_name)
+    return cfg_cls, getattr(mod, model_name)
+
+
+def kind_of(model: torch.nn.Module) -> str:
+    for kind, (mod_name, _, model_name) in KINDS.items():
+        if type(model).__name__ == model_name and type(model).__module__ == mod_name:
+            return kind
+    raise MaskGITError(f"cannot save a {type(model).__name__}: not a known model kind")
+
+
+def atomic_dir(path: Path):
+    """Context manager: yields a temporary directory that replaces ``path`` on success."""
+
+    class _Ctx:
+        def __enter__(self):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+            return self.tmp
+
+        def __exit__(self, exc_type, exc, tb):
+            if exc_type is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return False
+            old = None
+            if path.exists():
+                old = path.parent / f".{path.name}.old{os.getpid()}"
+                os.replace(path, old)
+            os.replace(self.tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            return False
+
+    return _Ctx()
+
+
+def save_model(model: torch.nn.Module, path: str | Path, meta: dict | None = None,
+               dtype: torch.dtype | None = None, extra_files: dict[str, str] | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` for ``model`` (which has a ``.config`` dataclass)."""
+    path = Path(path)
+    kind = kind_of(model)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    doc = {"format": "maskgit", "format_version": FORMAT_VERSION, "kind": kind,
+           "config": to_dict(model.config), "meta": meta or {}}
+    with atomic_dir(path) as tmp:
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+    return path
+
+
+def read_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise MaskGITError(f"model directory {path} does not exist")
+    cfg_file = path / "config.json" if path.is_dir() else path
+    if not cfg_file.exists():
+        raise MaskGITError(f"{path} has no config.json: expected a directory with config.json + model.safetensors")
+    try:
+        doc = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MaskGITError(f"{cfg_file} is not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != "maskgit":
+        raise MaskGITError(f"{cfg_file} is not a maskgit config (no \"format\": \"maskgit\")")
+    if doc.get("format_version", 0) > FORMAT_VERSION:
+        raise MaskGITError(f"{cfg_file} has format_version {doc['format_version']}; this maskgit reads up to "
+                           f"{FORMAT_VERSION}: upgrade maskgit")
+    return doc
+
+
+def load_model(path: str | Path, expect: str | tuple[str, ...] | None = None,
+               device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the model described by ``path/config.json`` and load its weights (in eval mode, fp32)."""
+    path = Path(path)
+    doc = read_config(path)
+    kind = doc.get("kind")
+    if expect is not None and kind not in ((expect,) if isinstance(expect, str) else expect):
+        raise MaskGITError(f"{path} holds a {kind!r} model, but a {expect!r} model is needed here")
+    cfg_cls, model_cls = _classes(kind)
+    cfg = from_dict(cfg_cls, doc.get("config", {}), what=f"{path}/config.json")
+    model = model_cls(cfg)
+    load_weights(model, path / "model.safetensors")
+    model.meta = doc.get("meta", {})
+    return model.to(device).eval()
+
+
+def load_weights(model: torch.nn.Module, file: str | Path) -> None:
+    file = Path(file)
+    if not file.exists():
+        raise MaskGITError(f"{file} is missing: a model directory needs config.json + model.safetensors")
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MaskGITError(f"{file} is not a readable safetensors file ({e})") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise MaskGITError(f"{file} does not match the model in config.json: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise MaskGITError(f"{file}: {k} has shape {tuple(v.shape)}, the config needs {tuple(own[k].shape)}")
+        state[k] = v.to(own[k].dtype)
+    model.load_state_dict(state)
+
+
+# ---------------------------------------------------------------- training state (no pickle)
+def save_train_state(path: Path, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path / "train_state.safetensors"))
+    (path / "train_state.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+def load_train_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    try:
+        tensors = load_file(str(path / "train_state.safetensors"))
+        info = json.loads((path / "train_state.json").read_text())
+    except (OSError, SafetensorError, json.JSONDecodeError) as e:
+        raise MaskGITError(f"{path}: unreadable training state ({e}); resume from an earlier checkpoint") from None
+    return tensors, info
+
+
+def optimizer_to_flat(opt: torch.optim.Optimizer, prefix: str = "opt") -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for name, v in st.items():
+            key = f"{prefix}.{idx}.{name}"
+            if torch.is_tensor(v):
+                tensors[key] = v
+            else:
+                scalars[key] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict, info: dict, prefix: str = "opt") -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for key, v in info["scalars"].items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})

@@ -1,0 +1,63 @@
+"""The ``maskgit`` command: a thin dispatcher. Each subcommand lives in ``maskgit.commands.<name>`` and exposes
+``register(subparsers)``; it parses arguments into configs and calls library functions."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import MaskGITError
+
+# subcommand -> module in maskgit.commands (imported lazily so `maskgit --help` stays fast)
+COMMANDS = {
+    "data": "data",
+    "train-features": "features",
+    "train-tokenizer": "tokenizer",
+    "reconstruct": "tokenizer",
+    "tokenize": "tokenizer",
+    "train": "train",
+    "sample": "sample",
+    "edit": "sample",
+    "eval": "evaluate",
+    "bench": "bench",
+    "convert": "convert",
+    "serve": "serve",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maskgit", description="MaskGIT: masked generative image transformer.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    seen = set()
+    for mod_name in dict.fromkeys(COMMANDS.values()):
+        try:
+            mod = importlib.import_module(f"maskgit.commands.{mod_name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"maskgit.commands.{mod_name}":
+                continue  # not built yet
+            raise
+        mod.register(sub)
+        seen.add(mod_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except MaskGITError as e:
+        print(f"maskgit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

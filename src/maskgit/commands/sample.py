@@ -1,0 +1,141 @@
+"""`maskgit sample` and `maskgit edit`: generation and editing with a pipeline (default: the shipped model)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import SampleConfig, add_dataclass_args, override
+from ..errors import MaskGITError
+from .common import device_arg, parse_ints, resolve_device
+
+SAMPLE_FIELDS = ("steps", "schedule", "temperature", "top_k", "top_p", "choice_temperature", "cfg", "cfg_schedule")
+
+
+def _sample_args(p) -> None:
+    p.add_argument("--model", default=None, help="shipped model name or directory (default: fashion-mnist)")
+    p.add_argument("--seed", type=int, default=0)
+    device_arg(p)
+    add_dataclass_args(p, SampleConfig, skip=tuple(f for f in ("start_step",)))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sample", help="generate images",
+                       description="Generate images by MaskGIT iterative decoding (or with --arch ar, the "
+                                   "autoregressive baseline).")
+    _sample_args(p)
+    p.add_argument("--labels", default=None, help="comma-separated class ids, e.g. 0,3,7")
+    p.add_argument("--num", type=int, default=None, help="number of samples (with --labels: per label)")
+    p.add_argument("--out", default="samples.png", help="grid.png, or samples.npz (uint8 images + labels)")
+    p.add_argument("--show-steps", default=None, help="also write a strip of the intermediate images here")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--arch", default="maskgit", choices=["maskgit", "ar"])
+    p.add_argument("--no-cache", action="store_true", help="AR only: recompute the prefix at every step")
+    p.add_argument("--scale", type=int, default=2, help="grid PNG upscaling")
+    p.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("edit", help="inpaint, outpaint or class-edit an image",
+                       description="Edit an image: regenerate a masked region (--mask or --box), extend it "
+                                   "(--outpaint SIDE:TOKENS) or regenerate a box under a new class (--label).")
+    _sample_args(e)
+    e.add_argument("--image", required=True)
+    g = e.add_mutually_exclusive_group(required=True)
+    g.add_argument("--mask", help="PNG mask of the image's size: white = regenerate")
+    g.add_argument("--box", help="x,y,w,h in pixels")
+    g.add_argument("--outpaint", help="SIDE:TOKENS, e.g. right:2")
+    e.add_argument("--label", type=int, default=None, help="class for the regenerated region")
+    e.add_argument("--class-edit", action="store_true", help="class-conditional edit: start later in the schedule")
+    e.add_argument("--start-step", type=int, default=None)
+    e.add_argument("--dilate", type=int, default=0, help="grow the token mask by this many tokens")
+    e.add_argument("--feather", type=int, default=2, help="blend radius in pixels")
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=cmd_edit)
+
+
+def _labels(args, pipe) -> list[int] | None:
+    if args.labels is None:
+        if pipe.transformer.config.num_classes and args.num is None:
+            return [i for i in range(pipe.transformer.config.num_classes) for _ in range(8)]
+        return None
+    labels = parse_ints(args.labels, "--labels")
+    if not labels:
+        raise MaskGITError("--labels is empty")
+    return [l for l in labels for _ in range(args.num or 1)]
+
+
+def cmd_sample(args) -> int:
+    from ..imageio import make_grid, save_png
+    from ..pipeline import load
+    pipe = load(args.model, resolve_device(args.device))
+    cfg = override(SampleConfig(), args)
+    kw = {f: getattr(cfg, f) for f in SAMPLE_FIELDS}
+    labels = _labels(args, pipe)
+    n = len(labels) if labels is not None else (args.num or 1)
+    t0 = time.time()
+    chunks, steps_imgs = [], None
+    gen = torch.Generator().manual_seed(args.seed)
+    for i in range(0, n, args.batch_size):
+        lab = labels[i:i + args.batch_size] if labels is not None else None
+        num = None if lab is not None else min(args.batch_size, n - i)
+        if args.arch == "ar":
+            if pipe.ar is None:
+                raise MaskGITError("this model has no AR baseline (ar/ directory)")
+            lt = pipe.check_labels(lab if lab is not None else [-1] * num)
+            toks = pipe.ar.generate(lt.to(pipe.device), pipe.sample_config(**kw), gen, use_cache=not args.no_cache)
+            chunks.append(pipe.to_images(toks))
+        elif args.show_steps and i == 0:
+            imgs, steps_imgs = pipe.generate(lab, num, generator=gen, output="tensor", return_steps=True, **kw)
+            chunks.append(imgs)
+        else:
+            chunks.append(pipe.generate(lab, num, generator=gen, output="tensor", **kw))
+    images = torch.cat(chunks)
+    dt = time.time() - t0
+    out = Path(args.out)
+    u8 = (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    if out.suffix == ".npz":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, images=u8, labels=np.asarray(labels if labels is not None else [-1] * n))
+    else:
+        names = pipe.class_names
+        captions = [names[l] for l in labels] if (labels is not None and names) else None
+        ncol = args.num if (args.labels and args.num and args.num > 1) else (8 if labels and not args.labels else None)
+        save_png(make_grid(u8, captions, ncol=ncol, scale=args.scale), out)
+    if steps_imgs is not None:
+        rows = [torch.stack([s[j] for s in steps_imgs] + [images[j]]) for j in range(min(8, len(images)))]
+        strip = make_grid(torch.cat(rows), ncol=len(steps_imgs) + 1, scale=args.scale)
+        save_png(strip, args.show_steps)
+        print(f"wrote {args.show_steps}")
+    print(f"wrote {n} images to {out} in {dt:.2f}s ({dt / n:.4f} s/image)")
+    return 0
+
+
+def cmd_edit(args) -> int:
+    from ..imageio import load_image, save_png
+    from ..pipeline import load
+    pipe = load(args.model, resolve_device(args.device))
+    cfg = override(SampleConfig(), args)
+    kw = {f: getattr(cfg, f) for f in SAMPLE_FIELDS}
+    size = pipe.grid[0] * pipe.tokenizer.config.downsample
+    image = load_image(args.image, pipe.tokenizer.channels, size=None)
+    if image.shape[-2:] != (size, size):
+        raise MaskGITError(f"{args.image} is {image.shape[-1]}x{image.shape[-2]}; this model edits {size}x{size}"
+                           f" images")
+    if args.outpaint:
+        from ..editing import parse_outpaint
+        side, n = parse_outpaint(args.outpaint)
+        out = pipe.outpaint(image, side, n, label=args.label, seed=args.seed, output="np", **kw)
+    elif args.class_edit or args.start_step is not None:
+        if args.box is None or args.label is None:
+            raise MaskGITError("a class edit needs --box and --label")
+        out = pipe.edit(image, box=parse_ints(args.box, "--box"), label=args.label, start_step=args.start_step,
+                        feather=args.feather, seed=args.seed, output="np", **kw)
+    else:
+        out = pipe.inpaint(image, mask=args.mask, box=parse_ints(args.box, "--box") if args.box else None,
+                           label=args.label, dilate=args.dilate, feather=args.feather, seed=args.seed,
+                           output="np", **kw)
+    save_png(out[0], args.out)
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,236 @@
+"""`maskgit train-tokenizer`, `maskgit reconstruct`, `maskgit tokenize`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import load_model
+from ..config import (TokenizerTrainConfig, TrainConfig, VQGAN_PRESETS, add_dataclass_args, override,
+                      vqgan_preset)
+from ..errors import MaskGITError
+from .common import device_arg, resolve_device
+
+# the tokenizer stage's own defaults (TrainConfig's are the transformer's)
+TOKENIZER_TRAIN_DEFAULTS = TrainConfig(batch_size=128, lr=2e-4, warmup_steps=500, max_steps=20_000,
+                                       weight_decay=0.0, beta1=0.5, beta2=0.9, grad_clip=1.0, save_every=1000,
+                                       label_smoothing=0.0, cond_dropout=0.0, val_batches=4)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train-tokenizer", help="train a VQGAN tokenizer",
+                       description="Train a VQGAN tokenizer (reconstruction + perceptual + VQ + adversarial losses).")
+    p.add_argument("--data", required=True, help="dataset name (see `maskgit data list`)")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--preset", default="fmnist-f4", help=f"one of {', '.join(VQGAN_PRESETS)}")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, logs, final/)")
+    p.add_argument("--perceptual", default="none", help="none | features:PATH (a `maskgit train-features` model)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    device_arg(p)
+    add_dataclass_args(p, TrainConfig, skip=("label_smoothing", "mask_schedule", "loss_on_all_tokens",
+                                             "cond_dropout"))
+    add_dataclass_args(p, TokenizerTrainConfig)
+    p.set_defaults(func=cmd_train_tokenizer)
+
+    r = sub.add_parser("reconstruct", help="encode + decode images; tokenizer metrics",
+                       description="Reconstruct dataset images through a tokenizer and report PSNR, SSIM, "
+                                   "codebook usage/perplexity and (with --features) reconstruction FD and accuracy.")
+    r.add_argument("--model", required=True, help="tokenizer directory (config.json + model.safetensors)")
+    r.add_argument("--data", required=True)
+    r.add_argument("--split", default="test")
+    r.add_argument("-n", type=int, default=10000, help="number of images")
+    r.add_argument("--out", default=None, help="recon.png (side by side) or recon.npz (uint8 images + labels)")
+    r.add_argument("--features", default=None, help="feature network directory for FD / class accuracy")
+    r.add_argument("--json", default=None, help="write the metrics here")
+    r.add_argument("--batch-size", type=int, default=250)
+    device_arg(r)
+    r.set_defaults(func=cmd_reconstruct)
+
+    t = sub.add_parser("tokenize", help="encode a dataset into a token store",
+                       description="Encode a dataset once into a memory-mapped token store for transformer training.")
+    t.add_argument("--model", required=True, help="tokenizer directory")
+    t.add_argument("--data", required=True)
+    t.add_argument("--split", default="train")
+    t.add_argument("--image-size", type=int, default=None)
+    t.add_argument("--out", required=True, help="token store directory")
+    t.add_argument("--batch-size", type=int, default=500)
+    t.add_argument("--flip", action="store_true", help="also store horizontally flipped copies")
+    device_arg(t)
+    t.set_defaults(func=cmd_tokenize)
+
+
+def _load_images(name: str, split: str, image_size: int | None):
+    from ..data import load_dataset
+    return load_dataset(name, split=split, image_size=image_size)
+
+
+def cmd_train_tokenizer(args) -> int:
+    from ..features import FeatureNet  # noqa: F401  (registers the kind)
+    from ..losses import TokenizerTask
+    from ..train import DatasetSource, train
+    from ..vqgan import VQGAN
+
+    device = resolve_device(args.device)
+    vcfg = vqgan_preset(args.preset)
+    train_ds = _load_images(args.data, "train", args.image_size)
+    if train_ds[0][0].shape[0] != vcfg.channels:
+        vcfg = dataclasses.replace(vcfg, channels=train_ds[0][0].shape[0])
+    size = train_ds[0][0].shape[-1]
+    vcfg = dataclasses.replace(vcfg, image_size=size)
+    try:
+        val_ds = _load_images(args.data, "test", args.image_size)
+    except MaskGITError:
+        val_ds = None
+    tcfg = override(TOKENIZER_TRAIN_DEFAULTS, args)
+    lcfg = override(TokenizerTrainConfig(), args)
+    percep = None
+    if args.perceptual != "none":
+        if not args.perceptual.startswith("features:"):
+            raise MaskGITError("--perceptual must be 'none' or 'features:PATH'")
+        percep = load_model(args.perceptual.split(":", 1)[1], "features")
+    task = TokenizerTask(VQGAN(vcfg), lcfg, percep)
+    out = Path(args.out)
+    fixed = torch.stack([val_ds[i][0] if val_ds is not None else train_ds[i][0] for i in range(32)])
+
+    def sample_fn(task, step):
+        from ..imageio import make_grid, save_png
+        task.model.eval()
+        with torch.no_grad():
+            x = fixed.to(next(task.model.parameters()).device)
+            rec = task.model.decode(task.model.encode(x))
+        task.model.train()
+        both = torch.stack([x.cpu(), rec.cpu()], 1).flatten(0, 1)  # original, reconstruction, ...
+        save_png(make_grid(both, ncol=16, scale=2), out / f"recon_{step:08d}.png")
+
+    meta = {"dataset": args.data, "preset": args.preset, "command": "maskgit " + " ".join(sys.argv[1:]),
+            "perceptual": args.perceptual, "losses": dataclasses.asdict(lcfg)}
+    t0 = time.time()
+    res = train(task, DatasetSource(train_ds), tcfg, out, val_data=DatasetSource(val_ds) if val_ds else None,
+                resume=args.resume, device=device, sample_fn=sample_fn, meta=meta)
+    print(json.dumps({"step": res.step, "wall_s": round(time.time() - t0, 1),
+                      **{k: round(v, 5) for k, v in res.metrics.items() if isinstance(v, float)}}))
+    print(f"tokenizer written to {out / 'final'}")
+    return 0
+
+
+# ------------------------------------------------------------------ metrics
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [0,1]."""
+    mse = (x - y).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return -10 * torch.log10(mse)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 7, sigma: float = 1.5) -> torch.Tensor:
+    """Per-image SSIM (Gaussian window, channels averaged) for images in [0,1]."""
+    import torch.nn.functional as F
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    g = torch.exp(-(torch.arange(window) - window // 2).float() ** 2 / (2 * sigma ** 2))
+    g = (g / g.sum())
+    k = (g[:, None] * g[None]).expand(x.shape[1], 1, window, window).to(x)
+    f = lambda t: F.conv2d(t, k, groups=x.shape[1])  # noqa: E731
+    mx, my = f(x), f(y)
+    vx, vy, cxy = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)
+
+
+@torch.no_grad()
+def reconstruct(model, images: torch.Tensor, batch_size: int, device: str):
+    """uint8/float images (N,C,H,W) -> (reconstructions float (N,C,H,W), tokens (N,h,w))."""
+    tokens = encode_all(model, images, batch_size, device)
+    recs = [model.decode(tokens[i:i + batch_size].to(device)).cpu() for i in range(0, len(tokens), batch_size)]
+    return torch.cat(recs), tokens
+
+
+def cmd_reconstruct(args) -> int:
+    from ..imageio import make_grid, save_png
+    device = resolve_device(args.device)
+    model = load_model(args.model, "vqgan", device)
+    ds = _load_images(args.data, args.split, model.config.image_size)
+    n = min(args.n, len(ds))
+    if hasattr(ds, "images"):
+        images, labels = ds.images[:n], ds.targets[:n]
+    else:
+        items = [ds[i] for i in range(n)]
+        images, labels = torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
+    t0 = time.time()
+    rec, tokens = reconstruct(model, images, args.batch_size, device)
+    x = images.float() / 255 if images.dtype == torch.uint8 else images
+    K = model.codebook_size
+    counts = torch.bincount(tokens.flatten(), minlength=K).float()
+    p = counts / counts.sum()
+    metrics = {"n": n, "psnr": float(psnr(rec, x).mean()), "ssim": float(ssim(rec, x).mean()),
+               "codebook_usage": float((counts > 0).float().mean()),
+               "perplexity": float(torch.exp(-(p * torch.log(p + 1e-10)).sum())),
+               "seconds": round(time.time() - t0, 2)}
+    if args.features:
+        from ..metrics import ProjectFeatures, frechet_distance
+        from ..features import accuracy
+        net = load_model(args.features, "features", device)
+        ext = ProjectFeatures(net)
+        metrics["fd_recon"] = float(frechet_distance(_feats(ext, x), _feats(ext, rec)))
+        metrics["acc_original"] = accuracy(net, x, labels)
+        metrics["acc_recon"] = accuracy(net, rec, labels)
+    for k, v in metrics.items():
+        print(f"{k:16s} {v:.4f}" if isinstance(v, float) else f"{k:16s} {v}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(metrics, indent=1) + "\n")
+    if args.out:
+        out = Path(args.out)
+        if out.suffix == ".npz":
+            u8 = (rec.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            np.savez(out, images=u8, labels=np.asarray(labels))
+        else:
+            k = min(n, 32)
+            both = torch.stack([x[:k], rec[:k]], 1).flatten(0, 1)
+            save_png(make_grid(both, ncol=16, scale=2), out)
+        print(f"wrote {out}")
+    return 0
+
+
+def _feats(ext, images: torch.Tensor) -> np.ndarray:
+    return np.concatenate([np.asarray(ext(images[i:i + 500])) for i in range(0, len(images), 500)])
+
+
+def cmd_tokenize(args) -> int:
+    from ..tokenstore import model_hash, write_store
+    device = resolve_device(args.device)
+    model = load_model(args.model, "vqgan", device)
+    ds = _load_images(args.data, args.split, args.image_size or model.config.image_size)
+    t0 = time.time()
+    if hasattr(ds, "images"):
+        images = ds.images
+        targets = ds.targets.numpy() if torch.is_tensor(ds.targets) else ds.targets
+    else:
+        items = [ds[i] for i in range(len(ds))]
+        images, targets = torch.stack([a for a, _ in items]), [b for _, b in items]
+    tokens = encode_all(model, images, args.batch_size, device)
+    if args.flip:
+        ft = encode_all(model, images.flip(-1), args.batch_size, device)
+        tokens = torch.cat([tokens, ft])
+        targets = list(targets) * 2 if not isinstance(targets, np.ndarray) else np.concatenate([targets, targets])
+    captioned = len(targets) and isinstance(targets[0], str)
+    meta = {"dataset": args.data, "split": args.split, "codebook_size": model.codebook_size,
+            "tokenizer": str(Path(args.model).resolve()), "tokenizer_hash": model_hash(model),
+            "classes": getattr(ds, "classes", None)}
+    write_store(args.out, tokens.numpy(), labels=None if captioned else np.asarray(targets),
+                captions=list(targets) if captioned else None, meta=meta)
+    print(f"wrote {len(tokens)} token grids {tuple(tokens.shape[1:])} to {args.out} in {time.time() - t0:.1f}s")
+    return 0
+
+
+@torch.no_grad()
+def encode_all(model, images: torch.Tensor, batch_size: int, device: str) -> torch.Tensor:
+    """uint8/float images (N,C,H,W) -> tokens (N,h,w), in batches."""
+    toks = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        toks.append(model.encode(x.float() / 255 if x.dtype == torch.uint8 else x).cpu())
+    return torch.cat(toks)

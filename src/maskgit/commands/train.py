@@ -1,0 +1,98 @@
+"""`maskgit train`: the transformer stage (MaskGIT or the AR baseline) on a token store."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_model
+from ..config import TRANSFORMER_PRESETS, SampleConfig, TrainConfig, add_dataclass_args, override, transformer_preset
+from ..errors import MaskGITError
+from .common import device_arg, resolve_device
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train the MaskGIT transformer (or the AR baseline) on a token store",
+                       description="Masked-token training (MaskGIT) or next-token training (--arch ar) on a token "
+                                   "store made by `maskgit tokenize`. Resumable (--resume); runs under torchrun.")
+    p.add_argument("--tokens", required=True, help="token store directory (training split)")
+    p.add_argument("--val-tokens", default=None, help="token store for validation loss / accuracy")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory: checks the store's hash, draws samples")
+    p.add_argument("--preset", default="maskgit-small-8x8", help=f"one of {', '.join(TRANSFORMER_PRESETS)}")
+    p.add_argument("--arch", default="maskgit", choices=["maskgit", "ar"])
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true")
+    device_arg(p)
+    add_dataclass_args(p, TrainConfig)
+    p.set_defaults(func=cmd_train)
+
+
+def build_model(preset: str, arch: str, store_meta: dict, num_classes: int | None):
+    from ..autoregressive import ARTransformer
+    from ..transformer import MaskGITTransformer
+    cfg = transformer_preset(preset)
+    grid = store_meta["grid"]
+    changes = {"arch": arch, "codebook_size": store_meta["codebook_size"], "grid_size": grid[0]}
+    if grid[0] != grid[1]:
+        raise MaskGITError(f"token grids must be square, the store has {grid}")
+    if num_classes is not None:
+        changes["num_classes"] = num_classes
+    cfg = dataclasses.replace(cfg, **changes)
+    return (ARTransformer if arch == "ar" else MaskGITTransformer)(cfg)
+
+
+def cmd_train(args) -> int:
+    from ..masking import MaskedTokenTask, NextTokenTask
+    from ..tokenstore import TokenStore, model_hash
+    from ..train import train
+
+    device = resolve_device(args.device)
+    tokenizer = load_model(args.tokenizer, "vqgan") if args.tokenizer else None
+    h = model_hash(tokenizer) if tokenizer is not None else None
+    store = TokenStore(args.tokens, h)
+    val = TokenStore(args.val_tokens, h) if args.val_tokens else None
+    classes = store.meta.get("classes")
+    num_classes = int(store.labels.max()) + 1 if store.labels is not None else 0
+    if classes:
+        num_classes = len(classes)
+    model = build_model(args.preset, args.arch, store.meta, num_classes)
+    cfg = override(TrainConfig(), args)
+    if len(store) < cfg.batch_size:
+        raise MaskGITError(f"{args.tokens} holds {len(store)} examples, fewer than --batch-size {cfg.batch_size}")
+    task = (NextTokenTask if args.arch == "ar" else MaskedTokenTask)(model, cfg)
+    out = Path(args.out)
+    meta = {"command": "maskgit " + " ".join(sys.argv[1:]), "tokens": str(Path(args.tokens).resolve()),
+            "class_names": classes, "arch": args.arch, "preset": args.preset}
+    if args.tokenizer:
+        meta["tokenizer"] = str(Path(args.tokenizer).resolve())
+
+    def sample_fn(task, step):
+        if tokenizer is None or not num_classes:
+            return
+        from ..imageio import make_grid, save_png
+        from ..pipeline import Pipeline
+        m = task.model
+        m.eval()
+        labels = torch.arange(num_classes).repeat_interleave(4)
+        if args.arch == "ar":
+            toks = m.generate(labels, SampleConfig(), torch.Generator().manual_seed(0))
+            g = m.config.grid_size
+            imgs = tokenizer.to(toks.device).decode(toks.view(-1, g, g))  # (B, h, w) -> images
+        else:
+            imgs = Pipeline(tokenizer, m, device=next(m.parameters()).device).generate(labels, output="tensor")
+        m.train()
+        save_png(make_grid(imgs.cpu(), ncol=8, scale=2), out / f"samples_{step:08d}.png")
+
+    t0 = time.time()
+    res = train(task, store, cfg, out, val_data=val, resume=args.resume, device=device, sample_fn=sample_fn,
+                meta=meta)
+    if res.step and (out / "final").exists():
+        print(json.dumps({"step": res.step, "wall_s": round(time.time() - t0, 1),
+                          **{k: round(v, 5) for k, v in res.metrics.items() if isinstance(v, float)}}))
+        print(f"model written to {out / 'final'}")
+    return 0

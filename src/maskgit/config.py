@@ -1,0 +1,262 @@
+"""Every shape and knob of the project as frozen dataclasses, plus named presets.
+
+A model is fully described by its config; configs round-trip through JSON (``to_dict`` / ``from_dict``)
+and the CLI builds its flags from the dataclass fields, so nothing is written twice."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import MaskGITError
+
+
+@dataclass(frozen=True)
+class VQGANConfig:
+    """The official MaskGIT tokenizer layout (conv encoder/decoder around a vector quantizer)."""
+
+    channels: int = 3  # image channels in and out
+    filters: int = 128
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # one entry per level; 2x pooling between levels
+    num_res_blocks: int = 2
+    embedding_dim: int = 256
+    codebook_size: int = 1024
+    num_groups: int = 32  # GroupNorm groups (eps 1e-6)
+    official_shortcut: bool = True  # released weights: out + conv1x1(out) where the width changes
+    commitment_cost: float = 0.25
+    entropy_loss_weight: float = 0.0
+    image_size: int = 256  # nominal training resolution (the network is fully convolutional)
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    def grid_shape(self, image_size: int | None = None) -> tuple[int, int]:
+        s = (image_size or self.image_size) // self.downsample
+        return (s, s)
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Bidirectional (MaskGIT) or causal (AR baseline) transformer over a token grid."""
+
+    codebook_size: int = 1024
+    num_classes: int = 1000
+    grid_size: int = 16  # tokens per side
+    width: int = 768
+    depth: int = 24
+    heads: int = 16
+    mlp_dim: int = 3072
+    dropout: float = 0.1
+    null_class: bool = False  # one extra "no class" id (classifier-free guidance); the official model has none
+    arch: str = "maskgit"  # "maskgit" (bidirectional, post-LN, official) or "ar" (causal, raster order)
+    text_dim: int = 0  # >0: condition on text embeddings of this size (cross-attention)
+    text_len: int = 0  # tokens of text context
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size * self.grid_size
+
+    @property
+    def null_id(self) -> int:
+        if not self.null_class:
+            raise MaskGITError("this model has no 'no class' id: train it with null_class=True to use CFG")
+        return self.codebook_size + self.num_classes
+
+    @property
+    def vocab_size(self) -> int:
+        return self.codebook_size + self.num_classes + int(self.null_class) + 1
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size - 1
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """MaskGIT iterative decoding (official semantics; see sampling.decode)."""
+
+    steps: int = 8
+    schedule: str = "cosine"
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    choice_temperature: float = 4.5
+    cfg: float = 0.0  # classifier-free guidance scale (0 = off)
+    cfg_schedule: str = "constant"  # "constant" or "linear" (ramps 0 -> cfg over the steps)
+    start_step: int = 0  # >0 starts later in the schedule (class-conditional editing)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, bookkeeping and masking for the transformer stage (and shared by the tokenizer stage)."""
+
+    batch_size: int = 256
+    lr: float = 1e-4
+    warmup_steps: int = 5000
+    max_steps: int = 100_000
+    lr_schedule: str = "cosine"  # or "constant"
+    weight_decay: float = 0.045
+    beta1: float = 0.9
+    beta2: float = 0.96
+    grad_clip: float = 1.0
+    ema: float = 0.0  # 0 = off, else decay
+    label_smoothing: float = 0.1
+    mask_schedule: str = "cosine"
+    loss_on_all_tokens: bool = False
+    cond_dropout: float = 0.1  # probability of replacing the class by the "no class" id
+    seed: int = 0
+    save_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 50
+    sample_every: int = 0  # 0 = only at the end
+    eval_every: int = 0  # 0 = only at the end
+    val_batches: int = 8
+    amp: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; "off" | "bf16"
+    max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
+
+
+@dataclass(frozen=True)
+class TokenizerTrainConfig:
+    """Losses of the tokenizer stage (the optimiser settings come from TrainConfig)."""
+
+    l1_weight: float = 0.0
+    l2_weight: float = 1.0
+    perceptual_weight: float = 0.1
+    disc_weight: float = 0.1
+    disc_start: int = 2000
+    disc_filters: int = 64
+    disc_layers: int = 3
+    restart_dead_codes: bool = True
+    dead_code_steps: int = 100  # a code unused for this many steps is re-seeded from encoder outputs
+
+
+# ---------------------------------------------------------------- presets
+VQGAN_PRESETS: dict[str, VQGANConfig] = {
+    # Official MaskGIT ImageNet tokenizer: 54.5M parameters; 16x16 tokens at 256 px, 32x32 at 512 px.
+    "imagenet-f16": VQGANConfig(),
+    # 32 px grey images -> 8x8 tokens (Fashion-MNIST); see weights/fashion-mnist/tokenizer/README.md.
+    "fmnist-f4": VQGANConfig(channels=1, filters=64, channel_mult=(1, 2, 2), num_res_blocks=2,
+                             embedding_dim=64, codebook_size=512, image_size=32),
+    # 32 px grey images -> 16x16 = 256 tokens.
+    "fmnist-f2": VQGANConfig(channels=1, filters=64, channel_mult=(1, 2), num_res_blocks=2,
+                             embedding_dim=64, codebook_size=512, image_size=32),
+    # 32 px colour images -> 8x8 tokens (emoji).
+    "rgb32-f4": VQGANConfig(channels=3, filters=64, channel_mult=(1, 2, 2), num_res_blocks=2,
+                            embedding_dim=64, codebook_size=512, image_size=32),
+    # Tests only.
+    "tiny": VQGANConfig(channels=1, filters=16, channel_mult=(1, 2), num_res_blocks=1, embedding_dim=8,
+                        codebook_size=32, num_groups=4, image_size=16),
+}
+
+TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
+    # Official MaskGIT ImageNet 256: 24 x 768, vocabulary 2025, 257 positions, 172.5M parameters.
+    "maskgit-imagenet256": TransformerConfig(),
+    "maskgit-imagenet512": TransformerConfig(grid_size=32),
+    # Small class-conditional models for 8x8 and 16x16 grids (Fashion-MNIST: 512 codes, 10 classes).
+    "maskgit-small-8x8": TransformerConfig(codebook_size=512, num_classes=10, grid_size=8, width=256, depth=6,
+                                           heads=8, mlp_dim=1024, dropout=0.1, null_class=True),
+    "maskgit-small-16x16": TransformerConfig(codebook_size=512, num_classes=10, grid_size=16, width=256,
+                                             depth=6, heads=8, mlp_dim=1024, dropout=0.1, null_class=True),
+    # Tests only.
+    "tiny": TransformerConfig(codebook_size=32, num_classes=4, grid_size=4, width=32, depth=2, heads=2,
+                              mlp_dim=64, dropout=0.0, null_class=True),
+}
+
+
+def vqgan_preset(name: str) -> VQGANConfig:
+    return _preset(VQGAN_PRESETS, name, "tokenizer")
+
+
+def transformer_preset(name: str) -> TransformerConfig:
+    return _preset(TRANSFORMER_PRESETS, name, "transformer")
+
+
+def _preset(table: dict, name: str, what: str):
+    if name not in table:
+        raise MaskGITError(f"unknown {what} preset {name!r}; choose one of: {', '.join(sorted(table))}")
+    return table[name]
+
+
+# ---------------------------------------------------------------- (de)serialisation
+def to_dict(cfg: Any) -> dict:
+    return {f.name: (list(v) if isinstance(v := getattr(cfg, f.name), tuple) else v)
+            for f in dataclasses.fields(cfg)}
+
+
+def from_dict(cls: type, d: dict, what: str = "config") -> Any:
+    """Build ``cls`` from a JSON dict, rejecting unknown keys and wrong types with a clear message."""
+    if not isinstance(d, dict):
+        raise MaskGITError(f"{what}: expected a JSON object, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise MaskGITError(f"{what}: unknown field(s) {sorted(unknown)} for {cls.__name__}")
+    kwargs = {}
+    for k, v in d.items():
+        kwargs[k] = _coerce(hints[k], v, f"{what}.{k}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, v: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(v, (list, tuple)):
+            raise MaskGITError(f"{where}: expected a list, got {v!r}")
+        return tuple(int(x) for x in v)
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise MaskGITError(f"{where}: expected true/false, got {v!r}")
+        return v
+    if tp is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise MaskGITError(f"{where}: expected an integer, got {v!r}")
+        return v
+    if tp is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise MaskGITError(f"{where}: expected a number, got {v!r}")
+        return float(v)
+    if tp is str:
+        if not isinstance(v, str):
+            raise MaskGITError(f"{where}: expected a string, got {v!r}")
+        return v
+    return v
+
+
+def add_dataclass_args(parser, cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per dataclass field (defaults None = keep the config's value)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        tp = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if tp is bool:
+            parser.add_argument(flag, dest=prefix + f.name, default=None,
+                                type=lambda s: s.lower() in ("1", "true", "yes", "on"),
+                                help=f"true/false (default {default})")
+        elif typing.get_origin(tp) is tuple:
+            parser.add_argument(flag, dest=prefix + f.name, default=None,
+                                type=lambda s: tuple(int(x) for x in s.split(",")),
+                                help=f"comma-separated ints (default {','.join(map(str, default))})")
+        else:
+            parser.add_argument(flag, dest=prefix + f.name, default=None, type=tp, help=f"(default {default})")
+
+
+def override(cfg: Any, args: Any, prefix: str = "") -> Any:
+    """Return ``cfg`` with every field that was given on the command line replaced."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(args, prefix + f.name, None)
+        if v is not None:
+            changes[f.name] = v
+    return dataclasses.replace(cfg, **changes)
+
+
+__all__ = ["VQGANConfig", "TransformerConfig", "SampleConfig", "TrainConfig", "TokenizerTrainConfig",
+           "VQGAN_PRESETS", "TRANSFORMER_PRESETS", "vqgan_preset", "transformer_preset", "to_dict",
+           "from_dict", "add_dataclass_args", "override", "field"]

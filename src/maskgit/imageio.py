@@ -1,0 +1,223 @@
+"""Image files and pictures: decode any common file to RGB, tensors <-> uint8 arrays, PNG grids with labels.
+
+Shared by the datasets, the CLI (``maskgit data show``, ``sample``, ``edit``) and the server."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from .errors import MaskGITError
+
+WHITE = (255, 255, 255)
+
+
+# ---------------------------------------------------------------- conversions
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Float images (B,C,H,W) or (C,H,W) in [0,1] -> uint8 numpy (B,H,W,C) or (H,W,C), rounded."""
+    if x.dim() not in (3, 4):
+        raise MaskGITError(f"expected images shaped (B,C,H,W) or (C,H,W), got {tuple(x.shape)}")
+    x = x.detach().float().cpu().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.movedim(-3, -1).contiguous().numpy()  # (..., H, W, C)
+
+
+def _as_nhwc(images) -> np.ndarray:
+    """uint8 (N,H,W,C)/(N,H,W) arrays, float or uint8 tensors (N,C,H,W), or a list of PIL images -> (N,H,W,C)."""
+    if isinstance(images, (list, tuple)) and images and isinstance(images[0], Image.Image):
+        images = np.stack([np.asarray(to_rgb(im)) for im in images])
+    if isinstance(images, torch.Tensor):
+        if images.dim() == 3:
+            images = images[None]
+        images = to_uint8(images) if images.is_floating_point() else images.movedim(1, -1).cpu().numpy()
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]  # (N,H,W) grey
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise MaskGITError(f"expected uint8 images (N,H,W,C), got {images.dtype} {images.shape}")
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    return images
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: alpha is composited on white, 16/32-bit grey is scaled (not clipped) to 8 bits."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        a = np.asarray(img).astype(np.float64)
+        if img.mode == "F":
+            a = a * 255.0 if a.size and a.max() <= 1.0 else a
+        elif img.mode.startswith("I;16") or (a.size and a.max() > 255):
+            a = np.clip(a, 0, 65535) / 257.0  # 16-bit range -> 8-bit range
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("P", "PA") and ("transparency" in img.info or img.mode == "PA"):
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, WHITE + (255,))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image file (EXIF rotation applied); MaskGITError naming the file if it can't."""
+    path = Path(path)
+    if not path.is_file():
+        raise MaskGITError(f"image file {path} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "palette images with transparency": handled by to_rgb
+            with Image.open(path) as im:
+                im.load()
+                out = ImageOps.exif_transpose(im)
+                return im.copy() if out is None or out is im else out  # still usable once the file closes
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise MaskGITError(f"{path} is not a readable image ({e}): re-save it as PNG or JPEG") from None
+
+
+def check_image(path: str | Path) -> str | None:
+    """None when ``path`` is a readable image (header check plus a full decode), else the reason."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    """Resize (bicubic, antialiased) so the shorter side is ``size``, keeping the aspect ratio."""
+    w, h = img.size
+    if min(w, h) == size:
+        return img
+    s = size / min(w, h)
+    return img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
+
+
+def crop_square(img: Image.Image, size: int, left: int | None = None, top: int | None = None) -> Image.Image:
+    """A ``size`` x ``size`` crop; centred unless ``left``/``top`` are given."""
+    w, h = img.size
+    left = (w - size) // 2 if left is None else left
+    top = (h - size) // 2 if top is None else top
+    return img.crop((left, top, left + size, top + size))
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL (L or RGB) -> float tensor (C,H,W) in [0,1]."""
+    a = np.asarray(img, dtype=np.uint8)
+    a = a[..., None] if a.ndim == 2 else a
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255.0)  # (C,H,W)
+
+
+def load_image(path: str | Path, channels: int = 3, size: int | None = None) -> torch.Tensor:
+    """Read an image file as a float tensor (C,H,W) in [0,1]; ``size``: resize shorter side + centre crop."""
+    if channels not in (1, 3):
+        raise MaskGITError(f"channels must be 1 (grey) or 3 (RGB), not {channels}")
+    img = to_rgb(open_image(path))
+    if size is not None:
+        img = crop_square(resize_shorter(img, size), size)
+    return pil_to_tensor(img.convert("L") if channels == 1 else img)
+
+
+def to_pil(image) -> Image.Image:
+    """PIL, uint8 array (H,W[,C]) or float tensor (C,H,W)/(1,C,H,W) in [0,1] -> PIL image."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, torch.Tensor):
+        image = to_uint8(image if image.dim() == 3 else image[0]) if image.is_floating_point() else image.numpy()
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 3, 4)):
+        raise MaskGITError(f"cannot save an array of {a.dtype} {a.shape} as an image: expected uint8 (H,W,C)")
+    return Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a)
+
+
+def save_png(image, path: str | Path) -> Path:
+    """Write ``image`` (PIL, uint8 (H,W,C) array or float (C,H,W) tensor) as PNG, creating parent folders."""
+    path = Path(path)
+    img = to_pil(image)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, format="PNG")
+    except OSError as e:
+        raise MaskGITError(f"cannot write {path} ({e.strerror or e}): choose a writable path") from None
+    return path
+
+
+# ---------------------------------------------------------------- grids
+
+def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fit_lines(text: str, font, width: int, max_lines: int) -> list[str]:
+    """Word-wrap ``text`` into at most ``max_lines`` lines of ``width`` px; the last one ends in '…' if cut."""
+    words, lines = text.split(), []
+    while words and len(lines) < max_lines:
+        line = words.pop(0)
+        while words and font.getlength(line + " " + words[0]) <= width:
+            line += " " + words.pop(0)
+        lines.append(line)
+    if lines and (words or font.getlength(lines[-1]) > width):
+        last = lines[-1]
+        while last and font.getlength(last + "…") > width:
+            last = last[:-1]
+        lines[-1] = last.rstrip() + "…"
+    return lines
+
+
+def make_grid(images, labels: list[str] | None = None, ncol: int | None = None, scale: int = 1,
+              pad: int = 2, label_lines: int = 1, font_size: int = 11) -> Image.Image:
+    """Tile images (uint8 (N,H,W,C) or float tensors (N,C,H,W)) on white, ``ncol`` per row (default ~square),
+    each enlarged ``scale`` x (nearest) with its label in small text under it (``label_lines`` lines, cut to fit).
+
+    Size: ncol*(W*scale+pad)+pad wide, nrow*(H*scale+label_h+pad)+pad high, label_h = 0 without labels."""
+    arr = _as_nhwc(images)
+    n, h, w, _ = arr.shape
+    if n == 0:
+        raise MaskGITError("no images to put in a grid")
+    if labels is not None and len(labels) != n:
+        raise MaskGITError(f"{n} images but {len(labels)} labels")
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    cw, ch = w * scale, h * scale
+    font = _font(font_size)
+    line_h = font_size + 2
+    label_h = line_h * label_lines + 2 if labels is not None else 0
+    grid = Image.new("RGB", (ncol * (cw + pad) + pad, nrow * (ch + label_h + pad) + pad), WHITE)
+    draw = ImageDraw.Draw(grid)
+    for i in range(n):
+        x, y = pad + (i % ncol) * (cw + pad), pad + (i // ncol) * (ch + label_h + pad)
+        cell = Image.fromarray(arr[i])
+        grid.paste(cell.resize((cw, ch), Image.Resampling.NEAREST) if scale != 1 else cell, (x, y))
+        if labels is not None:
+            for j, line in enumerate(_fit_lines(str(labels[i]), font, cw, label_lines)):
+                draw.text((x + cw / 2, y + ch + 1 + j * line_h), line, fill=(40, 40, 40), font=font, anchor="ma")
+    return grid
+
+
+def hstrip(images, pad: int = 2, scale: int = 1) -> Image.Image:
+    """Images side by side in one row on white (e.g. input | reconstruction | edit); sizes may differ.
+
+    ``images``: a list of PIL images, uint8 (H,W,C) arrays or float (C,H,W) tensors, or a batch (N,C,H,W)."""
+    pils = [to_rgb(to_pil(im)) for im in images]
+    if not pils:
+        raise MaskGITError("no images to put in a strip")
+    height = max(im.height for im in pils) * scale
+    out = Image.new("RGB", (sum(im.width * scale + pad for im in pils) + pad, height + 2 * pad), WHITE)
+    x = pad
+    for im in pils:
+        out.paste(im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST), (x, pad))
+        x += im.width * scale + pad
+    return out

@@ -1,0 +1,269 @@
+"""The pipeline: tokenizer + transformer behind ``generate`` / ``inpaint`` / ``outpaint`` / ``edit``.
+
+Every method builds a (partially) masked token grid and calls ``sampling.decode`` once."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import editing
+from .checkpoint import load_model, read_config
+from .config import SampleConfig
+from .errors import MaskGITError
+from .sampling import check_sample_config, decode
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "fashion-mnist"
+
+
+def shipped_models() -> list[str]:
+    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "maskgit").is_dir()) if WEIGHTS_DIR.exists() else []
+
+
+def resolve(model: str | Path | None) -> Path:
+    """A shipped model name or a directory -> the pipeline directory."""
+    if model is None:
+        model = DEFAULT_MODEL
+    p = Path(model)
+    if p.exists():
+        return p
+    if str(model) in shipped_models():
+        return WEIGHTS_DIR / str(model)
+    raise MaskGITError(f"no model {str(model)!r}: give a directory (with tokenizer/ and maskgit/ inside, or a "
+                       f"transformer checkpoint whose config names its tokenizer) or a shipped name "
+                       f"({', '.join(shipped_models()) or 'none installed'})")
+
+
+class Pipeline:
+    """Generation and editing with a tokenizer and a MaskGIT transformer (and optionally the AR baseline)."""
+
+    def __init__(self, tokenizer, transformer, ar=None, features=None, class_names: list[str] | None = None,
+                 device: str | torch.device = "cpu"):
+        self.tokenizer = tokenizer.to(device).eval()
+        self.transformer = transformer.to(device).eval()
+        self.ar = ar.to(device).eval() if ar is not None else None
+        self.features = features.to(device).eval() if features is not None else None
+        self.device = torch.device(device)
+        c = transformer.config
+        if c.codebook_size != tokenizer.codebook_size:
+            raise MaskGITError(f"transformer expects {c.codebook_size} codes, the tokenizer has "
+                               f"{tokenizer.codebook_size}")
+        self.grid = (c.grid_size, c.grid_size)
+        self.class_names = class_names
+
+    # ------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, model: str | Path | None = None, device: str = "cpu") -> "Pipeline":
+        root = resolve(model)
+        if (root / "maskgit").is_dir() and (root / "tokenizer").is_dir():
+            tok = load_model(root / "tokenizer", "vqgan")
+            tr = load_model(root / "maskgit", "transformer")
+            ar = load_model(root / "ar", "ar") if (root / "ar").is_dir() else None
+            feats = load_model(root / "features", "features") if (root / "features").is_dir() else None
+        else:
+            doc = read_config(root)
+            tok_ref = doc.get("meta", {}).get("tokenizer")
+            if doc.get("kind") != "transformer" or not tok_ref:
+                raise MaskGITError(f"{root} is neither a pipeline directory (tokenizer/ + maskgit/) nor a "
+                                   f"transformer checkpoint that names its tokenizer")
+            tok_path = (root / tok_ref) if not Path(tok_ref).is_absolute() else Path(tok_ref)
+            tok, tr, ar, feats = load_model(tok_path, "vqgan"), load_model(root, "transformer"), None, None
+        names = tr.meta.get("class_names") if hasattr(tr, "meta") else None
+        return cls(tok, tr, ar, feats, names, device)
+
+    # ------------------------------------------------------------ core
+    @property
+    def mask_id(self) -> int:
+        return self.transformer.config.mask_id
+
+    def check_labels(self, labels) -> torch.Tensor:
+        c = self.transformer.config
+        t = torch.as_tensor(labels, dtype=torch.long).flatten()
+        bad = [int(v) for v in t if not (-1 <= int(v) < c.num_classes)]
+        if bad:
+            raise MaskGITError(f"class label(s) {bad} out of range: this model has classes 0..{c.num_classes - 1}"
+                               + (f" ({', '.join(self.class_names)})" if self.class_names else ""))
+        return t
+
+    def logits_fn(self, labels: torch.Tensor) -> Callable:
+        """The closure decode() needs; with guidance the conditional and unconditional passes share one batch."""
+        model = self.transformer
+        labels = labels.to(self.device)
+        null = torch.full_like(labels, -1)
+
+        def fn(tokens: torch.Tensor, guided: bool):
+            if not guided:
+                return model(tokens, labels)
+            out = model(torch.cat([tokens, tokens]), torch.cat([labels, null]))  # (2B, N, K)
+            return out[: len(tokens)], out[len(tokens):]
+
+        return fn
+
+    def sample_config(self, **kw) -> SampleConfig:
+        cfg = dataclasses.replace(SampleConfig(), **{k: v for k, v in kw.items() if v is not None})
+        check_sample_config(cfg)
+        if cfg.cfg != 0 and not self.transformer.config.null_class:
+            raise MaskGITError("this model was trained without a 'no class' id, so it cannot use CFG (use --cfg 0)")
+        return cfg
+
+    @torch.inference_mode()
+    def decode_tokens(self, tokens: torch.Tensor, labels: torch.Tensor, cfg: SampleConfig, seed: int | None,
+                      generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+        """(B,N) partially masked -> (B,N) complete, through the one decode function."""
+        if generator is None:
+            generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        return decode(self.logits_fn(labels), tokens.to(self.device), cfg, self.mask_id, generator, callback)
+
+    def to_images(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.decode(tokens.view(-1, *self.grid).to(self.device)).cpu()
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.encode(images.to(self.device)).cpu()
+
+    # ------------------------------------------------------------ public API
+    def generate(self, labels=None, num: int | None = None, seed: int | None = 0, output: str = "pil",
+                 return_steps: bool = False, generator: torch.Generator | None = None, **sample_kw):
+        """Class-conditional (``labels``) or unconditional (``num``) samples; ``sample_kw`` are SampleConfig fields
+        (steps, schedule, temperature, top_k, top_p, choice_temperature, cfg, cfg_schedule)."""
+        if labels is None:
+            if num is None or num < 1:
+                raise MaskGITError("give class labels or a number of samples >= 1")
+            labels = [-1] * num
+        labels = self.check_labels(labels)
+        cfg = self.sample_config(**sample_kw)
+        B, N = len(labels), self.grid[0] * self.grid[1]
+        tokens = torch.full((B, N), self.mask_id, dtype=torch.long)
+        steps: list[torch.Tensor] = []
+        cb = (lambda t, cur, sampled: steps.append(cur.clone())) if return_steps else None
+        out = self.decode_tokens(tokens, labels, cfg, seed, generator, cb)
+        images = self.to_images(out)
+        result = _format(images, output)
+        if return_steps:
+            return result, [self._partial_images(s) for s in steps]
+        return result
+
+    def _partial_images(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Decode a partially masked grid for display: masked cells shown mid-grey."""
+        known = tokens != self.mask_id
+        imgs = self.to_images(torch.where(known, tokens, torch.zeros_like(tokens)))
+        H, W = imgs.shape[-2:]
+        m = torch.nn.functional.interpolate(known.view(-1, 1, *self.grid).float().cpu(), size=(H, W))
+        return imgs * m + 0.5 * (1 - m)
+
+    def _prepare_image(self, image) -> torch.Tensor:
+        x = _as_tensor(image, self.tokenizer.channels)
+        size = self.grid[0] * self.tokenizer.config.downsample
+        if x.shape[-2:] != (size, size):
+            raise MaskGITError(f"image is {x.shape[-1]}x{x.shape[-2]}; this model edits {size}x{size} images")
+        return x
+
+    def inpaint(self, image, mask=None, box=None, label: int | None = None, dilate: int = 0, feather: int = 2,
+                seed: int | None = 0, output: str = "pil", **sample_kw):
+        """Regenerate the tokens under ``mask`` (bool (H,W), True = regenerate) or ``box`` (x,y,w,h)."""
+        x = self._prepare_image(image)
+        H, W = x.shape[-2:]
+        if (mask is None) == (box is None):
+            raise MaskGITError("give exactly one of a mask or a box")
+        pm = editing.box_to_mask(box, H, W) if box is not None else _as_mask(mask, H, W)
+        tm = editing.token_mask(pm, self.grid, dilate)
+        tokens = self.encode(x).flatten(1)
+        tokens = torch.where(tm.flatten()[None], torch.full_like(tokens, self.mask_id), tokens)
+        labels = self.check_labels([-1 if label is None else label] * x.shape[0])
+        if label is None and not self.transformer.config.null_class:
+            raise MaskGITError("this model needs a class label for editing (--label N)")
+        out = self.decode_tokens(tokens, labels, self.sample_config(**sample_kw), seed)
+        gen = self.to_images(out)
+        result = editing.blend(x, gen, editing.feather(tm, (H, W), feather))
+        return _format(result, output)
+
+    def edit(self, image, box, label: int, start_step: int | None = None, feather: int = 2, seed: int | None = 0,
+             output: str = "pil", **sample_kw):
+        """Class-conditional editing: regenerate ``box`` under class ``label``, starting later in the schedule."""
+        steps = sample_kw.get("steps") or SampleConfig().steps
+        start = steps // 4 if start_step is None else start_step
+        return self.inpaint(image, box=box, label=label, feather=feather, seed=seed, output=output,
+                            start_step=start, **sample_kw)
+
+    def outpaint(self, image, side: str, tokens: int, label: int | None = None, seed: int | None = 0,
+                 output: str = "pil", **sample_kw):
+        """Extend the canvas by ``tokens`` token rows/columns on ``side`` (left/right/top/bottom)."""
+        x = self._prepare_image(image)
+        grid_tokens = self.encode(x)  # (B, h, w)
+        window = editing.shift_window(grid_tokens, side, tokens, self.mask_id)
+        labels = self.check_labels([-1 if label is None else label] * x.shape[0])
+        out = self.decode_tokens(window.flatten(1), labels, self.sample_config(**sample_kw), seed)
+        cell = self.tokenizer.config.downsample
+        result = editing.stitch(x, self.to_images(out), side, tokens * cell)
+        return _format(result, output)
+
+
+def _as_tensor(image, channels: int) -> torch.Tensor:
+    """PIL image / uint8 HWC array / float (C,H,W) or (B,C,H,W) tensor -> float (B,C,H,W) in [0,1]."""
+    from PIL import Image
+    if isinstance(image, (str, Path)):
+        from .imageio import load_image
+        return load_image(image, channels)[None]
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    if isinstance(image, np.ndarray):
+        a = image
+        if a.ndim == 2:
+            a = a[..., None]
+        if a.dtype != np.uint8:
+            raise MaskGITError(f"image arrays must be uint8 (H,W[,C]); got {a.dtype}")
+        t = torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255
+    elif torch.is_tensor(image):
+        t = image.float()
+    else:
+        raise MaskGITError(f"cannot use a {type(image).__name__} as an image")
+    if t.ndim == 3:
+        t = t[None]
+    if t.shape[1] != channels:
+        if channels == 1 and t.shape[1] == 3:
+            t = t.mean(1, keepdim=True)
+        elif channels == 3 and t.shape[1] == 1:
+            t = t.expand(-1, 3, -1, -1)
+        else:
+            raise MaskGITError(f"image has {t.shape[1]} channels; the model needs {channels}")
+    return t.clamp(0, 1)
+
+
+def _as_mask(mask, H: int, W: int) -> torch.Tensor:
+    from PIL import Image
+    if isinstance(mask, (str, Path)):
+        try:
+            mask = Image.open(mask)
+            mask.load()
+        except (OSError, ValueError) as e:
+            raise MaskGITError(f"cannot read mask {mask}: {e}") from None
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L")) > 127
+    m = torch.as_tensor(np.asarray(mask)).bool() if not torch.is_tensor(mask) else mask.bool()
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.shape != (H, W):
+        raise MaskGITError(f"mask is {tuple(m.shape)} but the image is ({H}, {W}): give a mask of the image's size")
+    return m
+
+
+def _format(images: torch.Tensor, output: str):
+    """(B,C,H,W) in [0,1] -> list of PIL images / uint8 (B,H,W,C) array / the tensor."""
+    if output == "tensor":
+        return images
+    arr = (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    if output == "np":
+        return arr
+    if output == "pil":
+        from PIL import Image
+        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
+    raise MaskGITError(f"output must be 'pil', 'np' or 'tensor', got {output!r}")
+
+
+def load(model: str | Path | None = None, device: str = "cpu") -> Pipeline:
+    """``maskgit.load("fashion-mnist")`` or ``maskgit.load("path/to/dir")``."""
+    return Pipeline.load(model, device)

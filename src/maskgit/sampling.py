@@ -1,0 +1,127 @@
+"""MaskGIT iterative parallel decoding, the one decode loop behind generation and every edit.
+
+``decode`` never sees a model: it receives ``logits_fn(tokens (B,N), guided: bool)`` which returns logits
+(B,N,K), or when ``guided`` a pair (conditional, unconditional) computed in one batched forward."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .config import SampleConfig
+from .errors import MaskGITError
+from .schedules import check_schedule, gamma
+
+LogitsFn = Callable[[torch.Tensor, bool], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
+
+
+def check_sample_config(cfg: SampleConfig) -> None:
+    if cfg.steps < 1:
+        raise MaskGITError(f"steps must be >= 1, got {cfg.steps}")
+    if not 0 <= cfg.start_step < cfg.steps:
+        raise MaskGITError(f"start_step must lie in [0, steps), got {cfg.start_step} with steps={cfg.steps}")
+    if cfg.temperature < 0 or cfg.choice_temperature < 0:
+        raise MaskGITError("temperature and choice_temperature must be >= 0")
+    if cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
+        raise MaskGITError(f"top_k must be >= 0 and top_p in (0, 1]; got {cfg.top_k}, {cfg.top_p}")
+    if cfg.cfg_schedule not in ("constant", "linear"):
+        raise MaskGITError(f"cfg_schedule must be 'constant' or 'linear', got {cfg.cfg_schedule!r}")
+    check_schedule(cfg.schedule)
+
+
+def _rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Uniform noise drawn on the generator's device, then moved (same numbers on CPU and GPU)."""
+    gdev = generator.device if generator is not None else "cpu"
+    return torch.rand(shape, generator=generator, device=gdev).to(device)
+
+
+def gumbel(shape, generator, device) -> torch.Tensor:
+    u = _rand(shape, generator, device).clamp(1e-20, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus top-p set to -inf."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, idx = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, idx, sorted_logits)
+    return logits
+
+
+def sample_tokens(logits: torch.Tensor, cfg: SampleConfig, generator) -> torch.Tensor:
+    """Draw one code per position from softmax(logits / temperature) (Gumbel-max); temperature 0 = argmax."""
+    if cfg.temperature == 0:
+        return logits.argmax(-1)
+    z = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+    return (z + gumbel(z.shape, generator, z.device)).argmax(-1)
+
+
+def guidance_scale(cfg: SampleConfig, step: int) -> float:
+    if cfg.cfg_schedule == "linear":
+        return cfg.cfg * (step + 1) / cfg.steps
+    return cfg.cfg
+
+
+def mask_counts(n0: torch.Tensor, unknown: torch.Tensor, cfg: SampleConfig, step: int, n: int) -> torch.Tensor:
+    """How many tokens stay masked after ``step``: floor(N0 * gamma((t+1)/T)), clamped to [1, unknown - 1]."""
+    ratio = (step + 1) / cfg.steps
+    keep = torch.floor(n0.double() * gamma(cfg.schedule, ratio, n)).long()
+    keep = torch.minimum(keep, unknown - 1).clamp_min(1)
+    return torch.where(unknown > 0, keep, torch.zeros_like(keep))
+
+
+@torch.inference_mode()
+def decode(logits_fn: LogitsFn, tokens: torch.Tensor, config: SampleConfig, mask_id: int,
+           generator: torch.Generator | None = None,
+           callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Fill every ``mask_id`` in ``tokens`` (B,N) by MaskGIT decoding; known tokens never change.
+
+    Per sample, N0 = the number of masked tokens at the start, so generation (all masked) and editing (some
+    masked) are the same call. ``callback(step, tokens_after_step, sampled)`` sees every intermediate grid."""
+    check_sample_config(config)
+    if tokens.ndim != 2:
+        raise MaskGITError(f"decode expects tokens (B,N), got {tuple(tokens.shape)}")
+    cur = tokens.clone()
+    B, N = cur.shape
+    n0 = (cur == mask_id).sum(1)  # (B,)
+    guided = config.cfg != 0
+    for step in range(config.start_step, config.steps):
+        unknown_map = cur == mask_id
+        if not unknown_map.any():
+            break
+        out = logits_fn(cur, guided)
+        if guided:
+            cond, uncond = out
+            s = guidance_scale(config, step)
+            logits = cond + s * (cond - uncond)
+        else:
+            logits = out
+        logits = logits.float()
+        sampled = sample_tokens(logits, config, generator)
+        sampled = torch.where(unknown_map, sampled, cur)
+        if step == config.steps - 1:
+            cur = sampled
+            if callback:
+                callback(step, cur, sampled)
+            break
+        # confidence: the model's own probability of the chosen token (unmodified logits), +inf where known
+        logp = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]  # (B, N)
+        logp = torch.where(unknown_map, logp, torch.full_like(logp, math.inf))
+        ratio = (step + 1) / config.steps
+        if config.choice_temperature > 0:
+            logp = logp + config.choice_temperature * (1 - ratio) * gumbel(logp.shape, generator, logp.device)
+        keep_masked = mask_counts(n0, unknown_map.sum(1), config, step, N)  # (B,)
+        rank = logp.argsort(-1).argsort(-1)  # 0 = least confident
+        remask = rank < keep_masked[:, None]
+        cur = torch.where(remask, torch.full_like(sampled, mask_id), sampled)
+        if callback:
+            callback(step, cur, sampled)
+    return cur

@@ -1,0 +1,87 @@
+"""The token store: a dataset encoded once by a tokenizer, memory-mapped for fast stage-2 training.
+
+Layout of the directory: ``tokens.u16`` (or ``.i32`` when K > 65536) raw (N,h,w) array, ``labels.npy`` (int64)
+or ``captions.json``, and ``meta.json`` (shape, dtype, codebook size, dataset, the tokenizer's hash)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_dir
+from .errors import MaskGITError
+
+
+def model_hash(model: torch.nn.Module) -> str:
+    """sha256 over the model's state (names, dtypes, shapes, bytes): identifies a tokenizer exactly."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def write_store(path: str | Path, tokens: np.ndarray, labels: np.ndarray | None = None,
+                captions: list[str] | None = None, meta: dict | None = None) -> Path:
+    path = Path(path)
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 3:
+        raise MaskGITError(f"token store expects tokens (N,h,w), got {tokens.shape}")
+    dtype = np.uint16 if tokens.max(initial=0) < 65536 else np.int32
+    with atomic_dir(path) as tmp:
+        tokens.astype(dtype).tofile(tmp / ("tokens.u16" if dtype == np.uint16 else "tokens.i32"))
+        if labels is not None:
+            np.save(tmp / "labels.npy", np.asarray(labels, dtype=np.int64))
+        if captions is not None:
+            (tmp / "captions.json").write_text(json.dumps(list(captions)))
+        m = {"count": int(tokens.shape[0]), "grid": list(tokens.shape[1:]), "dtype": np.dtype(dtype).name,
+             **(meta or {})}
+        (tmp / "meta.json").write_text(json.dumps(m, indent=1) + "\n")
+    return path
+
+
+class TokenStore:
+    """A read-only view of a token store: ``batch(indices)`` -> {"tokens": (b,h,w) int64, "labels": (b,)}."""
+
+    def __init__(self, path: str | Path, tokenizer_hash: str | None = None):
+        self.path = Path(path)
+        meta_f = self.path / "meta.json"
+        if not meta_f.exists():
+            raise MaskGITError(f"{self.path} is not a token store (no meta.json); make one with `maskgit tokenize`")
+        self.meta = json.loads(meta_f.read_text())
+        if tokenizer_hash is not None and self.meta.get("tokenizer_hash") != tokenizer_hash:
+            raise MaskGITError(f"{self.path} was made by a different tokenizer (hash {self.meta.get('tokenizer_hash')}"
+                               f", this one is {tokenizer_hash}): re-run `maskgit tokenize` with this tokenizer")
+        n, (h, w) = self.meta["count"], self.meta["grid"]
+        fname = "tokens.u16" if self.meta["dtype"] == "uint16" else "tokens.i32"
+        self.tokens = np.memmap(self.path / fname, dtype=np.dtype(self.meta["dtype"]), mode="r", shape=(n, h, w))
+        self.labels = np.load(self.path / "labels.npy") if (self.path / "labels.npy").exists() else None
+        cap = self.path / "captions.json"
+        self.captions = json.loads(cap.read_text()) if cap.exists() else None
+        self.text = None  # optional cached text embeddings (text.py)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices)
+        out = {"tokens": torch.from_numpy(self.tokens[idx].astype(np.int64))}  # (b, h, w)
+        if self.labels is not None:
+            out["labels"] = torch.from_numpy(self.labels[idx])
+        if self.text is not None:
+            out.update({k: v[torch.as_tensor(idx)] for k, v in self.text.items()})
+        return out
+
+    def subset(self, n: int) -> "TokenStore":
+        """The first n examples (for validation subsets)."""
+        other = object.__new__(TokenStore)
+        other.__dict__.update(self.__dict__)
+        other.tokens = self.tokens[:n]
+        other.labels = None if self.labels is None else self.labels[:n]
+        other.captions = None if self.captions is None else self.captions[:n]
+        return other

@@ -1,0 +1,379 @@
+"""One training loop for every stage (tokenizer, MaskGIT transformer, AR baseline).
+
+A *task* is an ``nn.Module`` holding the model being trained (``task.model``) and computing the loss of one
+batch (``task(batch, ctx) -> (loss, metrics)``). The loop owns everything else: AdamW, warmup + cosine LR,
+clipping, EMA, DDP under torchrun, atomic resumable checkpoints (model, optimizer, scheduler, EMA, RNG states;
+the data position is the step), SIGTERM/SIGINT handling, a metrics log, a loss curve and sample grids."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from .checkpoint import (atomic_dir, load_train_state, load_weights, optimizer_from_flat, optimizer_to_flat,
+                         save_model, save_train_state)
+from .config import TrainConfig, to_dict
+from .errors import MaskGITError
+
+
+class BatchSource(Protocol):
+    def __len__(self) -> int: ...
+    def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass
+class StepContext:
+    """What a task needs to draw per-example randomness that does not depend on the number of processes:
+    draws are made for the whole global batch from a generator seeded by (seed, step), then this rank's rows
+    are kept."""
+
+    step: int
+    seed: int
+    global_batch: int
+    rank: int
+    world: int
+    device: torch.device
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.step * 7919 + salt) % (2 ** 62))
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        return t[self.rank::self.world].to(self.device)
+
+    def rand(self, *shape: int, salt: int = 0) -> torch.Tensor:
+        """Uniform [0,1) numbers of shape (global_batch, *shape), this rank's rows."""
+        return self.rows(torch.rand((self.global_batch, *shape), generator=self.generator(salt)))
+
+
+class Task(Protocol):
+    model: nn.Module
+    def __call__(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]: ...
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    if cfg.lr_schedule != "cosine":
+        raise MaskGITError(f"lr_schedule must be 'cosine' or 'constant', got {cfg.lr_schedule!r}")
+    done = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Global indices of step ``step``: epochs of a seeded permutation, the last partial batch dropped."""
+    if n < batch_size:
+        raise MaskGITError(f"the training set has {n} examples, fewer than the batch size {batch_size}")
+    per_epoch = n // batch_size
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1009 + epoch))
+    return perm[k * batch_size:(k + 1) * batch_size]
+
+
+def dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: str) -> tuple[int, int, torch.device]:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend)
+    rank, world = dist_info()
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    return rank, world, dev
+
+
+class EMA:
+    """Exponential moving average of the model's floating-point state."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if k in self.state:
+                self.state[k].lerp_(v.detach(), 1 - self.decay)
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict({**model.state_dict(), **self.state})
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").exists() else []
+    ckpts = [c for c in ckpts if (c / "train_state.json").exists()]
+    return ckpts[-1] if ckpts else None
+
+
+@dataclass
+class TrainResult:
+    step: int
+    metrics: dict
+    run_dir: Path
+    stopped_early: bool = False
+
+
+def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | Path, *,
+          val_data: BatchSource | None = None, resume: bool = False, device: str = "cpu",
+          param_groups: Callable[[nn.Module], list] | None = None,
+          sample_fn: Callable[[nn.Module, int], None] | None = None,
+          meta: dict | None = None, progress: bool = True) -> TrainResult:
+    """Run (or resume) training of ``task`` until ``cfg.max_steps``; returns the last metrics."""
+    run_dir = Path(run_dir)
+    rank, world, dev = init_distributed(device)
+    if cfg.batch_size % world:
+        raise MaskGITError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
+    torch.manual_seed(cfg.seed + rank)  # the trainer owns the process: dropout uses the global RNG
+    task.to(dev)
+    groups = param_groups(task) if param_groups else _default_groups(task, cfg)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    ema = EMA(task.model, cfg.ema) if cfg.ema > 0 else None
+    step = 0
+    if resume:
+        ck = latest_checkpoint(run_dir)
+        if ck is None:
+            if rank == 0:
+                print(f"no checkpoint in {run_dir}/checkpoints: starting from scratch")
+        else:
+            step = _restore(ck, task, opt, sched, ema, dev)
+            if rank == 0:
+                print(f"resumed from {ck} at step {step}")
+    model_for_ddp = task
+    if world > 1:
+        model_for_ddp = nn.parallel.DistributedDataParallel(
+            task, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False)
+    use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and dev.type == "cuda")
+
+    stop = {"flag": False}
+    old = {}
+    if rank == 0 or world > 1:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                old[sig] = signal.signal(sig, lambda *_: stop.__setitem__("flag", True))
+            except ValueError:  # not the main thread
+                pass
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "train_config.json").write_text(json.dumps({"train": to_dict(cfg), **(meta or {})}, indent=1))
+    log_f = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
+    t0 = time.time()
+    last = {}
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.max_steps, initial=step, dynamic_ncols=True, mininterval=2.0)
+    stopped_early = False
+    try:
+        task.train()
+        while step < cfg.max_steps:
+            idx = batch_indices(step, len(data), cfg.batch_size, cfg.seed)
+            batch = {k: v[rank::world].to(dev, non_blocking=True) for k, v in data.batch(idx).items()}
+            ctx = StepContext(step, cfg.seed, cfg.batch_size, rank, world, dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss, metrics = model_for_ddp(batch, ctx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.grad_clip))
+            opt.step()
+            sched.step()
+            if ema:
+                ema.update(task.model)
+            step += 1
+            last = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
+                    **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in metrics.items()}}
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
+            over_time = cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes
+            if world > 1:  # every rank must agree to stop
+                f = torch.tensor([float(stop["flag"] or over_time)], device=dev)
+                dist.all_reduce(f)
+                stopping = bool(f.item() > 0)
+            else:
+                stopping = stop["flag"] or over_time
+            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps or stopping):
+                last["elapsed_s"] = round(time.time() - t0, 2)
+                if val_data is not None and (cfg.eval_every and step % cfg.eval_every == 0):
+                    last.update(evaluate(task, val_data, cfg, dev))
+                log_f.write(json.dumps(last) + "\n")
+                log_f.flush()
+            if rank == 0 and sample_fn and cfg.sample_every and step % cfg.sample_every == 0:
+                sample_fn(task, step)
+            if cfg.save_every and step % cfg.save_every == 0 or step == cfg.max_steps or stopping:
+                if rank == 0:
+                    _save(run_dir, step, task, opt, sched, ema, cfg, meta)
+                if world > 1:
+                    dist.barrier()
+            if stopping:
+                stopped_early = step < cfg.max_steps
+                break
+    finally:
+        if bar:
+            bar.close()
+        if log_f:
+            log_f.close()
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    if rank == 0:
+        if val_data is not None:
+            last.update(evaluate(task, val_data, cfg, dev))
+        _export_final(run_dir, task, ema, meta, last)
+        if sample_fn:
+            sample_fn(task, step)
+        plot_metrics(run_dir)
+    return TrainResult(step, last, run_dir, stopped_early)
+
+
+def _default_groups(task: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Weight decay on matrices only (no decay on biases, norms, embeddings' biases, codebooks)."""
+    decay, no_decay = [], []
+    for n, p in task.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "codebook" not in n else no_decay).append(p)
+    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def evaluate(task: nn.Module, data: BatchSource, cfg: TrainConfig, dev) -> dict:
+    """Mean of the task's metrics over ``cfg.val_batches`` fixed validation batches (eval mode)."""
+    task.eval()
+    sums: dict[str, float] = {}
+    n = min(cfg.val_batches, max(1, len(data) // cfg.batch_size))
+    bs = min(cfg.batch_size, len(data))
+    for i in range(n):
+        idx = torch.arange(i * bs, (i + 1) * bs) % len(data)
+        batch = {k: v.to(dev) for k, v in data.batch(idx).items()}
+        loss, metrics = task(batch, StepContext(10 ** 9 + i, cfg.seed, bs, 0, 1, dev))
+        for k, v in {"loss": loss, **metrics}.items():
+            sums["val_" + k] = sums.get("val_" + k, 0.0) + float(v) / n
+    task.train()
+    return sums
+
+
+def _save(run_dir, step, task, opt, sched, ema, cfg, meta) -> None:
+    ck = run_dir / "checkpoints" / f"step_{step:08d}"
+    tensors, opt_info = optimizer_to_flat(opt)
+    tensors.update({f"task.{k}": v for k, v in task.state_dict().items()})
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    if ema:
+        tensors.update({f"ema.{k}": v for k, v in ema.state.items()})
+    info = {"step": step, "optimizer": opt_info, "scheduler": sched.state_dict(), "train": to_dict(cfg)}
+    with atomic_dir(ck) as tmp:
+        save_model(task.model, tmp / "model", meta=meta)
+        for f in ("config.json", "model.safetensors"):
+            os.replace(tmp / "model" / f, tmp / f)
+        (tmp / "model").rmdir()
+        save_train_state(tmp, tensors, info)
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*"))
+    for old in ckpts[:-max(1, cfg.keep_last)]:
+        import shutil
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore(ck: Path, task, opt, sched, ema, dev) -> int:
+    tensors, info = load_train_state(ck)
+    task_state = {k[5:]: v for k, v in tensors.items() if k.startswith("task.")}
+    missing = set(task.state_dict()) - set(task_state)
+    if missing:
+        raise MaskGITError(f"{ck}: the checkpoint does not match this model/task (missing {sorted(missing)[:3]})")
+    task.load_state_dict(task_state)
+    optimizer_from_flat(opt, {k: v.to(dev) for k, v in tensors.items() if k.startswith("opt.")}, info["optimizer"])
+    sched.load_state_dict(info["scheduler"])
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    if ema:
+        ema.state = {k[4:]: v.to(dev) for k, v in tensors.items() if k.startswith("ema.")}
+    return int(info["step"])
+
+
+def _export_final(run_dir: Path, task, ema, meta, metrics) -> None:
+    """``run_dir/final``: the trained model (EMA weights when EMA is on) as config.json + model.safetensors."""
+    model = task.model
+    if ema:
+        import copy
+        model = copy.deepcopy(model)
+        ema.copy_to(model)
+    save_model(model, run_dir / "final", meta={**(meta or {}), "final_metrics": metrics})
+
+
+def plot_metrics(run_dir: Path, keys: tuple[str, ...] = ("loss", "val_loss")) -> Path | None:
+    """Draw the loss curve of ``metrics.jsonl`` to ``loss_curve.png`` (needs matplotlib; skipped without)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in rows if k in r]
+        if pts:
+            ax.plot(*zip(*pts), label=k)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(run_dir.name)
+    out = run_dir / "loss_curve.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def load_weights_into(model: nn.Module, path: Path) -> None:
+    load_weights(model, path / "model.safetensors")
+
+
+class DatasetSource:
+    """Adapts a ``maskgit.data`` dataset to the loop: ``batch(idx)`` -> {"images": (b,C,H,W), "labels": (b,)}.
+    In-memory datasets (``.images`` uint8) are sliced directly; others are read item by item."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        ds = self.dataset
+        if hasattr(ds, "images") and torch.is_tensor(getattr(ds, "images")):
+            out = {"images": ds.images[indices].float() / 255.0}
+            if torch.is_tensor(getattr(ds, "targets", None)):
+                out["labels"] = ds.targets[indices]
+            return out
+        items = [ds[int(i)] for i in indices]
+        out = {"images": torch.stack([im for im, _ in items])}
+        if isinstance(items[0][1], int):
+            out["labels"] = torch.tensor([t for _, t in items])
+        return out

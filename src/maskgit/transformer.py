@@ -1,0 +1,192 @@
+"""The MaskGIT transformer: a bidirectional BERT-style (post-LN) encoder over [condition] + h*w tokens.
+
+Vocabulary = K codes + C classes (+ 1 "no class" id when ``null_class``) + 1 mask id (the last).
+Head: Dense -> GELU -> LayerNorm -> logits through the transposed token embedding + a learned bias;
+callers see the first K logits only. The same blocks, made causal with a KV cache, form the AR baseline."""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import TransformerConfig
+from .errors import MaskGITError
+
+LN_EPS = 1e-12
+
+
+class Attention(nn.Module):
+    """Multi-head attention with a fused QKV projection and SDPA; optional KV cache for causal decoding."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
+        self.out = nn.Linear(cfg.width, cfg.width)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, causal: bool = False, cache: dict | None = None) -> torch.Tensor:
+        B, L, W = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)  # (B,H,L,d)
+        if cache is not None:
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+            # with a cache, queries are the newest positions: causal within them, all past keys visible
+            causal = causal and L > 1
+        p = self.dropout if self.training else 0.0
+        if causal and k.shape[2] != L:
+            mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - L)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=p)
+        return self.out(y.transpose(1, 2).reshape(B, L, W))  # (B, L, W)
+
+
+class CrossAttention(nn.Module):
+    """Image tokens attend to (projected) text-encoder tokens."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.q = nn.Linear(cfg.width, cfg.width)
+        self.kv = nn.Linear(cfg.width, 2 * cfg.width)
+        self.out = nn.Linear(cfg.width, cfg.width)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor | None) -> torch.Tensor:
+        B, L, W = x.shape
+        d = W // self.heads
+        q = self.q(x).view(B, L, self.heads, d).transpose(1, 2)
+        k, v = self.kv(ctx).view(B, ctx.shape[1], 2, self.heads, d).permute(2, 0, 3, 1, 4)
+        m = None if ctx_mask is None else ctx_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, L, W))
+
+
+class Block(nn.Module):
+    """Post-LN: x = LN(x + Drop(Attn(x))); [x = LN(x + Drop(XAttn(x, text)))]; x = LN(x + Drop(MLP(x)))."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.attn_ln = nn.LayerNorm(cfg.width, eps=LN_EPS)
+        self.cross = CrossAttention(cfg) if cfg.text_dim > 0 else None
+        self.cross_ln = nn.LayerNorm(cfg.width, eps=LN_EPS) if cfg.text_dim > 0 else None
+        self.fc1 = nn.Linear(cfg.width, cfg.mlp_dim)
+        self.fc2 = nn.Linear(cfg.mlp_dim, cfg.width)
+        self.mlp_ln = nn.LayerNorm(cfg.width, eps=LN_EPS)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, causal=False, cache=None, ctx=None, ctx_mask=None):
+        x = self.attn_ln(x + self.drop(self.attn(x, causal, cache)))
+        if self.cross is not None:
+            x = self.cross_ln(x + self.drop(self.cross(x, ctx, ctx_mask)))
+        return self.mlp_ln(x + self.drop(self.fc2(F.gelu(self.fc1(x), approximate="tanh"))))
+
+
+def init_weights(module: nn.Module) -> None:
+    """Truncated normal(0.02) for weights and embeddings, zeros for biases, as the official model."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(m.weight, std=0.02, a=-0.04, b=0.04)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class TokenTransformer(nn.Module):
+    """Shared body of the bidirectional and causal models: embeddings, blocks and the tied logits head."""
+
+    causal = False
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.tok_emb = nn.Embedding(c.vocab_size, c.width)
+        self.pos_emb = nn.Parameter(torch.zeros(c.num_tokens + 1, c.width))
+        self.emb_ln = nn.LayerNorm(c.width, eps=LN_EPS)
+        self.drop = nn.Dropout(c.dropout)
+        self.text_proj = nn.Linear(c.text_dim, c.width) if c.text_dim > 0 else None
+        self.null_text = nn.Parameter(torch.zeros(max(c.text_len, 1), c.text_dim)) if c.text_dim > 0 else None
+        self.blocks = nn.ModuleList([Block(c) for _ in range(c.depth)])
+        self.head_dense = nn.Linear(c.width, c.width)
+        self.head_ln = nn.LayerNorm(c.width, eps=LN_EPS)
+        self.head_bias = nn.Parameter(torch.zeros(c.vocab_size))
+        init_weights(self)
+        nn.init.trunc_normal_(self.pos_emb, std=0.02, a=-0.04, b=0.04)
+
+    # ---- conditioning
+    def cond_ids(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        """Class labels (B,) in [0, C), or -1 for "no class" -> condition token ids (B,)."""
+        c = self.config
+        if labels is None:
+            labels = torch.full((batch,), -1, dtype=torch.long, device=device)
+        labels = labels.to(device=device, dtype=torch.long)
+        if labels.shape != (batch,):
+            raise MaskGITError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
+        if labels.numel() and (int(labels.max()) >= c.num_classes or int(labels.min()) < -1):
+            raise MaskGITError(f"class labels must lie in [0, {c.num_classes - 1}] (or -1 for none); "
+                               f"got {labels.tolist()[:8]}")
+        if (labels < 0).any() and not c.null_class:
+            if c.num_classes > 0:
+                raise MaskGITError("this model has no 'no class' id: give a class label for every sample")
+        null = c.codebook_size + c.num_classes if c.null_class else c.mask_id
+        return torch.where(labels >= 0, c.codebook_size + labels, torch.full_like(labels, null))
+
+    def text_context(self, text: torch.Tensor | None, text_mask: torch.Tensor | None, batch: int):
+        if self.text_proj is None:
+            return None, None
+        if text is None:  # unconditional: the learned null-text embedding
+            text = self.null_text[None].expand(batch, -1, -1)
+            text_mask = None
+        return self.text_proj(text), text_mask
+
+    # ---- body
+    def embed(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        L = ids.shape[1]
+        return self.drop(self.emb_ln(self.tok_emb(ids) + self.pos_emb[offset:offset + L]))
+
+    def run_blocks(self, x, cache=None, ctx=None, ctx_mask=None):
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, self.causal, None if cache is None else cache[i], ctx, ctx_mask)
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., W) -> logits over the K codes (..., K)."""
+        K = self.config.codebook_size
+        h = self.head_ln(F.gelu(self.head_dense(x), approximate="tanh"))
+        return h @ self.tok_emb.weight[:K].t() + self.head_bias[:K]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class MaskGITTransformer(TokenTransformer):
+    """Bidirectional model: ``forward(tokens (B,N) with mask ids, labels (B,)) -> logits (B,N,K)``."""
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
+                text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``positions`` (B,P) optionally restricts the head to those token positions: (B,P,K)."""
+        B, N = tokens.shape
+        if N != self.config.num_tokens:
+            raise MaskGITError(f"expected {self.config.num_tokens} tokens per sample, got {N}")
+        ids = torch.cat([self.cond_ids(labels, B, tokens.device)[:, None], tokens], 1)  # (B, 1+N)
+        ctx, ctx_mask = self.text_context(text, text_mask, B)
+        x = self.run_blocks(self.embed(ids), ctx=ctx, ctx_mask=ctx_mask)[:, 1:]  # (B, N, W)
+        if positions is not None:
+            x = x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1]))  # (B, P, W)
+        return self.head(x)
+
+
+def count_flops(cfg: TransformerConfig, seq: int | None = None) -> float:
+    """Matmul FLOPs of one forward pass over ``seq`` positions (2 per multiply-add)."""
+    L = seq or cfg.num_tokens + 1
+    W, M = cfg.width, cfg.mlp_dim
+    per_layer = 2 * L * (4 * W * W + 2 * W * M) + 2 * 2 * L * L * W
+    head = 2 * (L - 1) * (W * W + W * cfg.codebook_size)
+    return float(cfg.depth * per_layer + head)

@@ -1,0 +1,203 @@
+"""The MaskGIT tokenizer (VQGAN): images in [0,1] <-> grids of discrete tokens.
+
+Layout follows the official release so its weights load exactly (see convert.py): conv encoder with 2x2
+average pooling between levels, vector quantizer, mirrored decoder with nearest upsampling + conv."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import VQGANConfig
+from .errors import MaskGITError
+
+
+def _norm(cfg: VQGANConfig, ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(cfg.num_groups, ch, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    """GN -> SiLU -> conv3x3 -> GN -> SiLU -> conv3x3 (no biases), plus a shortcut.
+
+    Where the width changes, the released weights add ``conv1x1(out)`` to the block's OUTPUT (the input is
+    dropped); ``official_shortcut=False`` gives the textbook ``out + conv1x1(in)``."""
+
+    def __init__(self, cfg: VQGANConfig, cin: int, cout: int):
+        super().__init__()
+        self.norm1 = _norm(cfg, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.norm2 = _norm(cfg, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.shortcut = nn.Conv2d(cin if not cfg.official_shortcut else cout, cout, 1, bias=False) \
+            if cin != cout else None
+        self.official = cfg.official_shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        if self.shortcut is None:
+            return x + h
+        return h + self.shortcut(h if self.official else x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        widths = [cfg.filters * m for m in cfg.channel_mult]
+        self.conv_in = nn.Conv2d(cfg.channels, cfg.filters, 3, padding=1, bias=False)
+        cin = cfg.filters
+        self.levels = nn.ModuleList()
+        for w in widths:
+            level = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks):
+                level.append(ResBlock(cfg, cin, w))
+                cin = w
+            self.levels.append(level)
+        self.mid = nn.ModuleList([ResBlock(cfg, cin, cin) for _ in range(2)])
+        self.norm_out = _norm(cfg, cin)
+        self.conv_out = nn.Conv2d(cin, cfg.embedding_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)
+        for i, level in enumerate(self.levels):
+            for block in level:
+                x = block(x)
+            if i < len(self.levels) - 1:
+                x = F.avg_pool2d(x, 2)
+        for block in self.mid:
+            x = block(x)
+        return self.conv_out(F.silu(self.norm_out(x)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        widths = [cfg.filters * m for m in cfg.channel_mult]
+        cin = widths[-1]
+        self.conv_in = nn.Conv2d(cfg.embedding_dim, cin, 3, padding=1)
+        self.mid = nn.ModuleList([ResBlock(cfg, cin, cin) for _ in range(2)])
+        self.levels = nn.ModuleList()
+        self.upconvs = nn.ModuleList()
+        for i in reversed(range(len(widths))):
+            level = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks):
+                level.append(ResBlock(cfg, cin, widths[i]))
+                cin = widths[i]
+            self.levels.append(level)
+            if i > 0:
+                self.upconvs.append(nn.Conv2d(cin, cin, 3, padding=1))
+        self.norm_out = _norm(cfg, cin)
+        self.conv_out = nn.Conv2d(cin, cfg.channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(z)
+        for block in self.mid:
+            x = block(x)
+        for i, level in enumerate(self.levels):
+            for block in level:
+                x = block(x)
+            if i < len(self.upconvs):
+                x = self.upconvs[i](F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(x)))
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        return self.conv_out.weight
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest code by squared L2, straight-through gradients, commitment loss, optional entropy loss."""
+
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.codebook = nn.Parameter(torch.empty(cfg.codebook_size, cfg.embedding_dim))
+        nn.init.uniform_(self.codebook, -1.0 / cfg.codebook_size, 1.0 / cfg.codebook_size)
+
+    def distances(self, z: torch.Tensor) -> torch.Tensor:
+        """z (M, D) -> squared distances (M, K), always in fp32 (bf16 would pick wrong codes)."""
+        with torch.autocast(z.device.type, enabled=False):
+            z, cb = z.float(), self.codebook.float()
+            return z.pow(2).sum(1, keepdim=True) - 2 * z @ cb.t() + cb.pow(2).sum(1)[None]
+
+    def forward(self, z: torch.Tensor):
+        """z (B,D,h,w) -> (quantized (B,D,h,w), tokens (B,h,w), losses dict)."""
+        z = z.float()
+        B, D, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, D)  # (B*h*w, D)
+        d = self.distances(flat)
+        idx = d.argmin(1)
+        q = self.codebook[idx].view(B, h, w, D).permute(0, 3, 1, 2)
+        losses = {}
+        if self.training or torch.is_grad_enabled():
+            commit = F.mse_loss(z, q.detach())
+            codebook = F.mse_loss(q, z.detach())
+            losses["vq"] = codebook + self.cfg.commitment_cost * commit
+            if self.cfg.entropy_loss_weight > 0:
+                probs = torch.softmax(-d, dim=1)
+                sample_ent = -(probs * torch.log(probs + 1e-8)).sum(1).mean()
+                avg = probs.mean(0)
+                avg_ent = -(avg * torch.log(avg + 1e-8)).sum()
+                losses["entropy"] = self.cfg.entropy_loss_weight * (sample_ent - avg_ent)
+        q = z + (q - z).detach()  # straight-through
+        return q, idx.view(B, h, w), losses
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B,h,w) -> (B,D,h,w)."""
+        return self.codebook[tokens].permute(0, 3, 1, 2)
+
+
+class VQGAN(nn.Module):
+    """Images (B,C,H,W) in [0,1] <-> token grids (B,h,w) int64 (the network sees [0,1] directly, as the
+    official one does). Implements the tokenizer interface used by the
+    transformer, sampler and pipeline: ``encode``, ``decode``, ``codebook_size``, ``grid_shape``."""
+
+    def __init__(self, config: VQGANConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quantizer = VectorQuantizer(config)
+        self.decoder = Decoder(config)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def channels(self) -> int:
+        return self.config.channels
+
+    def grid_shape(self, image_size: int | None = None) -> tuple[int, int]:
+        return self.config.grid_shape(image_size)
+
+    def _check(self, images: torch.Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != self.config.channels:
+            raise MaskGITError(f"tokenizer expects images (B,{self.config.channels},H,W), got {tuple(images.shape)}")
+        if images.shape[-1] % self.config.downsample or images.shape[-2] % self.config.downsample:
+            raise MaskGITError(f"image size {tuple(images.shape[-2:])} is not a multiple of the tokenizer's "
+                               f"downsampling factor {self.config.downsample}")
+
+    def forward(self, images: torch.Tensor):
+        """Training pass: (reconstruction, tokens, losses)."""
+        q, tokens, losses = self.quantizer(self.encoder(images))
+        return self.decoder(q), tokens, losses
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,C,H,W) in [0,1] -> token grid (B,h,w) int64."""
+        self._check(images)
+        z = self.encoder(images)
+        B, D, h, w = z.shape
+        return self.quantizer.distances(z.permute(0, 2, 3, 1).reshape(-1, D)).argmin(1).view(B, h, w)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, clip: bool = True) -> torch.Tensor:
+        """token grid (B,h,w) -> images (B,C,H,W) in [0,1] (clipped unless ``clip=False``)."""
+        if tokens.ndim != 3:
+            raise MaskGITError(f"decode expects a token grid (B,h,w), got {tuple(tokens.shape)}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.codebook_size):
+            raise MaskGITError(f"token ids must lie in [0, {self.codebook_size}); got "
+                               f"[{int(tokens.min())}, {int(tokens.max())}]")
+        x = self.decoder(self.quantizer.embed(tokens))
+        return x.clamp(0, 1) if clip else x

@@ -1,0 +1,108 @@
+import dataclasses
+
+import pytest
+import torch
+
+from maskgit.config import TRANSFORMER_PRESETS, TrainConfig, transformer_preset
+from maskgit.errors import MaskGITError
+from maskgit.masking import MaskedTokenTask, mask_tokens, num_masked
+from maskgit.schedules import gamma
+from maskgit.train import StepContext
+from maskgit.transformer import MaskGITTransformer
+
+
+def test_imagenet256_parameter_count_and_vocab():
+    cfg = transformer_preset("maskgit-imagenet256")
+    assert cfg.vocab_size == 2025 and cfg.mask_id == 2024 and cfg.num_tokens + 1 == 257
+    with torch.device("meta"):
+        n = MaskGITTransformer(cfg).num_params()
+    assert abs(n - 172.5e6) <= 0.2e6, n
+    assert transformer_preset("maskgit-imagenet512").num_tokens + 1 == 1025
+
+
+@pytest.mark.slow
+def test_imagenet256_forward_backward_batch2_cpu():
+    torch.manual_seed(0)
+    m = MaskGITTransformer(transformer_preset("maskgit-imagenet256"))
+    tokens = torch.randint(0, 1024, (2, 256))
+    tokens[:, ::3] = m.config.mask_id
+    logits = m(tokens, torch.tensor([1, 207]))
+    assert logits.shape == (2, 256, 1024)
+    logits.logsumexp(-1).mean().backward()
+    assert m.tok_emb.weight.grad is not None and torch.isfinite(m.tok_emb.weight.grad).all()
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMER_PRESETS))
+def test_every_preset_builds(name):
+    cfg = transformer_preset(name)
+    if "imagenet" in name:  # built without memory; the forward pass is covered by the slow test
+        with torch.device("meta"):
+            assert MaskGITTransformer(cfg).tok_emb.weight.shape == (cfg.vocab_size, cfg.width)
+        return
+    m = MaskGITTransformer(cfg).eval()
+    out = m(torch.zeros(1, cfg.num_tokens, dtype=torch.long), torch.tensor([0]))
+    assert out.shape == (1, cfg.num_tokens, cfg.codebook_size)
+
+
+def test_class_token_and_labels_checked():
+    m = MaskGITTransformer(transformer_preset("tiny"))
+    c = m.config
+    ids = m.cond_ids(torch.tensor([0, 3, -1]), 3, "cpu")
+    assert ids.tolist() == [c.codebook_size, c.codebook_size + 3, c.codebook_size + c.num_classes]
+    with pytest.raises(MaskGITError, match="class labels"):
+        m.cond_ids(torch.tensor([4]), 1, "cpu")
+
+
+def test_head_is_tied_to_the_token_embedding():
+    m = MaskGITTransformer(transformer_preset("tiny")).eval()
+    x = torch.randn(2, 5, m.config.width)
+    with torch.no_grad():
+        m.tok_emb.weight[:3] = 0
+        m.head_bias.zero_()
+        logits = m.head(x)
+    assert torch.all(logits[..., :3] == 0)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "square", "cubic", "sqrt", "log", "exp"])
+def test_masked_count_is_ceil_gamma_n(schedule):
+    N = 64
+    r = torch.linspace(0.01, 0.99, 25)
+    tokens = torch.zeros(25, N, dtype=torch.long)
+    _, mask = mask_tokens(tokens, r, schedule, 99, torch.rand(25, N, generator=torch.Generator().manual_seed(0)))
+    expect = torch.ceil(gamma(schedule, r, N) * N).long().clamp(1, N)
+    assert torch.equal(mask.sum(1), expect)
+    assert torch.equal(num_masked(r, N, schedule), expect)
+
+
+def _task_loss(task, tokens, labels):
+    ctx = StepContext(step=3, seed=0, global_batch=len(tokens), rank=0, world=1, device=torch.device("cpu"))
+    return task({"tokens": tokens, "labels": labels}, ctx)[0]
+
+
+def test_loss_ignores_unmasked_positions():
+    torch.manual_seed(0)
+    m = MaskGITTransformer(dataclasses.replace(transformer_preset("tiny"), dropout=0.0)).eval()
+    task = MaskedTokenTask(m, TrainConfig(cond_dropout=0.0))
+    tokens = torch.randint(0, 32, (4, 4, 4))
+    labels = torch.tensor([0, 1, 2, 3])
+    ctx = StepContext(3, 0, 4, 0, 1, torch.device("cpu"))
+    g_r = torch.rand(4, generator=ctx.generator(1))
+    g_noise = torch.rand(4, 16, generator=ctx.generator(2))
+    _, mask = mask_tokens(tokens.flatten(1), g_r, "cosine", m.config.mask_id, g_noise)
+    changed = tokens.flatten(1).clone()
+    changed[~mask] = (changed[~mask] + 7) % 32  # only targets of unmasked (visible) positions change...
+    # ...but visible tokens are also inputs, so compare against a model that cannot see them: the same input
+    l1 = _task_loss(task, tokens, labels)
+    l_same = _task_loss(task, tokens.clone(), labels)
+    assert torch.equal(l1, l_same)
+    # change only the targets at unmasked positions (inputs are kept identical by patching the forward)
+    orig_forward = m.forward
+    masked_inp = torch.where(mask, torch.full_like(changed, m.config.mask_id), tokens.flatten(1))
+    m.forward = lambda inp, *a, **k: orig_forward(masked_inp, *a, **k)
+    l2 = _task_loss(task, changed.view(4, 4, 4), labels)
+    m.forward = orig_forward
+    assert torch.allclose(l1, l2, atol=1e-6)
+    # changing a masked target does change the loss
+    changed2 = tokens.flatten(1).clone()
+    changed2[mask] = (changed2[mask] + 7) % 32
+    assert not torch.allclose(l1, _task_loss(task, changed2.view(4, 4, 4), labels))
