@@ -94,3 +94,18 @@ def test_cuda_request_without_cuda_is_a_clear_error(tmp_path):
         pytest.skip("CUDA is available")
     with pytest.raises(MaskGITError, match="cuda"):
         train_features(out=tmp_path / "f", device="cuda")
+
+
+def test_cli_flags_build_the_config(tmp_path, capsys):
+    import argparse
+
+    from maskgit.commands import features as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train-features", "--out", str(tmp_path), "--width", "16", "--augment"])
+    assert args.width == 16 and args.feature_dim is None and args.augment is True and args.epochs == 4
+    if not torch.cuda.is_available():
+        args = parser.parse_args(["train-features", "--out", str(tmp_path), "--device", "cuda"])
+        with pytest.raises(MaskGITError, match="cuda"):
+            args.func(args)

@@ -104,7 +104,7 @@ class TokenizerTask(nn.Module):
         dead = (self.code_age > self.cfg.dead_code_steps).nonzero().flatten()
         if dead.numel() == 0:
             return
-        flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (M, D)
+        flat = z.detach().float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (M, D)
         g = ctx.generator(4)
         pick = torch.randint(0, flat.shape[0], (dead.numel(),), generator=g).to(flat.device)
         self.model.quantizer.codebook.data[dead] = flat[pick]

@@ -156,6 +156,7 @@ class ImageFeatures(nn.Module):
         self.extractor = extractor
         self.num_features = int(extractor.dim)  # torchmetrics reads this instead of probing with a dummy image
 
+    @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.extractor(_float_batch(images)).double()
 

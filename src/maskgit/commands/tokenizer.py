@@ -94,6 +94,7 @@ def cmd_train_tokenizer(args) -> int:
         if not args.perceptual.startswith("features:"):
             raise MaskGITError("--perceptual must be 'none' or 'features:PATH'")
         percep = load_model(args.perceptual.split(":", 1)[1], "features")
+    torch.manual_seed(tcfg.seed)  # the CLI owns the process: the initial weights follow --seed
     task = TokenizerTask(VQGAN(vcfg), lcfg, percep)
     out = Path(args.out)
     fixed = torch.stack([val_ds[i][0] if val_ds is not None else train_ds[i][0] for i in range(32)])
@@ -170,11 +171,11 @@ def cmd_reconstruct(args) -> int:
                "perplexity": float(torch.exp(-(p * torch.log(p + 1e-10)).sum())),
                "seconds": round(time.time() - t0, 2)}
     if args.features:
-        from ..metrics import ProjectFeatures, frechet_distance
         from ..features import accuracy
+        from ..metrics import ProjectFeatures, extract_features, frechet_distance
         net = load_model(args.features, "features", device)
         ext = ProjectFeatures(net)
-        metrics["fd_recon"] = float(frechet_distance(_feats(ext, x), _feats(ext, rec)))
+        metrics["fd_recon"] = float(frechet_distance(extract_features(ext, x), extract_features(ext, rec)))
         metrics["acc_original"] = accuracy(net, x, labels)
         metrics["acc_recon"] = accuracy(net, rec, labels)
     for k, v in metrics.items():
@@ -193,10 +194,6 @@ def cmd_reconstruct(args) -> int:
             save_png(make_grid(both, ncol=16, scale=2), out)
         print(f"wrote {out}")
     return 0
-
-
-def _feats(ext, images: torch.Tensor) -> np.ndarray:
-    return np.concatenate([np.asarray(ext(images[i:i + 500])) for i in range(0, len(images), 500)])
 
 
 def cmd_tokenize(args) -> int:

@@ -60,8 +60,9 @@ def cmd_train(args) -> int:
     num_classes = int(store.labels.max()) + 1 if store.labels is not None else 0
     if classes:
         num_classes = len(classes)
-    model = build_model(args.preset, args.arch, store.meta, num_classes)
     cfg = override(TrainConfig(), args)
+    torch.manual_seed(cfg.seed)  # the CLI owns the process: the initial weights follow --seed
+    model = build_model(args.preset, args.arch, store.meta, num_classes)
     if len(store) < cfg.batch_size:
         raise MaskGITError(f"{args.tokens} holds {len(store)} examples, fewer than --batch-size {cfg.batch_size}")
     task = (NextTokenTask if args.arch == "ar" else MaskedTokenTask)(model, cfg)

@@ -1,0 +1,91 @@
+"""The trainer: exact resume after SIGKILL, and DDP (2 processes, gloo) equal to one process."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from maskgit.tokenstore import TokenStore, write_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("tok") / "store"
+    write_store(path, rng.integers(0, 32, size=(96, 4, 4)), labels=rng.integers(0, 4, size=96),
+                meta={"codebook_size": 32, "classes": ["a", "b", "c", "d"]})
+    return path
+
+
+def _cmd(store, out, steps, extra=()):
+    return [sys.executable, "-m", "maskgit", "train", "--tokens", str(store), "--preset", "tiny", "--out", str(out),
+            "--max-steps", str(steps), "--batch-size", "8", "--warmup-steps", "3", "--save-every", "1",
+            "--keep-last", "2", "--log-every", "1", "--ema", "0.9", "--device", "cpu", *extra]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _weights(path):
+    return load_file(str(path / "final" / "model.safetensors"))
+
+
+def test_token_store_round_trip(store, tmp_path):
+    s = TokenStore(store)
+    assert len(s) == 96 and s.meta["grid"] == [4, 4]
+    b = s.batch(torch.tensor([5, 1, 77]))
+    assert b["tokens"].shape == (3, 4, 4) and b["tokens"].dtype == torch.int64
+    assert torch.equal(b["labels"], torch.from_numpy(s.labels[[5, 1, 77]]))
+    with pytest.raises(Exception, match="different tokenizer"):
+        TokenStore(store, tokenizer_hash="0" * 16)
+
+
+def test_resume_after_sigkill_is_bit_identical(store, tmp_path):
+    steps = 60
+    subprocess.run(_cmd(store, tmp_path / "a", steps), check=True, env=ENV, capture_output=True)
+    proc = subprocess.Popen(_cmd(store, tmp_path / "b", steps), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ck = tmp_path / "b" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ck.exists() and any(p.name >= "step_00000005" for p in ck.iterdir())):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "b" / "final").exists()
+    subprocess.run(_cmd(store, tmp_path / "b", steps, ("--resume",)), check=True, env=ENV, capture_output=True)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_sigterm_saves_and_exits_cleanly(store, tmp_path):
+    proc = subprocess.Popen(_cmd(store, tmp_path / "c", 100000), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ck = tmp_path / "c" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ck.exists() and any(ck.iterdir())):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    assert (tmp_path / "c" / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process(store, tmp_path):
+    steps = 4
+    one = _cmd(store, tmp_path / "one", steps)
+    subprocess.run(one, check=True, env=ENV, capture_output=True)
+    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "maskgit", *_cmd(store, tmp_path / "two", steps)[3:]]
+    r = subprocess.run(two, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), (k, (a[k] - b[k]).abs().max())
