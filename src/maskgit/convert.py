@@ -1,12 +1,12 @@
 """Google's official MaskGIT checkpoints (JAX/Flax) -> our PyTorch models, exactly.
 
 The release (github.com/google-research/maskgit) has four files, each ``flax.serialization.to_bytes`` of
-``{"params": {...}}``: msgpack maps of maps whose leaves are arrays in msgpack extension type 1 (a nested msgpack
-``(shape, dtype name, C-order bytes)``). They are read here with ``msgpack`` alone (no flax, jax or pickle).
+``{"params": {...}}``: msgpack maps of maps whose leaves are arrays in msgpack extension type 1 (a nested
+msgpack ``(shape, dtype name, C-order bytes)``), read here with ``msgpack`` alone (no flax, jax or pickle).
 
-Each converted tensor is described by one ``Entry`` (our state-dict key <- the Flax leaves it comes from, their
-shapes, the layout change), built from a config; the config itself is inferred from the tree's shapes, so the
-256 and 512 releases (and smaller trees of the same layout) all convert. Conversion never lives in model code."""
+Each converted tensor is one ``Entry`` (our state-dict key <- the Flax leaves it comes from, their shapes, the
+layout change), built from a config; the config is inferred from the tree's shapes, so the 256 and 512
+releases (and smaller trees of the same layout) all convert. Conversion never lives in model code."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,16 +84,18 @@ def _unchunk(tree: Any) -> Any:
     return {k: _unchunk(v) for k, v in tree.items()}
 
 
-def _sniff(head: bytes) -> str | None:
-    """What a file that is not a msgpack map most likely is (for the error message)."""
+def _sniff(head: bytes, size: int) -> str | None:
+    """What a file that is not a Flax checkpoint most likely is (for the error message)."""
+    pickle = "a Python pickle (never loaded here)"
     kinds = [(b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
              (b"PK\x03\x04", "a zip archive (a PyTorch .pt/.pth file is one)"),
-             (b"\x80", "a Python pickle (never loaded here)"), (b"\x89HDF", "an HDF5 (Keras) file"),
+             (b"\x89HDF", "an HDF5 (Keras) file"),
+             (b"\x80\x02", pickle), (b"\x80\x03", pickle), (b"\x80\x04", pickle), (b"\x80\x05", pickle),
              (b"{", "a JSON file"), (b"<", "an HTML/XML page (a failed download?)")]
     for magic, what in kinds:
         if head.startswith(magic):
             return what
-    if len(head) >= 9 and head[8:9] == b"{":
+    if len(head) >= 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") + 8 <= size:
         return "a safetensors file (already our format? load it with maskgit.checkpoint)"
     return None
 
@@ -115,8 +118,8 @@ def load_flax_msgpack(path: str | Path) -> dict:
         raise MaskGITError(f"{path} is empty: download it again")
     with open(path, "rb") as f:
         head = f.read(16)
-        if head[0] not in range(0x80, 0x90) and head[0] not in (0xDE, 0xDF):  # a msgpack map starts the file
-            what = _sniff(head)
+        what = _sniff(head, size)  # (the PNG signature's 0x89 is also a msgpack map header)
+        if what or (head[0] not in range(0x80, 0x90) and head[0] not in (0xDE, 0xDF)):  # not a msgpack map
             raise MaskGITError(f"{path} is not a Flax msgpack checkpoint" + (f": it looks like {what}" if what
                                else "") + "; give one of the official MaskGIT files (e.g. "
                                f"{OFFICIAL_FILES['tokenizer'][0]})")
@@ -146,7 +149,7 @@ def _payload(arr: np.ndarray) -> bytes:
 
 
 def write_flax_msgpack(tree: dict, path: str | Path) -> Path:
-    """Write ``tree`` (nested dicts of numpy arrays / tensors / scalars) in flax.serialization's msgpack layout."""
+    """Write ``tree`` (nested dicts of arrays / tensors / scalars) in flax.serialization's msgpack layout."""
     msgpack = _msgpack()
 
     def default(obj):
@@ -275,7 +278,7 @@ class _Mapping:
         self.add(f"{key}.bias", (f"{path}/bias",), ((cout,),))
 
     def resblock(self, key: str, path: str, cin: int, cout: int) -> None:
-        """Flax names in call order: GroupNorm_0, Conv_0, GroupNorm_1, Conv_1, [Conv_2 = 1x1 on the output]."""
+        """Flax names in call order: GroupNorm_0, Conv_0, GroupNorm_1, Conv_1, [Conv_2: 1x1 on the output]."""
         self.norm(f"{key}.norm1", f"{path}/GroupNorm_0", cin)
         self.conv(f"{key}.conv1", f"{path}/Conv_0", cin, cout, 3, bias=False)
         self.norm(f"{key}.norm2", f"{path}/GroupNorm_1", cout)
@@ -287,8 +290,8 @@ class _Mapping:
 def tokenizer_mapping(cfg: VQGANConfig) -> list[Entry]:
     """Every tensor of ``VQGAN(cfg)`` and the official Flax leaves it comes from (vqgan_tokenizer.VQVAE)."""
     if cfg.num_res_blocks != 2 or not cfg.official_shortcut:
-        raise MaskGITError("the official tokenizer layout has num_res_blocks=2 (= its two middle blocks) and the "
-                           "output shortcut (official_shortcut=True)")
+        raise MaskGITError("the official tokenizer layout has num_res_blocks=2 (= its two middle blocks) and "
+                           "the output shortcut (official_shortcut=True)")
     m = _Mapping()
     widths = [cfg.filters * c for c in cfg.channel_mult]
     # encoder: Conv_0, ResBlock_0.. (levels, then the middle), GroupNorm_0, Conv_1 (1x1 to the embedding)
@@ -325,7 +328,7 @@ def tokenizer_mapping(cfg: VQGANConfig) -> list[Entry]:
 
 
 def transformer_mapping(cfg: TransformerConfig) -> list[Entry]:
-    """Every tensor of ``MaskGITTransformer(cfg)`` and its official Flax leaves (maskgit_transformer.Transformer)."""
+    """Every tensor of ``MaskGITTransformer(cfg)`` and its official Flax leaves (maskgit_transformer.py)."""
     if cfg.arch != "maskgit" or cfg.null_class or cfg.text_dim:
         raise MaskGITError("only the official layout (arch 'maskgit', no null class, no text) converts")
     m = _Mapping()
@@ -386,6 +389,8 @@ def infer_tokenizer_config(params: dict, image_size: int = 256, num_groups: int 
     _expect(params, "tokenizer")
     flat = flatten(params)
     kh, kw, channels, filters = _leaf(flat, "encoder/Conv_0/kernel", 4, "tokenizer")
+    if (kh, kw) != (3, 3):
+        raise MaskGITError(f"not an official MaskGIT tokenizer tree: its first conv is {kh}x{kw}, not 3x3")
     codes, dim = _leaf(flat, "quantizer/codebook", 2, "tokenizer")
     n_enc = _count(flat, r"encoder/ResBlock_(\d+)/")
     levels = _count(flat, r"decoder/Conv_(\d+)/") - 1  # conv_in + (levels - 1) upsampling convs + conv_out
@@ -403,7 +408,7 @@ def infer_tokenizer_config(params: dict, image_size: int = 256, num_groups: int 
             raise MaskGITError(f"tokenizer level {i} has width {w}, not a multiple of {filters}")
         mult.append(w // filters)
     widths = [filters * c for c in mult]
-    if any(w % num_groups for w in widths + [filters]):
+    if any(w % num_groups for w in (*widths, filters)):
         raise MaskGITError(f"GroupNorm with {num_groups} groups needs widths divisible by it; got {widths}")
     return VQGANConfig(channels=channels, filters=filters, channel_mult=tuple(mult), num_res_blocks=per_level,
                        embedding_dim=dim, codebook_size=codes, num_groups=num_groups, official_shortcut=True,
@@ -411,7 +416,7 @@ def infer_tokenizer_config(params: dict, image_size: int = 256, num_groups: int 
 
 
 def infer_transformer_config(params: dict, codebook_size: int = 1024) -> TransformerConfig:
-    """The TransformerConfig whose official tree has these shapes; the vocabulary is codes + classes + mask."""
+    """The TransformerConfig whose official tree has these shapes (vocabulary = codes + classes + mask)."""
     _expect(params, "transformer")
     flat = flatten(params)
     vocab, width = _leaf(flat, "Embed_0/word_embeddings/embedding", 2, "transformer")
@@ -477,7 +482,7 @@ def tokenizer_from_flax(tree: dict, image_size: int = 256, num_groups: int = 32)
 
 
 def transformer_from_flax(tree: dict, codebook_size: int = 1024):
-    """Official MaskGIT transformer variables (with or without {"params": ...}) -> our ``MaskGITTransformer``."""
+    """Official transformer variables (with or without {"params": ...}) -> our ``MaskGITTransformer``."""
     from .transformer import MaskGITTransformer
     params = params_of(tree)
     cfg = infer_transformer_config(params, codebook_size)
@@ -494,7 +499,8 @@ def _resolution(name: str) -> str | None:
 
 
 def convert_official(tokenizer: str | Path, transformer: str | Path, out: str | Path,
-                     dtype: torch.dtype | None = None, force: bool = False, log: Callable[[str], None] = print):
+                     dtype: torch.dtype | None = None, force: bool = False,
+                     log: Callable[[str], None] = print):
     """Official tokenizer + transformer files -> ``out/tokenizer`` + ``out/maskgit`` (our format), atomically.
 
     Returns ``(tokenizer model, transformer model, out path)``."""
@@ -508,8 +514,8 @@ def convert_official(tokenizer: str | Path, transformer: str | Path, out: str | 
                            f"to replace it")
     a, b = _resolution(tokenizer.name), _resolution(transformer.name)
     if a and b and a != b:
-        warnings.warn(f"{tokenizer.name} and {transformer.name} look like different resolutions ({a} vs {b}); "
-                      f"the release pairs tokenizer_imagenetN with maskgit_imagenetN", stacklevel=2)
+        warnings.warn(f"{tokenizer.name} and {transformer.name} look like different resolutions ({a} vs "
+                      f"{b}); the release pairs tokenizer_imagenetN with maskgit_imagenetN", stacklevel=2)
     log(f"reading {tokenizer}")
     tok_tree = params_of(load_flax_msgpack(tokenizer))
     tok_cfg = infer_tokenizer_config(tok_tree)  # fail fast on a wrong tokenizer before the big file
@@ -540,7 +546,7 @@ def summary(model: torch.nn.Module) -> str:
             f"{c.num_classes} classes, {c.grid_size}x{c.grid_size} tokens")
 
 
-__all__ = ["load_flax_msgpack", "write_flax_msgpack", "flatten", "unflatten", "params_of", "Entry",
-           "tokenizer_mapping", "transformer_mapping", "expected_flax_shapes", "convert_arrays",
-           "infer_tokenizer_config", "infer_transformer_config", "check_tree", "tokenizer_from_flax",
-           "transformer_from_flax", "convert_official", "summary", "OFFICIAL_FILES", "OFFICIAL_URL"]
+__all__ = ["OFFICIAL_FILES", "OFFICIAL_URL", "Entry", "check_tree", "convert_arrays", "convert_official",
+           "expected_flax_shapes", "flatten", "infer_tokenizer_config", "infer_transformer_config",
+           "load_flax_msgpack", "params_of", "summary", "tokenizer_from_flax", "tokenizer_mapping",
+           "transformer_from_flax", "transformer_mapping", "unflatten", "write_flax_msgpack"]

@@ -17,16 +17,16 @@ DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 def register(subparsers) -> None:
     p = subparsers.add_parser("convert", help="convert released checkpoints to this package's format",
                               description="Convert checkpoints from other implementations into a pipeline "
-                                          "directory (tokenizer/ + maskgit/) that `maskgit sample --model DIR` "
-                                          "and maskgit.load(DIR) use.")
+                                          "directory (tokenizer/ + maskgit/) that `maskgit sample --model "
+                                          "DIR` and maskgit.load(DIR) use.")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
     sub = p.add_subparsers(dest="convert_command", metavar="SOURCE")
     o = sub.add_parser("official", help="Google's JAX/Flax MaskGIT release (ImageNet 256 or 512)",
-                       description=f"Convert the official MaskGIT checkpoints ({OFFICIAL_URL}<name>) exactly. "
-                                   f"Pair the files of one resolution: tokenizer_imagenet256_checkpoint + "
-                                   f"maskgit_imagenet256_checkpoint, or the two ..._imagenet512_checkpoint "
-                                   f"files. Needs the msgpack package (pip install 'maskgit[convert]'); "
-                                   f"flax/jax are not needed.")
+                       description=f"Convert the official MaskGIT checkpoints ({OFFICIAL_URL}<name>) "
+                                   f"exactly. Pair the files of one resolution: tokenizer_imagenet256_"
+                                   f"checkpoint + maskgit_imagenet256_checkpoint, or the two "
+                                   f"..._imagenet512_checkpoint files. Needs the msgpack package "
+                                   f"(pip install 'maskgit[convert]'); flax/jax are not needed.")
     o.add_argument("--tokenizer", required=True, metavar="FILE",
                    help=f"the tokenizer file ({' or '.join(OFFICIAL_FILES['tokenizer'])})")
     o.add_argument("--transformer", required=True, metavar="FILE",

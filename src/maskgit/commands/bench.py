@@ -1,0 +1,168 @@
+"""`maskgit bench`: the benchmark tables of benchmarks/RESULTS.md, each appended with the command that made it.
+
+  table      MaskGIT at T=4,8,12,16 vs the AR baseline (with/without KV cache): FD, class agreement, speed
+  schedules  FD vs T for every mask schedule (the paper's Table 3)
+  tradeoff   FD / precision / recall vs choice temperature and vs CFG scale at T=8
+  speed      random-weight speed at the ImageNet-256 configuration (24x768, 256 tokens) + VQGAN decoder
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import MaskGITError
+from .common import device_arg, parse_ints, resolve_device
+
+RESULTS = Path("benchmarks/RESULTS.md")
+PLOTS = Path("benchmarks/plots")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (appends to benchmarks/RESULTS.md, draws plots)",
+                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["table", "schedules", "tradeoff", "speed"])
+    p.add_argument("--model", default=None, help="shipped model name or pipeline directory")
+    p.add_argument("--num", type=int, default=1000, help="samples per quality row")
+    p.add_argument("--steps", default="4,8,12,16", help="T values (table, schedules)")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--plots", default=str(PLOTS))
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
+    p.add_argument("--config", default="maskgit-imagenet256", help="speed: transformer preset")
+    p.add_argument("--batches", default="1,8", help="speed: batch sizes")
+    p.add_argument("--no-ar-nocache", action="store_true", help="speed: skip the slow AR run without cache")
+    device_arg(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def _plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str,
+          logy: bool = False) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, (x, y) in series.items():
+        ax.plot(x, y, marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def cmd_bench(args) -> int:
+    command = "maskgit " + " ".join(sys.argv[1:])
+    if args.what == "speed":
+        from ..speed import run_speed
+        return run_speed(args, command)
+    from ..evaluation import (append_results, generate, markdown_table, time_per_image, uniform_labels)
+    from ..pipeline import load
+    from .evaluate import evaluator_for
+    pipe = load(args.model, resolve_device(args.device))
+    ev = evaluator_for(pipe, None, args.data, args.split)
+    C = pipe.transformer.config.num_classes
+    labels = uniform_labels(args.num, C)
+    steps = parse_ints(args.steps, "--steps")
+    plots = Path(args.plots)
+    rows = []
+
+    def quality(arch, kw, use_cache=True):
+        images, sec = generate(pipe, labels, arch, kw, args.seed, args.batch_size, use_cache)
+        return ev(images, labels), sec / len(labels)
+
+    if args.what == "table":
+        from ..evaluation import load_real
+        size = pipe.grid[0] * pipe.tokenizer.config.downsample
+        m = ev(load_real(args.data, "train", size, args.num), labels_of_train(args, size, args.num))
+        rows.append({"model": "real train images (floor)", "steps": "-", **_pr(m)})
+        for T in steps:
+            kw = {"steps": T}
+            m, _ = quality("maskgit", kw)
+            rows.append({"model": "MaskGIT", "steps": T, **_pr(m),
+                         "s/img (batch 1)": time_per_image(pipe, "maskgit", 1, kw, args.repeats),
+                         "img/s (batch 32)": 1 / time_per_image(pipe, "maskgit", 32, kw, args.repeats)})
+        if pipe.ar is not None:
+            N = pipe.grid[0] * pipe.grid[1]
+            m, _ = quality("ar", {})
+            for cache in (True, False):
+                rows.append({"model": f"AR ({'KV cache' if cache else 'no cache'})", "steps": N,
+                             **_pr(m),
+                             "s/img (batch 1)": time_per_image(pipe, "ar", 1, {}, args.repeats, cache),
+                             "img/s (batch 32)": 1 / time_per_image(pipe, "ar", 32, {}, args.repeats, cache)})
+        cols = ["model", "steps", "FD", "class agreement", "precision", "recall", "s/img (batch 1)",
+                "img/s (batch 32)"]
+        mg = [r for r in rows if r["model"] == "MaskGIT"]
+        series = {"MaskGIT": ([r["steps"] for r in mg], [r["FD"] for r in mg])}
+        ar = [r for r in rows if r["model"].startswith("AR (KV")]
+        if ar:
+            series["AR (256 or h*w steps)"] = ([ar[0]["steps"]], [ar[0]["FD"]])
+        _plot(plots / "maskgit_vs_ar_fd.png", series, "decoding steps", "FD (project features)",
+              "MaskGIT vs AR: quality")
+        lat = {"MaskGIT batch 1": ([r["steps"] for r in mg], [r["s/img (batch 1)"] for r in mg])}
+        if ar:
+            lat["AR KV cache batch 1"] = ([ar[0]["steps"]], [ar[0]["s/img (batch 1)"]])
+        _plot(plots / "latency_vs_steps.png", lat, "decoding steps", "seconds per image", "latency", logy=True)
+        title = f"Seed's table: MaskGIT vs AR on {args.data} ({args.num} samples per row)"
+    elif args.what == "schedules":
+        from ..schedules import SCHEDULES
+        series = {}
+        for name in SCHEDULES:
+            xs, ys = [], []
+            for T in steps:
+                m, _ = quality("maskgit", {"steps": T, "schedule": name})
+                rows.append({"schedule": name, "steps": T, **_pr(m)})
+                xs.append(T)
+                ys.append(m["fd_featurenet"])
+            series[name] = (xs, ys)
+        cols = ["schedule", "steps", "FD", "class agreement", "precision", "recall"]
+        _plot(plots / "fd_vs_steps_per_schedule.png", series, "decoding steps T", "FD (project features)",
+              "mask schedules")
+        title = f"Mask schedule ablation on {args.data} ({args.num} samples per row)"
+    else:  # tradeoff
+        s1, s2 = {}, {}
+        for ct in (0.0, 1.0, 2.0, 4.5, 8.0):
+            m, _ = quality("maskgit", {"steps": 8, "choice_temperature": ct})
+            rows.append({"knob": "choice temperature", "value": ct, **_pr(m)})
+        for cfg in (0.0, 0.5, 1.0, 2.0, 4.0):
+            m, _ = quality("maskgit", {"steps": 8, "cfg": cfg})
+            rows.append({"knob": "CFG scale", "value": cfg, **_pr(m)})
+        for knob, store in (("choice temperature", s1), ("CFG scale", s2)):
+            rs = [r for r in rows if r["knob"] == knob]
+            for key in ("FD", "precision", "recall"):
+                store[key] = ([r["value"] for r in rs], [r[key] for r in rs])
+        _plot(plots / "tradeoff_choice_temperature.png", s1, "choice temperature", "value", "T=8")
+        _plot(plots / "tradeoff_cfg.png", s2, "CFG scale", "value", "T=8")
+        cols = ["knob", "value", "FD", "precision", "recall", "class agreement"]
+        title = f"Diversity/fidelity trade-off at T=8 on {args.data} ({args.num} samples per row)"
+    table = markdown_table(rows, cols)
+    print(table)
+    append_results(args.results, title, command, table)
+    return 0
+
+
+def _pr(m: dict) -> dict:
+    return {"FD": m["fd_featurenet"], "precision": m["precision_featurenet"], "recall": m["recall_featurenet"],
+            "class agreement": m.get("class_accuracy", float("nan"))}
+
+
+def labels_of_train(args, size, num):
+    from ..data import load_dataset
+    ds = load_dataset(args.data, split="train", image_size=size)
+    if not hasattr(ds, "targets"):
+        raise MaskGITError("the real-data floor needs a labelled dataset")
+    return ds.targets[:num]

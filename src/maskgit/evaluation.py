@@ -1,0 +1,119 @@
+"""Sample generation for evaluation, timing, and the benchmark tables (the seed's claim, schedules, trade-offs).
+
+Everything here drives the pipeline; metrics come from ``maskgit.metrics``."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import SampleConfig
+from .errors import MaskGITError
+from .pipeline import Pipeline
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {torch.get_num_threads()} threads, {dev}, torch {torch.__version__}"
+
+
+def uniform_labels(num: int, num_classes: int) -> torch.Tensor:
+    return torch.arange(num) % num_classes if num_classes else torch.full((num,), -1)
+
+
+@torch.inference_mode()
+def generate(pipe: Pipeline, labels: torch.Tensor, arch: str = "maskgit", sample_kw: dict | None = None,
+             seed: int = 0, batch_size: int = 100, use_cache: bool = True) -> tuple[torch.Tensor, float]:
+    """Images (N,C,H,W) float for ``labels`` and the wall time in seconds (tokenizer decoding included)."""
+    sample_kw = sample_kw or {}
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    t0 = time.perf_counter()
+    for i in range(0, len(labels), batch_size):
+        lab = labels[i:i + batch_size]
+        if arch == "ar":
+            if pipe.ar is None:
+                raise MaskGITError("this model has no AR baseline (no ar/ directory)")
+            cfg = pipe.sample_config(**sample_kw)
+            toks = pipe.ar.generate(lab.to(pipe.device), cfg, gen, use_cache=use_cache)
+            out.append(pipe.to_images(toks))
+        elif arch == "maskgit":
+            out.append(pipe.generate(lab.tolist(), generator=gen, output="tensor", **sample_kw))
+        else:
+            raise MaskGITError(f"arch must be 'maskgit' or 'ar', got {arch!r}")
+    return torch.cat(out), time.perf_counter() - t0
+
+
+def time_per_image(pipe: Pipeline, arch: str, batch: int, sample_kw: dict, repeats: int = 3,
+                   use_cache: bool = True) -> float:
+    """Median seconds per image over ``repeats`` batches of ``batch`` images (after one warm-up)."""
+    labels = uniform_labels(batch, pipe.transformer.config.num_classes)
+    generate(pipe, labels[:1], arch, sample_kw, 0, batch, use_cache)
+    times = [generate(pipe, labels, arch, sample_kw, r, batch, use_cache)[1] / batch for r in range(repeats)]
+    return statistics.median(times)
+
+
+class Evaluator:
+    """Real reference statistics + feature network + classifier, reused across many evaluations."""
+
+    def __init__(self, features_net, real_images: torch.Tensor, cache: str | Path | None = None):
+        from .metrics import ProjectFeatures, reference_stats
+        self.net = features_net.eval()
+        self.extractor = ProjectFeatures(self.net)
+        self.real = reference_stats(self.extractor, real_images, cache)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict:
+        from .metrics import iter_metrics
+        lab = labels if labels is not None and (labels >= 0).all() else None
+        return dict(iter_metrics(images, lab, self.real, self.extractor, self.net))
+
+
+def load_real(dataset: str, split: str, image_size: int, limit: int | None = None) -> torch.Tensor:
+    from .data import load_dataset
+    ds = load_dataset(dataset, split=split, image_size=image_size)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    if hasattr(ds, "images"):
+        return ds.images[:n].float() / 255
+    return torch.stack([ds[i][0] for i in range(n)])
+
+
+def append_results(path: str | Path, title: str, command: str, table: str, notes: str = "") -> None:
+    """Append one section (title, command, machine, date, table) to RESULTS.md."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (f"\n## {title}\n\nCommand: `{command}`  \nMachine: {machine_description()}  \nDate: {date}\n\n"
+            f"{table}\n" + (f"\n{notes}\n" if notes else ""))
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def sample_kwargs(cfg: SampleConfig) -> dict:
+    return {k: getattr(cfg, k) for k in ("steps", "schedule", "temperature", "top_k", "top_p",
+                                         "choice_temperature", "cfg", "cfg_schedule")}
+
+

@@ -1,0 +1,651 @@
+"""HTTP API and web page for a pipeline (FastAPI + uvicorn; ``pip install maskgit[server]``).
+
+Endpoints: ``POST /v1/generate``, ``POST /v1/edit`` (inpaint / outpaint / class edit), ``GET /v1/models``,
+``GET /v1/stats``, ``GET /healthz``, the page at ``/`` and the OpenAPI docs at ``/docs``. Images travel as base64
+PNG in JSON, or as the PNG bytes themselves when the client sends ``Accept: image/png`` and the answer is one image.
+Every error is JSON ``{"error": "..."}``: 400 unreadable input (bad JSON, bad base64, not a PNG), 406 PNG asked for
+several images, 413 body too large, 415 unknown content type, 422 a well-formed request the model cannot serve
+(label out of range, wrong image or mask size, unknown schedule, steps/num above the limits, ...), 503 queue full
+or shutting down (with ``Retry-After``).
+
+Batching. All inference runs in ONE worker thread (the ``Batcher``); the asyncio side only validates, enqueues and
+awaits a future. Requests wait in a bounded FIFO queue. The worker takes the oldest one, waits at most
+``max_wait_ms`` (counted from that request's arrival) for company, then decodes together every queued generate
+request with the same settings (the whole SampleConfig plus ``return_steps``), up to ``max_batch`` images, in one
+``Pipeline.generate`` call; a single request larger than ``max_batch`` runs alone. Edits always run alone. Each
+request is answered exactly once; on shutdown the worker refuses new requests and drains the queue first.
+
+Seeds. ``sampling.decode`` draws its noise from ONE torch.Generator for the whole batch, so a request's images
+depend on the company it is decoded with:
+- a request decoded alone (a batch of one, or any request sent with ``"exact": true``, which is never shared)
+  uses ``torch.Generator().manual_seed(seed)``: its images equal
+  ``maskgit.load(model).generate(labels, seed=seed, **settings)`` bit for bit and repeat on every call;
+- a request that shares a decode gets a generator seeded from the seeds of all requests in the batch, in order:
+  deterministic for the same batch, different from the same request alone. Send ``"exact": true`` when
+  reproducibility matters more than throughput. Edits always run alone, so they are always exact."""
+
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import SampleConfig
+from .errors import MaskGITError
+from .imageio import to_rgb
+from .schedules import SCHEDULES
+
+log = logging.getLogger("maskgit.server")
+WEB_DIR = Path(__file__).parent / "web"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SAMPLE_FIELDS = ("steps", "schedule", "temperature", "top_k", "top_p", "choice_temperature", "cfg", "cfg_schedule")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Batching, queueing and request limits of ``maskgit serve`` (one CLI flag per field)."""
+
+    max_batch: int = 32  # images in one batched decode
+    max_wait_ms: float = 10.0  # how long the oldest request may wait for company
+    queue_size: int = 256  # requests waiting (beyond: 503)
+    max_num: int = 64  # images per request
+    max_steps: int = 64  # decoding steps per request
+    max_body_mb: float = 8.0  # request body (beyond: 413)
+
+
+class APIError(Exception):
+    """An HTTP error answered as JSON {"error": message}."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+# ================================================================ the worker
+
+@dataclass(eq=False)
+class Job:
+    """One request in the queue: a generate request (``labels`` + ``seed`` under ``settings``, batched with
+    others of the same ``settings`` when ``shared``) or an edit (``fn``, always alone)."""
+
+    settings: Hashable | None = None  # (SampleConfig, return_steps)
+    shared: bool = True
+    labels: list[int] = dataclasses.field(default_factory=list)
+    seed: int = 0
+    fn: Callable[[], Any] | None = None
+    future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
+    enqueued: float = dataclasses.field(default_factory=time.monotonic)
+
+    @property
+    def size(self) -> int:
+        return max(len(self.labels), 1)
+
+
+@dataclass(frozen=True)
+class GenResult:
+    images: np.ndarray  # uint8 (n, H, W, C)
+    steps: list[np.ndarray] | None  # per decoding step, uint8 (n, H, W, C)
+    batch_requests: int
+    batch_images: int
+
+
+def batch_seed(seeds: list[int]) -> int:
+    """The generator seed of a shared decode: a hash of every request's seed, in batch order."""
+    digest = hashlib.blake2b(",".join(map(str, seeds)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class Batcher:
+    """A bounded queue and the one thread that runs the pipeline (see the module docstring)."""
+
+    def __init__(self, pipe, max_batch: int = 32, max_wait_s: float = 0.01, queue_size: int = 256):
+        if max_batch < 1 or queue_size < 1 or max_wait_s < 0:
+            raise MaskGITError("max_batch and queue_size must be >= 1 and max_wait_ms >= 0")
+        self.pipe, self.max_batch, self.max_wait_s, self.queue_size = pipe, max_batch, max_wait_s, queue_size
+        self._cv = threading.Condition()
+        self._queue: deque[Job] = deque()
+        self._closing = self._held = False
+        self._thread = threading.Thread(target=self._loop, name="maskgit-worker", daemon=True)
+        self.stats = {"requests": 0, "images": 0, "batches": 0, "edits": 0, "rejected": 0, "errors": 0,
+                      "busy_seconds": 0.0}  # errors: requests answered with an error
+
+    # ---------------------------------------------------------- control
+    def start(self) -> None:
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    def submit(self, job: Job) -> concurrent.futures.Future:
+        """Enqueue ``job``; APIError 503 when the queue is full or the server is shutting down."""
+        with self._cv:
+            if self._closing:
+                self.stats["rejected"] += 1
+                raise APIError(503, "the server is shutting down", {"Retry-After": "5"})
+            if len(self._queue) >= self.queue_size:
+                self.stats["rejected"] += 1
+                raise APIError(503, f"the queue is full ({self.queue_size} requests waiting): retry later",
+                               {"Retry-After": str(self._retry_after())})
+            job.enqueued = time.monotonic()
+            self._queue.append(job)
+            self._cv.notify_all()
+        return job.future
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new requests, finish every accepted one, stop the thread."""
+        with self._cv:
+            self._closing, self._held = True, False
+            self._cv.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def hold(self) -> None:
+        """Pause the worker between batches (requests keep queueing); for tests and maintenance."""
+        with self._cv:
+            self._held = True
+
+    def release(self) -> None:
+        with self._cv:
+            self._held = False
+            self._cv.notify_all()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closing
+
+    def queued(self) -> int:
+        with self._cv:
+            return len(self._queue)
+
+    def snapshot(self) -> dict:
+        with self._cv:
+            s = dict(self.stats, queued=len(self._queue))
+        s["mean_batch_size"] = s["requests"] / s["batches"] if s["batches"] else 0.0
+        s["mean_batch_images"] = s["images"] / s["batches"] if s["batches"] else 0.0
+        return s
+
+    def _retry_after(self) -> int:
+        per_image = self.stats["busy_seconds"] / max(self.stats["images"] + self.stats["edits"], 1)
+        return max(1, math.ceil(per_image * sum(j.size for j in self._queue)))
+
+    # ---------------------------------------------------------- the thread
+    def _next_batch(self) -> list[Job] | None:
+        with self._cv:
+            while not self._queue or self._held:
+                if self._closing and not self._queue:
+                    return None
+                self._cv.wait()
+            head = self._queue[0]
+            if head.shared and head.fn is None:  # wait (from the head's arrival) for more requests with the same settings
+                while not self._closing:
+                    left = head.enqueued + self.max_wait_s - time.monotonic()
+                    if left <= 0 or self._same(head) >= self.max_batch:
+                        break
+                    self._cv.wait(left)
+            batch, n = [head], head.size
+            if head.shared and head.fn is None:
+                for job in list(self._queue)[1:]:
+                    if job.shared and job.fn is None and job.settings == head.settings \
+                            and n + job.size <= self.max_batch:
+                        batch.append(job)
+                        n += job.size
+            chosen = set(map(id, batch))
+            self._queue = deque(j for j in self._queue if id(j) not in chosen)
+            return batch
+
+    def _same(self, head: Job) -> int:
+        return sum(j.size for j in self._queue if j.shared and j.fn is None and j.settings == head.settings)
+
+    def _loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            live = [j for j in batch if j.future.set_running_or_notify_cancel()]  # skip cancelled requests
+            if not live:
+                continue
+            t0 = time.perf_counter()
+            try:
+                if live[0].fn is not None:
+                    self._run_call(live[0])
+                else:
+                    self._run_generate(live)
+            except MaskGITError as e:  # the user's mistake: every future of the batch gets it
+                self._fail(live, e)
+            except Exception as e:  # a bug: log it, answer 500, keep the worker alive
+                log.exception("inference failed")
+                self._fail(live, e)
+            with self._cv:
+                self.stats["busy_seconds"] += time.perf_counter() - t0
+                self.stats["errors"] += sum(1 for j in live if j.future.exception() is not None)
+
+    @staticmethod
+    def _fail(jobs: list[Job], error: Exception) -> None:
+        for j in jobs:
+            if not j.future.done():
+                j.future.set_exception(error)
+
+    def _run_call(self, job: Job) -> None:
+        job.future.set_result(job.fn())
+        with self._cv:
+            self.stats["edits"] += 1
+
+    def _run_generate(self, jobs: list[Job]) -> None:
+        cfg, return_steps = jobs[0].settings
+        labels = [label for j in jobs for label in j.labels]
+        seed = jobs[0].seed if len(jobs) == 1 else batch_seed([j.seed for j in jobs])
+        out = self.pipe.generate(labels=labels, seed=None, generator=torch.Generator().manual_seed(seed),
+                                 output="tensor", return_steps=return_steps,
+                                 **{f: getattr(cfg, f) for f in SAMPLE_FIELDS})
+        images, steps = out if return_steps else (out, None)
+        images = to_u8(images)
+        steps = [to_u8(s) for s in steps] if steps is not None else None
+        with self._cv:
+            self.stats["requests"] += len(jobs)
+            self.stats["images"] += len(labels)
+            self.stats["batches"] += 1
+        a = 0
+        for j in jobs:
+            b = a + len(j.labels)
+            j.future.set_result(GenResult(images[a:b], [s[a:b] for s in steps] if steps else None,
+                                          len(jobs), len(labels)))
+            a = b
+
+
+# ================================================================ helpers
+
+def to_u8(images: torch.Tensor) -> np.ndarray:
+    """Float (B,C,H,W) in [0,1] -> uint8 (B,H,W,C), rounded as ``Pipeline.generate(output="np")`` does."""
+    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def png_bytes(a: np.ndarray) -> bytes:
+    """uint8 (H, W, C) -> PNG bytes (grey images stay one channel)."""
+    buf = io.BytesIO()
+    Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64_png(a: np.ndarray) -> str:
+    return base64.b64encode(png_bytes(a)).decode("ascii")
+
+
+def decode_b64(text: str, what: str) -> bytes:
+    if text.startswith("data:"):  # a data URL from a browser canvas
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, f"{what} is not valid base64") from None
+
+
+def read_png(data: bytes, what: str, size: int, channels: int) -> np.ndarray:
+    """PNG bytes -> uint8 (H, W[, C]) of exactly ``size`` x ``size``; 400 if unreadable, 422 if the wrong size."""
+    if not data.startswith(PNG_MAGIC):
+        raise APIError(400, f"{what} is not a PNG (send PNG bytes, base64-encoded in JSON)")
+    try:
+        im = Image.open(io.BytesIO(data))
+        if im.size != (size, size):  # checked from the header, before decoding any pixels
+            raise APIError(422, f"{what} is {im.width}x{im.height}; this model works on {size}x{size} images "
+                                f"(resize or crop it first)")
+        im.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise APIError(400, f"{what} is not a readable PNG ({e})") from None
+    if what == "mask":
+        a = np.asarray(im.convert("RGBA"))
+        return (a[..., :3].max(-1) > 127) & (a[..., 3] > 127)  # white (and opaque) = regenerate
+    im = to_rgb(im)
+    return np.asarray(im.convert("L") if channels == 1 else im)
+
+
+def validation_message(errors: list[dict]) -> str:
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body above ``max_bytes`` (by Content-Length, or counted while streaming)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = f"the request body is larger than this server's limit of {self.max_bytes / 2 ** 20:.3g} MB"
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            from starlette.responses import JSONResponse
+            return await JSONResponse({"error": message}, 413)(scope, receive, send)
+        from starlette.exceptions import HTTPException  # FastAPI passes it through while reading the body
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.max_bytes:
+                raise HTTPException(413, message)
+            return msg
+
+        return await self.app(scope, limited, send)
+
+
+# ================================================================ request bodies
+
+@functools.cache
+def schemas() -> SimpleNamespace:
+    """The pydantic request models (built on first use, so this module imports without the server extra)."""
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class SampleFields(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        steps: int | None = Field(None, ge=1, description="decoding steps (default 8)")
+        schedule: str | None = Field(None, description=f"mask schedule: {', '.join(SCHEDULES)}")
+        temperature: float | None = Field(None, ge=0, description="token sampling temperature (0 = greedy)")
+        top_k: int | None = Field(None, ge=0)
+        top_p: float | None = Field(None, gt=0, le=1)
+        choice_temperature: float | None = Field(None, ge=0, description="Gumbel noise on the confidences")
+        cfg: float | None = Field(None, description="classifier-free guidance scale (0 = off)")
+        cfg_schedule: Literal["constant", "linear"] | None = None
+        seed: int = Field(0, ge=0, lt=2 ** 63)
+
+
+    class GenerateRequest(SampleFields):
+        label: int | None = Field(None, description="one class id (-1 = no class); num images of it")
+        labels: list[int] | None = Field(None, description="class ids; num images of each")
+        prompt: str | None = Field(None, description="text, for text-conditioned models only")
+        num: int | None = Field(None, ge=1, description="images (per label); default 1")
+        return_steps: bool = Field(False, description="also return the partially decoded image after every step")
+        exact: bool = Field(False, description="decode alone, so the result equals the library call with this seed")
+
+
+    class EditRequest(SampleFields):
+        image: str = Field(description="base64 PNG of the model's image size")
+        mode: Literal["inpaint", "outpaint", "edit"] | None = Field(
+            None, description="default: outpaint when side is given, else inpaint; edit = class edit of box")
+        mask: str | None = Field(None, description="inpaint: base64 PNG of the image's size, white = regenerate")
+        box: list[int] | None = Field(None, min_length=4, max_length=4, description="[x, y, w, h] in pixels")
+        label: int | None = Field(None, description="class of the regenerated region")
+        side: Literal["left", "right", "top", "bottom"] | None = None
+        tokens: int | None = Field(None, ge=1, description="outpaint: token rows/columns to add")
+        start_step: int | None = Field(None, ge=0, description="class edit: start later in the schedule")
+        dilate: int = Field(0, ge=0, le=16)
+        feather: int = Field(2, ge=0, le=32)
+
+    return SimpleNamespace(SampleFields=SampleFields, GenerateRequest=GenerateRequest, EditRequest=EditRequest)
+
+
+# ================================================================ the app
+
+def require_server() -> None:
+    """MaskGITError with the install line when FastAPI / uvicorn / python-multipart are missing."""
+    import importlib.util
+    missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MaskGITError(f"the server needs {', '.join(missing)}: pip install maskgit[server]")
+
+
+def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig()):
+    """The FastAPI app serving ``pipe``; its worker starts and drains with the app's lifespan."""
+    require_server()
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from pydantic import ValidationError
+    from starlette.exceptions import HTTPException
+
+    S = schemas()
+    tc = pipe.transformer.config
+    size = pipe.grid[0] * pipe.tokenizer.config.downsample
+    channels = pipe.tokenizer.channels
+    conditioning = "text" if getattr(tc, "text_dim", 0) > 0 else ("class" if tc.num_classes > 0 else "none")
+    batcher = Batcher(pipe, config.max_batch, config.max_wait_ms / 1000, config.queue_size)
+    index_html = (WEB_DIR / "index.html").read_text(encoding="utf-8") if (WEB_DIR / "index.html").exists() else ""
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(batcher.close)
+
+    from . import __version__
+    app = FastAPI(title="MaskGIT", version=__version__, lifespan=lifespan,
+                  description="Generation and editing with a MaskGIT pipeline. See maskgit.server for the "
+                              "batching and seed semantics.")
+    app.state.batcher, app.state.pipe, app.state.config = batcher, pipe, config
+    app.add_middleware(BodyLimit, max_bytes=int(config.max_body_mb * 2 ** 20))
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, exc: APIError):
+        return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+    @app.exception_handler(MaskGITError)
+    async def _user_error(request, exc: MaskGITError):
+        return JSONResponse({"error": str(exc)}, 422)
+
+    @app.exception_handler(Exception)
+    async def _bug(request, exc: Exception):
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}): see the server log"}, 500)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        bad_json = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+        if bad_json:
+            detail = (bad_json[0].get("ctx") or {}).get("error", "")
+            return JSONResponse({"error": f"the body is not valid JSON {detail}".strip()}, 400)
+        return JSONResponse({"error": validation_message(exc.errors())}, 422)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, exc: HTTPException):
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+    def sample_config(req: S.SampleFields) -> SampleConfig:
+        cfg = pipe.sample_config(**{f: getattr(req, f) for f in SAMPLE_FIELDS})  # MaskGITError -> 422
+        if cfg.steps > config.max_steps:
+            raise APIError(422, f"steps={cfg.steps} is above this server's limit of {config.max_steps}")
+        return cfg
+
+    def wants_png(request: Request) -> bool:
+        accept = request.headers.get("accept", "")
+        return "image/png" in accept and "application/json" not in accept
+
+    def class_hint() -> str:
+        names = f" ({', '.join(pipe.class_names)})" if pipe.class_names else ""
+        return f"label or labels in 0..{tc.num_classes - 1}{names}"
+
+    def resolve_labels(req: S.GenerateRequest) -> list[int]:
+        given = [k for k in ("label", "labels", "prompt") if getattr(req, k) is not None]
+        if len(given) > 1:
+            raise APIError(422, f"give one of label, labels or prompt, not {' and '.join(given)}")
+        if req.prompt is not None:
+            if conditioning == "class":
+                raise APIError(422, f"this model is class-conditional, not text-conditioned: send {class_hint()}")
+            if conditioning == "none":
+                raise APIError(422, "this model is unconditional: send num, not a prompt")
+            raise APIError(501, "text prompts are not served yet: the pipeline has no text-conditioned path")
+        num = req.num or 1
+        if req.labels is not None:
+            if not req.labels:
+                raise APIError(422, "labels is empty")
+            labels = [label for label in req.labels for _ in range(num)]
+        else:
+            if req.label is None and tc.num_classes > 0 and not tc.null_class:
+                raise APIError(422, f"this model has no unconditional mode: send {class_hint()}")
+            labels = [-1 if req.label is None else req.label] * num
+        if len(labels) > config.max_num:
+            raise APIError(422, f"{len(labels)} images asked for; this server's limit is {config.max_num} "
+                                f"per request")
+        if conditioning == "class":
+            pipe.check_labels(labels)  # MaskGITError -> 422
+        return labels
+
+    async def run(job: Job):
+        future = batcher.submit(job)
+        return await asyncio.wrap_future(future)
+
+    def answer(images: np.ndarray, request: Request, t0: float, extra: dict) -> Response:
+        if wants_png(request):
+            return Response(png_bytes(images[0]), media_type="image/png",
+                            headers={"X-Seconds": f"{time.perf_counter() - t0:.4f}"})
+        return JSONResponse({"images": [b64_png(a) for a in images], **extra,
+                             "seconds": round(time.perf_counter() - t0, 4)})
+
+    png_response = {200: {"content": {"application/json": {}, "image/png": {}},
+                          "description": "JSON with base64 PNGs, or PNG bytes with Accept: image/png"}}
+
+    @app.post("/v1/generate", responses=png_response)
+    async def generate(req: S.GenerateRequest, request: Request):
+        """Generate images of a class (label / labels), unconditionally, or from a prompt (text models)."""
+        t0 = time.perf_counter()
+        labels = resolve_labels(req)
+        cfg = sample_config(req)
+        if wants_png(request) and len(labels) != 1:
+            raise APIError(406, f"Accept: image/png needs exactly one image; this request makes {len(labels)} "
+                                f"(ask for JSON)")
+        r: GenResult = await run(Job(settings=(cfg, req.return_steps), shared=not req.exact, labels=labels,
+                                     seed=req.seed))
+        extra = {"labels": labels, "seed": req.seed,
+                 "batch": {"requests": r.batch_requests, "images": r.batch_images}}
+        if pipe.class_names and conditioning == "class":
+            extra["label_names"] = [pipe.class_names[i] if i >= 0 else None for i in labels]
+        if r.steps is not None:
+            extra["steps"] = [[b64_png(s[i]) for s in r.steps] for i in range(len(labels))]
+        return answer(r.images, request, t0, extra)
+
+    @app.post("/v1/edit", responses=png_response, openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": S.EditRequest.model_json_schema()},
+        "multipart/form-data": {"schema": {"type": "object", "description": "the same fields as form fields; "
+                                           "image (and mask) as PNG files; box as x,y,w,h"}}}}})
+    async def edit(request: Request):
+        """Inpaint (mask or box), outpaint (side + tokens) or class-edit (mode edit, box + label) one image."""
+        t0 = time.perf_counter()
+        req, image_bytes, mask_bytes = await parse_edit(request)
+        cfg = sample_config(req)
+        kw = {f: getattr(cfg, f) for f in SAMPLE_FIELDS}
+        image = read_png(image_bytes, "image", size, channels)
+        mode = req.mode or ("outpaint" if req.side is not None or req.tokens is not None else "inpaint")
+        if mode == "outpaint":
+            if req.side is None or req.tokens is None:
+                raise APIError(422, "outpaint needs side (left/right/top/bottom) and tokens (>= 1)")
+            if req.tokens >= pipe.grid[0]:
+                raise APIError(422, f"outpaint tokens must be below the grid size {pipe.grid[0]}")
+            fn = lambda: pipe.outpaint(image, req.side, req.tokens, label=req.label,
+                                       seed=req.seed, output="np", **kw)
+        elif mode == "edit":
+            if req.box is None or req.label is None:
+                raise APIError(422, "a class edit (mode edit) needs box [x, y, w, h] and label")
+            if req.start_step is not None and req.start_step >= cfg.steps:
+                raise APIError(422, f"start_step must be below steps ({cfg.steps})")
+            fn = lambda: pipe.edit(image, box=req.box, label=req.label, start_step=req.start_step,
+                                   feather=req.feather, seed=req.seed, output="np", **kw)
+        else:
+            if (mask_bytes is None) == (req.box is None):
+                raise APIError(422, "inpaint needs exactly one of mask (PNG of the image's size) or box")
+            mask = read_png(mask_bytes, "mask", size, 1) if mask_bytes is not None else None
+            if mask is not None and not mask.any():
+                raise APIError(422, "the mask is empty: paint (white) at least one pixel to regenerate")
+            fn = lambda: pipe.inpaint(image, mask=mask, box=req.box, label=req.label,
+                                      dilate=req.dilate, feather=req.feather, seed=req.seed, output="np", **kw)
+        if req.label is not None and conditioning == "class":
+            pipe.check_labels([req.label])
+        out = await run(Job(fn=fn, shared=False))
+        return answer(out, request, t0, {"mode": mode, "seed": req.seed})
+
+    async def parse_edit(request: Request) -> tuple[Any, bytes, bytes | None]:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            form = await request.form()
+            data, files = {}, {}
+            for k, v in form.multi_items():
+                if hasattr(v, "read"):
+                    files[k] = await v.read()
+                elif k == "box":
+                    try:
+                        data[k] = [int(x) for x in v.strip("[] ").split(",")]
+                    except ValueError:
+                        raise APIError(422, f"box must be x,y,w,h integers, got {v!r}") from None
+                elif v != "":
+                    data[k] = v
+            if "image" not in files:
+                raise APIError(422, "send the image as a file field named image")
+            data["image"] = ""
+            image_bytes, mask_bytes = files["image"], files.get("mask")
+        elif ctype in ("application/json", ""):
+            try:
+                data = json.loads(await request.body())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise APIError(400, f"the body is not valid JSON ({e})") from None
+            if not isinstance(data, dict):
+                raise APIError(422, "the body must be a JSON object")
+            image_bytes = mask_bytes = None
+        else:
+            raise APIError(415, f"send application/json or multipart/form-data, not {ctype}")
+        try:
+            req = S.EditRequest.model_validate(data)
+        except ValidationError as e:
+            raise APIError(422, validation_message(e.errors())) from None
+        if image_bytes is None:
+            image_bytes = decode_b64(req.image, "image")
+            mask_bytes = decode_b64(req.mask, "mask") if req.mask is not None else None
+        return req, image_bytes, mask_bytes
+
+    @app.get("/v1/models")
+    async def models():
+        """The served model: classes, token grid, image size and channels, defaults and limits."""
+        return {"models": [{
+            "name": name, "conditioning": conditioning, "num_classes": tc.num_classes,
+            "classes": pipe.class_names or [str(i) for i in range(tc.num_classes)],
+            "unconditional": bool(tc.null_class), "cfg": bool(tc.null_class),
+            "grid": list(pipe.grid), "image_size": size, "channels": channels,
+            "schedules": list(SCHEDULES), "defaults": dataclasses.asdict(SampleConfig()),
+            "limits": dataclasses.asdict(config)}]}
+
+    @app.get("/v1/stats")
+    async def stats():
+        """Requests, decode batches and mean batch size (requests per batched decode) since start."""
+        return batcher.snapshot()
+
+    @app.get("/healthz")
+    async def healthz():
+        ok = batcher.alive
+        return JSONResponse({"status": "ok" if ok else "unavailable", "queued": batcher.queued()}, 200 if ok else 503)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return HTMLResponse(index_html or "<p>the web page is not installed</p>")
+
+    return app
+
+
+def serve(model: str | None, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
+          config: ServerConfig = ServerConfig(), log_level: str = "info") -> None:
+    """Load ``model`` and serve it until interrupted (Ctrl+C / SIGTERM drain the queue first)."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise MaskGITError("the server needs uvicorn: pip install maskgit[server]") from None
+    from .pipeline import load, resolve
+    pipe = load(model, device)
+    name = model if model and not Path(model).exists() else resolve(model).name
+    uvicorn.run(create_app(pipe, name, config), host=host, port=port, log_level=log_level)
