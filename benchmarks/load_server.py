@@ -126,8 +126,10 @@ async def run(args, url: str) -> list[dict]:
 
 
 def table(rows: list[dict], args) -> str:
-    out = [f"POST /v1/generate, {args.requests} requests per level, 1 image each, steps={args.steps}, "
-           f"max_batch={args.max_batch}, max_wait_ms={args.max_wait_ms}", "",
+    head = (f"POST /v1/generate, {args.requests} requests per level, 1 image each, steps={args.steps}, "
+            f"max_batch={args.max_batch}, max_wait_ms={args.max_wait_ms}; {os.cpu_count()} CPUs, load average "
+            f"{args.load_before:.1f} before / {os.getloadavg()[0]:.1f} after")
+    out = [head, "",
            "| concurrency | ok | wall (s) | images/s | p50 latency (ms) | p95 latency (ms) | mean batch size |",
            "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -148,6 +150,7 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=120.0, help="budget for all levels together, in seconds")
     args = p.parse_args()
     args.levels = [int(v) for v in args.levels.split(",")]
+    args.load_before = os.getloadavg()[0]  # other work on the machine skews every number
     proc = None
     url = args.url
     if url is None:

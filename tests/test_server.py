@@ -30,13 +30,13 @@ def pipe(tiny_pipeline_dir):
     return maskgit.load(tiny_pipeline_dir)
 
 
-def serve(pipe, scenario, **config):
+def serve(pipe, scenario, raise_app_exceptions=True, **config):
     """Run ``await scenario(client, app)`` against a fresh app whose worker lives for the scenario."""
     app = create_app(pipe, "tiny", ServerConfig(**config))
 
     async def main():
         async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
             async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
                 return await scenario(client, app)
 
@@ -174,6 +174,41 @@ def test_malformed_and_oversized_bodies(pipe):
     assert not_object.status_code == 422 and "JSON object" in not_object.json()["error"]
     assert edit_bad_json.status_code == 400 and "not valid JSON" in edit_bad_json.json()["error"]
     assert wrong_type.status_code == 415 and "multipart/form-data" in wrong_type.json()["error"]
+
+
+def conditioned_pipeline(**changes):
+    """The tiny models with a changed transformer config (e.g. no null class, text conditioning)."""
+    import dataclasses
+
+    from conftest import tiny_models
+
+    from maskgit.pipeline import Pipeline
+    from maskgit.transformer import MaskGITTransformer
+    tok, tr = tiny_models()
+    return Pipeline(tok, MaskGITTransformer(dataclasses.replace(tr.config, **changes)).eval())
+
+
+def test_conditioning_errors():
+    async def scenario(c, app):
+        return [await c.post("/v1/generate", json=b) for b in ({"steps": 2}, {"label": 1, "cfg": 2, "steps": 2},
+                                                                {"label": 1, "steps": 2})]
+
+    no_label, cfg, ok = serve(conditioned_pipeline(null_class=False), scenario)
+    assert no_label.status_code == 422 and "no unconditional mode" in no_label.json()["error"]
+    assert cfg.status_code == 422 and "CFG" in cfg.json()["error"]
+    assert ok.status_code == 200
+
+    async def prompt(c, app):
+        return (await c.get("/v1/models")).json()["models"][0], await c.post("/v1/generate", json={"prompt": "a"})
+
+    model, r = serve(conditioned_pipeline(text_dim=8, text_len=4), prompt)
+    assert model["conditioning"] == "text"
+    assert r.status_code == 501 and "text" in r.json()["error"]
+
+
+def test_server_config_is_checked():
+    with pytest.raises(MaskGITError, match="positive"):
+        ServerConfig(queue_size=0)
 
 
 # ---------------------------------------------------------------- editing
@@ -360,6 +395,21 @@ def test_batcher_survives_failures_and_skips_cancelled(pipe):
     assert b.snapshot()["edits"] == 1 and b.snapshot()["errors"] == 1
 
 
+def test_a_bug_is_a_json_500_and_the_worker_lives_on(pipe, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    async def scenario(c, app):
+        monkeypatch.setattr(pipe, "generate", broken)
+        failed = await c.post("/v1/generate", json={"steps": 2})
+        monkeypatch.undo()
+        return failed, await c.post("/v1/generate", json={"steps": 2})
+
+    failed, after = serve(pipe, scenario, raise_app_exceptions=False)
+    assert failed.status_code == 500 and "RuntimeError" in failed.json()["error"]
+    assert after.status_code == 200
+
+
 def test_missing_extra_names_the_install_line(monkeypatch):
     import importlib.util
     real = importlib.util.find_spec
@@ -377,15 +427,18 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_cli_serve_answers_and_stops_on_sigint(tiny_pipeline_dir):
+def test_cli_serve_finishes_accepted_requests_on_sigint(tiny_pipeline_dir):
+    """`maskgit serve` for real: requests that are queued when SIGINT arrives are still answered."""
     pytest.importorskip("uvicorn")
+    import threading
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "maskgit", "serve", "--model", str(tiny_pipeline_dir),
-                             "--port", str(port), "--device", "cpu", "--log-level", "warning"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--port", str(port), "--device", "cpu", "--log-level", "warning",
+                             "--max-wait-ms", "3000"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
     try:
-        url = f"http://127.0.0.1:{port}"
         for _ in range(600):
             try:
                 if httpx.get(url + "/healthz", timeout=1).status_code == 200:
@@ -394,11 +447,25 @@ def test_cli_serve_answers_and_stops_on_sigint(tiny_pipeline_dir):
                 time.sleep(0.1)
         else:
             pytest.fail("the server did not come up")
-        r = httpx.post(url + "/v1/generate", json={"label": 1, "steps": 2}, headers={"Accept": "image/png"},
-                       timeout=30)
-        assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
+        answers = {}
+
+        def ask(i):
+            answers[i] = httpx.post(url + "/v1/generate", json={"label": i % 4, "seed": i, "steps": 2},
+                                    headers={"Accept": "image/png"}, timeout=60)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        t0 = time.monotonic()
+        while httpx.get(url + "/healthz", timeout=5).json()["queued"] < 6:  # held back by --max-wait-ms
+            assert time.monotonic() - t0 < 2.5, "the requests did not arrive together"
+            time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        for t in threads:
+            t.join(60)
+        assert proc.wait(timeout=60) == 0
+        assert sorted(answers) == list(range(6))
+        assert all(r.status_code == 200 and r.content.startswith(b"\x89PNG") for r in answers.values())
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -120,13 +120,14 @@ def load_model(path: str | Path, expect: str | tuple[str, ...] | None = None,
         raise MaskGITError(f"{path} holds a {kind!r} model, but a {expect!r} model is needed here")
     cfg_cls, model_cls = _classes(kind)
     cfg = from_dict(cfg_cls, doc.get("config", {}), what=f"{path}/config.json")
-    model = model_cls(cfg)
-    load_weights(model, path / "model.safetensors")
+    with torch.device("meta"):  # no random initialisation: every tensor comes from the file
+        model = model_cls(cfg)
+    load_weights(model, path / "model.safetensors", assign=True)
     model.meta = doc.get("meta", {})
     return model.to(device).eval()
 
 
-def load_weights(model: torch.nn.Module, file: str | Path) -> None:
+def load_weights(model: torch.nn.Module, file: str | Path, assign: bool = False) -> None:
     file = Path(file)
     if not file.exists():
         raise MaskGITError(f"{file} is missing: a model directory needs config.json + model.safetensors")
@@ -144,7 +145,7 @@ def load_weights(model: torch.nn.Module, file: str | Path) -> None:
         if v.shape != own[k].shape:
             raise MaskGITError(f"{file}: {k} has shape {tuple(v.shape)}, the config needs {tuple(own[k].shape)}")
         state[k] = v.to(own[k].dtype)
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=assign)
 
 
 # ---------------------------------------------------------------- training state (no pickle)

@@ -43,7 +43,7 @@ class Pipeline:
     """Generation and editing with a tokenizer and a MaskGIT transformer (and optionally the AR baseline)."""
 
     def __init__(self, tokenizer, transformer, ar=None, features=None, class_names: list[str] | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", precision: str = "fp32"):
         self.tokenizer = tokenizer.to(device).eval()
         self.transformer = transformer.to(device).eval()
         self.ar = ar.to(device).eval() if ar is not None else None
@@ -55,10 +55,45 @@ class Pipeline:
                                f"{tokenizer.codebook_size}")
         self.grid = (c.grid_size, c.grid_size)
         self.class_names = class_names
+        self.precision = "fp32"
+        if precision != "fp32":
+            self.set_precision(precision)
+
+    # ------------------------------------------------------------ speed options (opt-in, change results)
+    def set_precision(self, precision: str) -> "Pipeline":
+        """"fp32" (exact), "int8" (CPU: dynamic int8 quantisation of the transformers' linear layers),
+        "bf16"/"fp16" (GPU: autocast). The non-fp32 modes trade a little quality for speed (see RESULTS.md)."""
+        if precision not in ("fp32", "int8", "bf16", "fp16"):
+            raise MaskGITError(f"precision must be fp32, int8, bf16 or fp16, not {precision!r}")
+        if precision == "int8":
+            if self.device.type != "cpu":
+                raise MaskGITError("int8 mode is for CPUs; on a GPU use bf16 or fp16")
+            from torch.ao.quantization import quantize_dynamic
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.transformer = quantize_dynamic(self.transformer, {torch.nn.Linear}, dtype=torch.qint8)
+                if self.ar is not None:
+                    self.ar = quantize_dynamic(self.ar, {torch.nn.Linear}, dtype=torch.qint8)
+        elif precision in ("bf16", "fp16") and self.device.type != "cuda":
+            raise MaskGITError(f"{precision} autocast is for GPUs (bf16 is slower than fp32 on most CPUs)")
+        self.precision = precision
+        return self
+
+    def compile(self) -> "Pipeline":
+        """torch.compile the transformer (first call compiles, ~20 s; same results up to float rounding)."""
+        self.transformer.forward = torch.compile(self.transformer.forward, dynamic=True)
+        return self
+
+    def _autocast(self):
+        if self.precision in ("bf16", "fp16"):
+            return torch.autocast("cuda", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        import contextlib
+        return contextlib.nullcontext()
 
     # ------------------------------------------------------------ loading
     @classmethod
-    def load(cls, model: str | Path | None = None, device: str = "cpu") -> "Pipeline":
+    def load(cls, model: str | Path | None = None, device: str = "cpu", precision: str = "fp32") -> "Pipeline":
         root = resolve(model)
         if (root / "maskgit").is_dir() and (root / "tokenizer").is_dir():
             tok = load_model(root / "tokenizer", "vqgan")
@@ -74,7 +109,7 @@ class Pipeline:
             tok_path = (root / tok_ref) if not Path(tok_ref).is_absolute() else Path(tok_ref)
             tok, tr, ar, feats = load_model(tok_path, "vqgan"), load_model(root, "transformer"), None, None
         names = tr.meta.get("class_names") if hasattr(tr, "meta") else None
-        return cls(tok, tr, ar, feats, names, device)
+        return cls(tok, tr, ar, feats, names, device, precision)
 
     # ------------------------------------------------------------ core
     @property
@@ -97,9 +132,10 @@ class Pipeline:
         null = torch.full_like(labels, -1)
 
         def fn(tokens: torch.Tensor, guided: bool):
-            if not guided:
-                return model(tokens, labels)
-            out = model(torch.cat([tokens, tokens]), torch.cat([labels, null]))  # (2B, N, K)
+            with self._autocast():
+                if not guided:
+                    return model(tokens, labels)
+                out = model(torch.cat([tokens, tokens]), torch.cat([labels, null]))  # (2B, N, K)
             return out[: len(tokens)], out[len(tokens):]
 
         return fn
@@ -264,6 +300,6 @@ def _format(images: torch.Tensor, output: str):
     raise MaskGITError(f"output must be 'pil', 'np' or 'tensor', got {output!r}")
 
 
-def load(model: str | Path | None = None, device: str = "cpu") -> Pipeline:
-    """``maskgit.load("fashion-mnist")`` or ``maskgit.load("path/to/dir")``."""
-    return Pipeline.load(model, device)
+def load(model: str | Path | None = None, device: str = "cpu", precision: str = "fp32") -> Pipeline:
+    """``maskgit.load("fashion-mnist")`` or ``maskgit.load("path/to/dir")``; ``precision`` see set_precision."""
+    return Pipeline.load(model, device, precision)

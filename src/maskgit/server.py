@@ -1,28 +1,28 @@
 """HTTP API and web page for a pipeline (FastAPI + uvicorn; ``pip install maskgit[server]``).
 
 Endpoints: ``POST /v1/generate``, ``POST /v1/edit`` (inpaint / outpaint / class edit), ``GET /v1/models``,
-``GET /v1/stats``, ``GET /healthz``, the page at ``/`` and the OpenAPI docs at ``/docs``. Images travel as base64
-PNG in JSON, or as the PNG bytes themselves when the client sends ``Accept: image/png`` and the answer is one image.
-Every error is JSON ``{"error": "..."}``: 400 unreadable input (bad JSON, bad base64, not a PNG), 406 PNG asked for
-several images, 413 body too large, 415 unknown content type, 422 a well-formed request the model cannot serve
-(label out of range, wrong image or mask size, unknown schedule, steps/num above the limits, ...), 503 queue full
-or shutting down (with ``Retry-After``).
+``GET /v1/stats``, ``GET /healthz``, the page at ``/`` and the OpenAPI docs at ``/docs``. Images travel as
+base64 PNG in JSON, or as the PNG bytes when the client sends ``Accept: image/png`` and the answer is one image.
+Every error is JSON ``{"error": "..."}``: 400 unreadable input (bad JSON, bad base64, not a PNG), 406 PNG asked
+for several images, 413 body too large, 415 unknown content type, 422 a well-formed request the model cannot
+serve (label out of range, wrong image or mask size, unknown schedule, steps/num above the limits, ...), 501 a
+prompt for a text model (no text path yet), 503 queue full or shutting down (with ``Retry-After``).
 
-Batching. All inference runs in ONE worker thread (the ``Batcher``); the asyncio side only validates, enqueues and
-awaits a future. Requests wait in a bounded FIFO queue. The worker takes the oldest one, waits at most
-``max_wait_ms`` (counted from that request's arrival) for company, then decodes together every queued generate
-request with the same settings (the whole SampleConfig plus ``return_steps``), up to ``max_batch`` images, in one
-``Pipeline.generate`` call; a single request larger than ``max_batch`` runs alone. Edits always run alone. Each
-request is answered exactly once; on shutdown the worker refuses new requests and drains the queue first.
+Batching. All inference runs in ONE worker thread (the ``Batcher``); the asyncio side only validates, enqueues
+and awaits a future. Requests wait in a bounded FIFO queue. The worker takes the oldest one, waits at most
+``max_wait_ms`` (from that request's arrival) for company, then decodes together every queued generate request
+with the same settings (the whole SampleConfig plus ``return_steps``), up to ``max_batch`` images, in one
+``Pipeline.generate`` call; a single request larger than ``max_batch`` runs alone, and so does every edit.
+Each request is answered exactly once; on shutdown the worker refuses new requests and drains the queue first.
 
 Seeds. ``sampling.decode`` draws its noise from ONE torch.Generator for the whole batch, so a request's images
 depend on the company it is decoded with:
 - a request decoded alone (a batch of one, or any request sent with ``"exact": true``, which is never shared)
   uses ``torch.Generator().manual_seed(seed)``: its images equal
   ``maskgit.load(model).generate(labels, seed=seed, **settings)`` bit for bit and repeat on every call;
-- a request that shares a decode gets a generator seeded from the seeds of all requests in the batch, in order:
-  deterministic for the same batch, different from the same request alone. Send ``"exact": true`` when
-  reproducibility matters more than throughput. Edits always run alone, so they are always exact."""
+- a request that shares a decode gets a generator seeded from the seeds of all requests in the batch, in
+  order: deterministic for the same batch, different from the same request alone. Send ``"exact": true``
+  when reproducibility matters more than throughput. Edits always run alone, so they are always exact."""
 
 import asyncio
 import base64
@@ -57,7 +57,7 @@ from .schedules import SCHEDULES
 log = logging.getLogger("maskgit.server")
 WEB_DIR = Path(__file__).parent / "web"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SAMPLE_FIELDS = ("steps", "schedule", "temperature", "top_k", "top_p", "choice_temperature", "cfg", "cfg_schedule")
+SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(SampleConfig) if f.name != "start_step")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,11 @@ class ServerConfig:
     max_num: int = 64  # images per request
     max_steps: int = 64  # decoding steps per request
     max_body_mb: float = 8.0  # request body (beyond: 413)
+
+    def __post_init__(self):
+        if min(self.max_batch, self.queue_size, self.max_num, self.max_steps) < 1 or self.max_wait_ms < 0 \
+                or self.max_body_mb <= 0:
+            raise MaskGITError(f"server limits must be positive (max_wait_ms may be 0), got {self}")
 
 
 class APIError(Exception):
@@ -98,6 +103,10 @@ class Job:
     @property
     def size(self) -> int:
         return max(len(self.labels), 1)
+
+    @property
+    def batchable(self) -> bool:
+        return self.shared and self.fn is None
 
 
 @dataclass(frozen=True)
@@ -193,17 +202,16 @@ class Batcher:
                     return None
                 self._cv.wait()
             head = self._queue[0]
-            if head.shared and head.fn is None:  # wait (from the head's arrival) for more requests with the same settings
+            if head.batchable:  # wait (from the head's arrival) for more requests with the same settings
                 while not self._closing:
                     left = head.enqueued + self.max_wait_s - time.monotonic()
                     if left <= 0 or self._same(head) >= self.max_batch:
                         break
                     self._cv.wait(left)
             batch, n = [head], head.size
-            if head.shared and head.fn is None:
+            if head.batchable:
                 for job in list(self._queue)[1:]:
-                    if job.shared and job.fn is None and job.settings == head.settings \
-                            and n + job.size <= self.max_batch:
+                    if job.batchable and job.settings == head.settings and n + job.size <= self.max_batch:
                         batch.append(job)
                         n += job.size
             chosen = set(map(id, batch))
@@ -211,7 +219,7 @@ class Batcher:
             return batch
 
     def _same(self, head: Job) -> int:
-        return sum(j.size for j in self._queue if j.shared and j.fn is None and j.settings == head.settings)
+        return sum(j.size for j in self._queue if j.batchable and j.settings == head.settings)
 
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:
@@ -261,7 +269,7 @@ class Batcher:
         a = 0
         for j in jobs:
             b = a + len(j.labels)
-            j.future.set_result(GenResult(images[a:b], [s[a:b] for s in steps] if steps else None,
+            j.future.set_result(GenResult(images[a:b], [s[a:b] for s in steps] if steps is not None else None,
                                           len(jobs), len(labels)))
             a = b
 
@@ -641,11 +649,12 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
 def serve(model: str | None, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
           config: ServerConfig = ServerConfig(), log_level: str = "info") -> None:
     """Load ``model`` and serve it until interrupted (Ctrl+C / SIGTERM drain the queue first)."""
-    try:
-        import uvicorn
-    except ImportError:
-        raise MaskGITError("the server needs uvicorn: pip install maskgit[server]") from None
+    require_server()  # before the model loads
+    import uvicorn
+
     from .pipeline import load, resolve
     pipe = load(model, device)
     name = model if model and not Path(model).exists() else resolve(model).name
-    uvicorn.run(create_app(pipe, name, config), host=host, port=port, log_level=log_level)
+    app = create_app(pipe, name, config)
+    print(f"maskgit: serving {name} at http://{host}:{port}/ (API docs at /docs); Ctrl+C stops", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
