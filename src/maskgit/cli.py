@@ -21,6 +21,8 @@ COMMANDS = {
     "edit": "sample",
     "eval": "evaluate",
     "bench": "bench",
+    "bench-binding": "bench_binding",
+    "text-embed": "text",
     "convert": "convert",
     "serve": "serve",
 }

@@ -52,8 +52,8 @@ class TransformerConfig:
     dropout: float = 0.1
     null_class: bool = False  # one extra "no class" id (classifier-free guidance); the official model has none
     arch: str = "maskgit"  # "maskgit" (bidirectional, post-LN, official) or "ar" (causal, raster order)
-    text_dim: int = 0  # >0: condition on text embeddings of this size (cross-attention)
-    text_len: int = 0  # tokens of text context
+    text_dim: int = 0  # >0: condition on a frozen text encoder's token embeddings of this size (cross-attention)
+    text_len: int = 0  # tokens of text context (the encoder's max_len; also the null-text embedding's length)
 
     @property
     def num_tokens(self) -> int:
@@ -160,6 +160,10 @@ TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
                                            heads=8, mlp_dim=1024, dropout=0.1, null_class=True),
     "maskgit-small-16x16": TransformerConfig(codebook_size=512, num_classes=10, grid_size=16, width=256,
                                              depth=6, heads=8, mlp_dim=1024, dropout=0.1, null_class=True),
+    # Text-to-image (Muse-style) on 8x8 grids: cross-attention to MiniLM's 384-d token embeddings (16 tokens).
+    # benchmarks/train_text.sh trains it on the shapes dataset; binding accuracy in benchmarks/RESULTS.md.
+    "muse-small-8x8": TransformerConfig(codebook_size=512, num_classes=0, grid_size=8, width=256, depth=6, heads=8,
+                                        mlp_dim=1024, dropout=0.1, null_class=False, text_dim=384, text_len=16),
     # Tests only.
     "tiny": TransformerConfig(codebook_size=32, num_classes=4, grid_size=4, width=32, depth=2, heads=2,
                               mlp_dim=64, dropout=0.0, null_class=True),

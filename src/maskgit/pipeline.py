@@ -1,6 +1,9 @@
 """The pipeline: tokenizer + transformer behind ``generate`` / ``inpaint`` / ``outpaint`` / ``edit``.
 
-Every method builds a (partially) masked token grid and calls ``sampling.decode`` once."""
+Every method builds a (partially) masked token grid and calls ``sampling.decode`` once. Text-conditioned models
+(``TransformerConfig.text_dim > 0``) take ``prompts``: the frozen encoder named in the model's metadata embeds
+them; the empty prompt "" means the learned null text (unconditional), and CFG's unconditional branch uses the
+negative prompt's embedding when one is given."""
 
 from __future__ import annotations
 
@@ -43,7 +46,10 @@ class Pipeline:
     """Generation and editing with a tokenizer and a MaskGIT transformer (and optionally the AR baseline)."""
 
     def __init__(self, tokenizer, transformer, ar=None, features=None, class_names: list[str] | None = None,
-                 device: str | torch.device = "cpu", precision: str = "fp32"):
+                 device: str | torch.device = "cpu", precision: str = "fp32", text_encoder=None):
+        """``text_encoder``: a ``maskgit.text.TextEncoder`` or a spec ("minilm", "st:PATH", "t5:PATH",
+        "cache:FILE") for text-conditioned models; default: the one named in the transformer's metadata,
+        loaded on first use."""
         self.tokenizer = tokenizer.to(device).eval()
         self.transformer = transformer.to(device).eval()
         self.ar = ar.to(device).eval() if ar is not None else None
@@ -55,6 +61,7 @@ class Pipeline:
                                f"{tokenizer.codebook_size}")
         self.grid = (c.grid_size, c.grid_size)
         self.class_names = class_names
+        self._text_encoder = text_encoder or getattr(transformer, "meta", {}).get("text_encoder")
         self.precision = "fp32"
         if precision != "fp32":
             self.set_precision(precision)
@@ -93,7 +100,8 @@ class Pipeline:
 
     # ------------------------------------------------------------ loading
     @classmethod
-    def load(cls, model: str | Path | None = None, device: str = "cpu", precision: str = "fp32") -> "Pipeline":
+    def load(cls, model: str | Path | None = None, device: str = "cpu", precision: str = "fp32",
+             text_encoder=None) -> "Pipeline":
         root = resolve(model)
         if (root / "maskgit").is_dir() and (root / "tokenizer").is_dir():
             tok = load_model(root / "tokenizer", "vqgan")
@@ -109,7 +117,7 @@ class Pipeline:
             tok_path = (root / tok_ref) if not Path(tok_ref).is_absolute() else Path(tok_ref)
             tok, tr, ar, feats = load_model(tok_path, "vqgan"), load_model(root, "transformer"), None, None
         names = tr.meta.get("class_names") if hasattr(tr, "meta") else None
-        return cls(tok, tr, ar, feats, names, device, precision)
+        return cls(tok, tr, ar, feats, names, device, precision, text_encoder)
 
     # ------------------------------------------------------------ core
     @property
@@ -125,35 +133,95 @@ class Pipeline:
                                + (f" ({', '.join(self.class_names)})" if self.class_names else ""))
         return t
 
-    def logits_fn(self, labels: torch.Tensor) -> Callable:
-        """The closure decode() needs; with guidance the conditional and unconditional passes share one batch."""
+    # ------------------------------------------------------------ text conditioning
+    @property
+    def text_encoder(self):
+        """The frozen text encoder (loaded on first use)."""
+        c = self.transformer.config
+        if not c.text_dim:
+            raise MaskGITError("this model is not text-conditioned: it takes class labels, not prompts")
+        if self._text_encoder is None:
+            raise MaskGITError("this model's metadata names no text encoder: pass text_encoder= (e.g. 'minilm')")
+        if isinstance(self._text_encoder, str):
+            from .text import load_text_encoder
+            self._text_encoder = load_text_encoder(self._text_encoder, max_len=c.text_len)
+        return self._text_encoder
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompts -> (embeddings (B,L,D), mask (B,L) or None = attend to all). The empty prompt is the model's
+        learned null text (not the encoder's embedding of ""), so "" decodes exactly as unconditional."""
+        c = self.transformer.config
+        if not c.text_dim:
+            raise MaskGITError("this model is not text-conditioned: it takes class labels, not prompts")
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise MaskGITError("prompts must be a list of strings")
+        B = len(prompts)
+        null = self.transformer.null_text.detach()
+        emb = null[None].expand(B, -1, -1)  # (B, L, D)
+        real = [i for i, p in enumerate(prompts) if p.strip()]
+        if not real:
+            return emb, None
+        enc_emb, enc_mask = self.text_encoder([prompts[i] for i in real])
+        if enc_emb.shape[1:] != null.shape:
+            raise MaskGITError(f"the text encoder gives {tuple(enc_emb.shape[1:])} embeddings; this model was "
+                               f"trained on {tuple(null.shape)}: use the encoder it was trained with")
+        emb = emb.clone()
+        mask = torch.ones(B, c.text_len, dtype=torch.bool, device=emb.device)
+        emb[real] = enc_emb.to(emb.device, emb.dtype)
+        mask[real] = enc_mask.to(emb.device)
+        return emb, mask
+
+    def text_condition(self, prompts: list[str], negative_prompts=None) -> "TextCondition":
+        """Embeddings for the conditional and (with CFG) the unconditional branch. ``negative_prompts``: one
+        string for all, or one per prompt; None or "" = the null text."""
+        emb, mask = self.encode_prompts(prompts)
+        neg = (None, None)
+        if negative_prompts is not None:
+            if isinstance(negative_prompts, str):
+                negative_prompts = [negative_prompts] * len(prompts)
+            if len(negative_prompts) != len(prompts):
+                raise MaskGITError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts: give "
+                                   "one, or one per prompt")
+            if any(p.strip() for p in negative_prompts):
+                neg = self.encode_prompts(list(negative_prompts))
+        return TextCondition(emb, mask, *neg)
+
+    # ------------------------------------------------------------ decoding
+    def logits_fn(self, labels: torch.Tensor, text: "TextCondition | None" = None) -> Callable:
+        """The closure decode() needs; with guidance the conditional and unconditional passes share one batch
+        (the unconditional half: "no class" and the null text, or the negative prompt)."""
         model = self.transformer
         labels = labels.to(self.device)
         null = torch.full_like(labels, -1)
+        text = text or TextCondition(None, None)
 
         def fn(tokens: torch.Tensor, guided: bool):
+            B = len(tokens)
             with self._autocast():
                 if not guided:
-                    return model(tokens, labels)
-                out = model(torch.cat([tokens, tokens]), torch.cat([labels, null]))  # (2B, N, K)
-            return out[: len(tokens)], out[len(tokens):]
+                    return model(tokens, labels, text=text.emb, text_mask=text.mask)
+                t, m = text.both(model, B)
+                out = model(torch.cat([tokens, tokens]), torch.cat([labels, null]), text=t, text_mask=m)  # (2B,N,K)
+            return out[:B], out[B:]
 
         return fn
 
     def sample_config(self, **kw) -> SampleConfig:
         cfg = dataclasses.replace(SampleConfig(), **{k: v for k, v in kw.items() if v is not None})
         check_sample_config(cfg)
-        if cfg.cfg != 0 and not self.transformer.config.null_class:
+        c = self.transformer.config
+        if cfg.cfg != 0 and not (c.null_class or c.text_dim):
             raise MaskGITError("this model was trained without a 'no class' id, so it cannot use CFG (use --cfg 0)")
         return cfg
 
     @torch.inference_mode()
     def decode_tokens(self, tokens: torch.Tensor, labels: torch.Tensor, cfg: SampleConfig, seed: int | None,
-                      generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, callback=None,
+                      text: "TextCondition | None" = None) -> torch.Tensor:
         """(B,N) partially masked -> (B,N) complete, through the one decode function."""
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        return decode(self.logits_fn(labels), tokens.to(self.device), cfg, self.mask_id, generator, callback)
+        return decode(self.logits_fn(labels, text), tokens.to(self.device), cfg, self.mask_id, generator, callback)
 
     def to_images(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.decode(tokens.view(-1, *self.grid).to(self.device)).cpu()
@@ -163,9 +231,22 @@ class Pipeline:
 
     # ------------------------------------------------------------ public API
     def generate(self, labels=None, num: int | None = None, seed: int | None = 0, output: str = "pil",
-                 return_steps: bool = False, generator: torch.Generator | None = None, **sample_kw):
-        """Class-conditional (``labels``) or unconditional (``num``) samples; ``sample_kw`` are SampleConfig fields
-        (steps, schedule, temperature, top_k, top_p, choice_temperature, cfg, cfg_schedule)."""
+                 return_steps: bool = False, generator: torch.Generator | None = None,
+                 prompts: list[str] | None = None, negative_prompts=None, **sample_kw):
+        """Class-conditional (``labels``), text-conditional (``prompts``: one image each; ``negative_prompts``,
+        one for all or one per prompt, replace the null text in CFG's unconditional branch) or unconditional
+        (``num``) samples; ``sample_kw`` are SampleConfig fields (steps, schedule, temperature, top_k, top_p,
+        choice_temperature, cfg, cfg_schedule)."""
+        text = None
+        if prompts is not None:
+            if labels is not None:
+                raise MaskGITError("give class labels or prompts, not both")
+            if isinstance(prompts, str) or not prompts:
+                raise MaskGITError("prompts must be a non-empty list of strings")
+            text = self.text_condition(list(prompts), negative_prompts)
+            labels = [-1] * len(prompts)
+        elif negative_prompts is not None:
+            raise MaskGITError("negative prompts need prompts")
         if labels is None:
             if num is None or num < 1:
                 raise MaskGITError("give class labels or a number of samples >= 1")
@@ -176,7 +257,7 @@ class Pipeline:
         tokens = torch.full((B, N), self.mask_id, dtype=torch.long)
         steps: list[torch.Tensor] = []
         cb = (lambda t, cur, sampled: steps.append(cur.clone())) if return_steps else None
-        out = self.decode_tokens(tokens, labels, cfg, seed, generator, cb)
+        out = self.decode_tokens(tokens, labels, cfg, seed, generator, cb, text)
         images = self.to_images(out)
         result = _format(images, output)
         if return_steps:
@@ -198,9 +279,18 @@ class Pipeline:
             raise MaskGITError(f"image is {x.shape[-1]}x{x.shape[-2]}; this model edits {size}x{size} images")
         return x
 
+    def _prompt_condition(self, prompt, negative_prompt, batch: int) -> "TextCondition | None":
+        if prompt is None:
+            if negative_prompt is not None:
+                raise MaskGITError("a negative prompt needs a prompt")
+            return None
+        return self.text_condition([prompt] * batch, None if negative_prompt is None else [negative_prompt] * batch)
+
     def inpaint(self, image, mask=None, box=None, label: int | None = None, dilate: int = 0, feather: int = 2,
-                seed: int | None = 0, output: str = "pil", **sample_kw):
-        """Regenerate the tokens under ``mask`` (bool (H,W), True = regenerate) or ``box`` (x,y,w,h)."""
+                seed: int | None = 0, output: str = "pil", prompt: str | None = None,
+                negative_prompt: str | None = None, **sample_kw):
+        """Regenerate the tokens under ``mask`` (bool (H,W), True = regenerate) or ``box`` (x,y,w,h), under a
+        class ``label`` or, for text-conditioned models, a ``prompt``."""
         x = self._prepare_image(image)
         H, W = x.shape[-2:]
         if (mask is None) == (box is None):
@@ -210,9 +300,11 @@ class Pipeline:
         tokens = self.encode(x).flatten(1)
         tokens = torch.where(tm.flatten()[None], torch.full_like(tokens, self.mask_id), tokens)
         labels = self.check_labels([-1 if label is None else label] * x.shape[0])
-        if label is None and not self.transformer.config.null_class:
+        c = self.transformer.config
+        if label is None and c.num_classes and not c.null_class:
             raise MaskGITError("this model needs a class label for editing (--label N)")
-        out = self.decode_tokens(tokens, labels, self.sample_config(**sample_kw), seed)
+        text = self._prompt_condition(prompt, negative_prompt, x.shape[0])
+        out = self.decode_tokens(tokens, labels, self.sample_config(**sample_kw), seed, text=text)
         gen = self.to_images(out)
         result = editing.blend(x, gen, editing.feather(tm, (H, W), feather))
         return _format(result, output)
@@ -226,16 +318,43 @@ class Pipeline:
                             start_step=start, **sample_kw)
 
     def outpaint(self, image, side: str, tokens: int, label: int | None = None, seed: int | None = 0,
-                 output: str = "pil", **sample_kw):
+                 output: str = "pil", prompt: str | None = None, negative_prompt: str | None = None,
+                 **sample_kw):
         """Extend the canvas by ``tokens`` token rows/columns on ``side`` (left/right/top/bottom)."""
         x = self._prepare_image(image)
         grid_tokens = self.encode(x)  # (B, h, w)
         window = editing.shift_window(grid_tokens, side, tokens, self.mask_id)
         labels = self.check_labels([-1 if label is None else label] * x.shape[0])
-        out = self.decode_tokens(window.flatten(1), labels, self.sample_config(**sample_kw), seed)
+        text = self._prompt_condition(prompt, negative_prompt, x.shape[0])
+        out = self.decode_tokens(window.flatten(1), labels, self.sample_config(**sample_kw), seed, text=text)
         cell = self.tokenizer.config.downsample
         result = editing.stitch(x, self.to_images(out), side, tokens * cell)
         return _format(result, output)
+
+
+@dataclasses.dataclass
+class TextCondition:
+    """Text embeddings of the conditional branch and, for CFG, of the unconditional one (None = the null text).
+    Masks: (B,L) bool, True = attend; None = attend to every position."""
+
+    emb: torch.Tensor | None
+    mask: torch.Tensor | None
+    neg_emb: torch.Tensor | None = None
+    neg_mask: torch.Tensor | None = None
+
+    def both(self, model, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(2B, L, D) embeddings and (2B, L) mask: conditional rows first, then unconditional rows."""
+        if self.emb is None and self.neg_emb is None:
+            return None, None
+        null = model.null_text.detach()[None].expand(batch, -1, -1)
+        cond = null if self.emb is None else self.emb
+        unc = null if self.neg_emb is None else self.neg_emb
+        if self.mask is None and self.neg_mask is None:
+            return torch.cat([cond, unc.to(cond)]), None
+        ones = torch.ones(batch, cond.shape[1], dtype=torch.bool, device=cond.device)
+        m1 = ones if self.mask is None else self.mask
+        m2 = ones if self.neg_mask is None else self.neg_mask
+        return torch.cat([cond, unc.to(cond)]), torch.cat([m1, m2.to(m1.device)])
 
 
 def _as_tensor(image, channels: int) -> torch.Tensor:
@@ -300,6 +419,8 @@ def _format(images: torch.Tensor, output: str):
     raise MaskGITError(f"output must be 'pil', 'np' or 'tensor', got {output!r}")
 
 
-def load(model: str | Path | None = None, device: str = "cpu", precision: str = "fp32") -> Pipeline:
-    """``maskgit.load("fashion-mnist")`` or ``maskgit.load("path/to/dir")``; ``precision`` see set_precision."""
-    return Pipeline.load(model, device, precision)
+def load(model: str | Path | None = None, device: str = "cpu", precision: str = "fp32",
+         text_encoder=None) -> Pipeline:
+    """``maskgit.load("fashion-mnist")`` or ``maskgit.load("path/to/dir")``; ``precision`` see set_precision;
+    ``text_encoder`` overrides the one a text-conditioned model names (see Pipeline)."""
+    return Pipeline.load(model, device, precision, text_encoder)

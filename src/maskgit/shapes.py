@@ -93,7 +93,9 @@ def all_scenes() -> tuple[Scene, ...]:
                  for r in RELATIONS)
 
 
+@lru_cache(maxsize=None)
 def scenes_of(split: str) -> tuple[Scene, ...]:
+    """The scenes a split draws from (uniformly): train/test avoid HELDOUT pairs, heldout has one in each."""
     _check_split(split)
     held = split == "heldout"
     return tuple(s for s in all_scenes() if s.heldout == held)

@@ -1,7 +1,9 @@
 """The token store: a dataset encoded once by a tokenizer, memory-mapped for fast stage-2 training.
 
 Layout of the directory: ``tokens.u16`` (or ``.i32`` when K > 65536) raw (N,h,w) array, ``labels.npy`` (int64)
-or ``captions.json``, and ``meta.json`` (shape, dtype, codebook size, dataset, the tokenizer's hash)."""
+or ``captions.json``, ``meta.json`` (shape, dtype, codebook size, dataset, the tokenizer's hash), and for
+captioned stores optionally ``text_<encoder>.safetensors``: the captions' embeddings by a frozen text encoder
+(``maskgit.text.CaptionTable``; written by ``maskgit tokenize/train --text-encoder``)."""
 
 from __future__ import annotations
 
@@ -48,7 +50,9 @@ def write_store(path: str | Path, tokens: np.ndarray, labels: np.ndarray | None 
 class TokenStore:
     """A read-only view of a token store: ``batch(indices)`` -> {"tokens": (b,h,w) int64, "labels": (b,)}."""
 
-    def __init__(self, path: str | Path, tokenizer_hash: str | None = None):
+    def __init__(self, path: str | Path, tokenizer_hash: str | None = None, text_encoder: str | None = None):
+        """``text_encoder`` (an encoder name, e.g. "minilm") picks the caption-embedding cache to load into
+        ``.text``; by default the store's only cache is loaded, if it has exactly one."""
         self.path = Path(path)
         meta_f = self.path / "meta.json"
         if not meta_f.exists():
@@ -63,7 +67,21 @@ class TokenStore:
         self.labels = np.load(self.path / "labels.npy") if (self.path / "labels.npy").exists() else None
         cap = self.path / "captions.json"
         self.captions = json.loads(cap.read_text()) if cap.exists() else None
-        self.text = None  # optional cached text embeddings (text.py)
+        self.text = None  # cached caption embeddings (text.CaptionTable): batches gain "text" and "text_mask"
+        self.text_encoder = None
+        from .text import store_cache_path, store_caches
+        caches = [store_cache_path(self.path, text_encoder)] if text_encoder else store_caches(self.path)
+        if len(caches) == 1:
+            self.load_text(caches[0])
+
+    def load_text(self, file: str | Path) -> None:
+        """Load a caption-embedding cache (one row per example) into ``.text``."""
+        from .text import CaptionTable
+        table = CaptionTable.load(file)
+        if table.index is None or len(table.index) != len(self.tokens):
+            raise MaskGITError(f"{file} does not match {self.path} ({len(self.tokens)} examples): delete it and "
+                               f"run `maskgit tokenize`/`maskgit train` with --text-encoder again")
+        self.text, self.text_encoder = table, table.encoder
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -74,7 +92,7 @@ class TokenStore:
         if self.labels is not None:
             out["labels"] = torch.from_numpy(self.labels[idx])
         if self.text is not None:
-            out.update({k: v[torch.as_tensor(idx)] for k, v in self.text.items()})
+            out.update(self.text.batch(idx))  # (b, L, D) float32 and (b, L) bool
         return out
 
     def subset(self, n: int) -> "TokenStore":

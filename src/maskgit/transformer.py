@@ -62,7 +62,8 @@ class CrossAttention(nn.Module):
         d = W // self.heads
         q = self.q(x).view(B, L, self.heads, d).transpose(1, 2)
         k, v = self.kv(ctx).view(B, ctx.shape[1], 2, self.heads, d).permute(2, 0, 3, 1, 4)
-        m = None if ctx_mask is None else ctx_mask[:, None, None, :]
+        # a row with no real token would give NaN: let it attend everywhere instead
+        m = None if ctx_mask is None else (ctx_mask | ~ctx_mask.any(-1, keepdim=True))[:, None, None, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, L, W))
 
@@ -138,12 +139,20 @@ class TokenTransformer(nn.Module):
         return torch.where(labels >= 0, c.codebook_size + labels, torch.full_like(labels, null))
 
     def text_context(self, text: torch.Tensor | None, text_mask: torch.Tensor | None, batch: int):
+        """Text embeddings (B,L,D) + mask (B,L) bool (True = attend) -> projected context; None = null text."""
         if self.text_proj is None:
+            if text is not None:
+                raise MaskGITError("this model is not text-conditioned (text_dim=0): it takes no text")
             return None, None
         if text is None:  # unconditional: the learned null-text embedding
             text = self.null_text[None].expand(batch, -1, -1)
             text_mask = None
-        return self.text_proj(text), text_mask
+        if text.ndim != 3 or text.shape[0] != batch or text.shape[-1] != self.config.text_dim:
+            raise MaskGITError(f"text embeddings must have shape ({batch}, L, {self.config.text_dim}), "
+                               f"got {tuple(text.shape)}")
+        if text_mask is not None and text_mask.shape != text.shape[:2]:
+            raise MaskGITError(f"text_mask must have shape {tuple(text.shape[:2])}, got {tuple(text_mask.shape)}")
+        return self.text_proj(text), (None if text_mask is None else text_mask.bool())
 
     # ---- body
     def embed(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:

@@ -18,6 +18,12 @@ SAMPLE_FIELDS = ("steps", "schedule", "temperature", "top_k", "top_p", "choice_t
 def _sample_args(p) -> None:
     p.add_argument("--model", default=None, help="shipped model name or directory (default: fashion-mnist)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text-conditioned models: the prompt (repeat the flag for several); \"\" = unconditional")
+    p.add_argument("--negative-prompt", default=None,
+                   help="with --cfg: steer away from this prompt (replaces the null text in CFG)")
+    p.add_argument("--text-encoder", default=None,
+                   help="override the model's text encoder (minilm, st:PATH, t5:PATH, cache:FILE)")
     device_arg(p)
     add_dataclass_args(p, SampleConfig, skip=tuple(f for f in ("start_step",)))
 
@@ -28,7 +34,8 @@ def register(sub) -> None:
                                    "autoregressive baseline).")
     _sample_args(p)
     p.add_argument("--labels", default=None, help="comma-separated class ids, e.g. 0,3,7")
-    p.add_argument("--num", type=int, default=None, help="number of samples (with --labels: per label)")
+    p.add_argument("--num", type=int, default=None, help="number of samples (with --labels or --prompt: per "
+                   "label or prompt)")
     p.add_argument("--out", default="samples.png", help="grid.png, or samples.npz (uint8 images + labels)")
     p.add_argument("--show-steps", default=None, help="also write a strip of the intermediate images here")
     p.add_argument("--batch-size", type=int, default=100)
@@ -66,20 +73,39 @@ def _labels(args, pipe) -> list[int] | None:
     return [l for l in labels for _ in range(args.num or 1)]
 
 
+def _prompts(args, pipe) -> list[str] | None:
+    if args.prompt is None:
+        if args.negative_prompt is not None:
+            raise MaskGITError("--negative-prompt needs --prompt")
+        return None
+    if args.labels is not None:
+        raise MaskGITError("give --labels or --prompt, not both")
+    if not pipe.transformer.config.text_dim:
+        raise MaskGITError("this model is not text-conditioned: use --labels (class ids), not --prompt")
+    if args.arch == "ar":
+        raise MaskGITError("the AR baseline is class-conditional only")
+    return [p for p in args.prompt for _ in range(args.num or 1)]
+
+
 def cmd_sample(args) -> int:
     from ..imageio import make_grid, save_png
     from ..pipeline import load
-    pipe = load(args.model, resolve_device(args.device))
+    pipe = load(args.model, resolve_device(args.device), text_encoder=args.text_encoder)
     cfg = override(SampleConfig(), args)
     kw = {f: getattr(cfg, f) for f in SAMPLE_FIELDS}
-    labels = _labels(args, pipe)
-    n = len(labels) if labels is not None else (args.num or 1)
+    prompts = _prompts(args, pipe)
+    labels = _labels(args, pipe) if prompts is None else None
+    n = len(labels) if labels is not None else (len(prompts) if prompts is not None else (args.num or 1))
     t0 = time.time()
     chunks, steps_imgs = [], None
     gen = torch.Generator().manual_seed(args.seed)
     for i in range(0, n, args.batch_size):
         lab = labels[i:i + args.batch_size] if labels is not None else None
         num = None if lab is not None else min(args.batch_size, n - i)
+        if prompts is not None:
+            kw["prompts"] = prompts[i:i + args.batch_size]
+            kw["negative_prompts"] = args.negative_prompt
+            num = None
         if args.arch == "ar":
             if pipe.ar is None:
                 raise MaskGITError("this model has no AR baseline (ar/ directory)")
@@ -97,11 +123,13 @@ def cmd_sample(args) -> int:
     u8 = (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     if out.suffix == ".npz":
         out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, images=u8, labels=np.asarray(labels if labels is not None else [-1] * n))
+        extra = {"prompts": np.asarray(prompts)} if prompts is not None else {}
+        np.savez(out, images=u8, labels=np.asarray(labels if labels is not None else [-1] * n), **extra)
     else:
         names = pipe.class_names
-        captions = [names[l] for l in labels] if (labels is not None and names) else None
-        ncol = args.num if (args.labels and args.num and args.num > 1) else (8 if labels and not args.labels else None)
+        captions = [names[l] for l in labels] if (labels is not None and names) else prompts
+        ncol = args.num if ((args.labels or prompts) and args.num and args.num > 1) else (
+            8 if labels and not args.labels else None)
         save_png(make_grid(u8, captions, ncol=ncol, scale=args.scale), out)
     if steps_imgs is not None:
         rows = [torch.stack([s[j] for s in steps_imgs] + [images[j]]) for j in range(min(8, len(images)))]
@@ -115,9 +143,15 @@ def cmd_sample(args) -> int:
 def cmd_edit(args) -> int:
     from ..imageio import load_image, save_png
     from ..pipeline import load
-    pipe = load(args.model, resolve_device(args.device))
+    pipe = load(args.model, resolve_device(args.device), text_encoder=args.text_encoder)
     cfg = override(SampleConfig(), args)
     kw = {f: getattr(cfg, f) for f in SAMPLE_FIELDS}
+    if args.prompt is not None:
+        if len(args.prompt) != 1:
+            raise MaskGITError("edit takes one --prompt")
+        kw.update(prompt=args.prompt[0], negative_prompt=args.negative_prompt)
+    elif args.negative_prompt is not None:
+        raise MaskGITError("--negative-prompt needs --prompt")
     size = pipe.grid[0] * pipe.tokenizer.config.downsample
     image = load_image(args.image, pipe.tokenizer.channels, size=None)
     if image.shape[-2:] != (size, size):
@@ -128,8 +162,8 @@ def cmd_edit(args) -> int:
         side, n = parse_outpaint(args.outpaint)
         out = pipe.outpaint(image, side, n, label=args.label, seed=args.seed, output="np", **kw)
     elif args.class_edit or args.start_step is not None:
-        if args.box is None or args.label is None:
-            raise MaskGITError("a class edit needs --box and --label")
+        if args.box is None or (args.label is None and args.prompt is None):
+            raise MaskGITError("a class edit needs --box and --label (or --prompt for text-conditioned models)")
         out = pipe.edit(image, box=parse_ints(args.box, "--box"), label=args.label, start_step=args.start_step,
                         feather=args.feather, seed=args.seed, output="np", **kw)
     else:

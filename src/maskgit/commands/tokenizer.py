@@ -61,6 +61,9 @@ def register(sub) -> None:
     t.add_argument("--out", required=True, help="token store directory")
     t.add_argument("--batch-size", type=int, default=500)
     t.add_argument("--flip", action="store_true", help="also store horizontally flipped copies")
+    t.add_argument("--text-encoder", default=None,
+                   help="captioned datasets: also cache the captions' embeddings (minilm, st:PATH, t5:PATH, "
+                        "cache:FILE) for text-conditioned training")
     device_arg(t)
     t.set_defaults(func=cmd_tokenize)
 
@@ -220,6 +223,12 @@ def cmd_tokenize(args) -> int:
     write_store(args.out, tokens.numpy(), labels=None if captioned else np.asarray(targets),
                 captions=list(targets) if captioned else None, meta=meta)
     print(f"wrote {len(tokens)} token grids {tuple(tokens.shape[1:])} to {args.out} in {time.time() - t0:.1f}s")
+    if args.text_encoder:
+        if not captioned:
+            raise MaskGITError(f"--text-encoder needs a captioned dataset; {args.data} has class labels")
+        from ..text import ensure_store_text
+        path = ensure_store_text(args.out, args.text_encoder)
+        print(f"wrote the caption embeddings {path}")
     return 0
 
 

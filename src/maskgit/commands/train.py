@@ -23,7 +23,12 @@ def register(sub) -> None:
     p.add_argument("--tokens", required=True, help="token store directory (training split)")
     p.add_argument("--val-tokens", default=None, help="token store for validation loss / accuracy")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory: checks the store's hash, draws samples")
-    p.add_argument("--preset", default="maskgit-small-8x8", help=f"one of {', '.join(TRANSFORMER_PRESETS)}")
+    p.add_argument("--preset", default=None, help=f"one of {', '.join(TRANSFORMER_PRESETS)} (default "
+                   f"maskgit-small-8x8, or muse-small-8x8 for text conditioning)")
+    p.add_argument("--text-encoder", default=None,
+                   help="text-to-image: condition on the captions embedded by this frozen encoder (minilm, st:PATH, "
+                        "t5:PATH, cache:FILE); computed into the token store if missing. Default: the store's "
+                        "caption-embedding cache when it has one")
     p.add_argument("--arch", default="maskgit", choices=["maskgit", "ar"])
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true")
@@ -32,7 +37,10 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def build_model(preset: str, arch: str, store_meta: dict, num_classes: int | None):
+def build_model(preset: str, arch: str, store_meta: dict, num_classes: int | None,
+                text: tuple[int, int] | None = None):
+    """The preset fitted to the store; ``text`` = (dim, len) of caption embeddings for a text-conditioned model
+    (no classes, no "no class" id: the null text is CFG's unconditional input)."""
     from ..autoregressive import ARTransformer
     from ..transformer import MaskGITTransformer
     cfg = transformer_preset(preset)
@@ -42,6 +50,13 @@ def build_model(preset: str, arch: str, store_meta: dict, num_classes: int | Non
         raise MaskGITError(f"token grids must be square, the store has {grid}")
     if num_classes is not None:
         changes["num_classes"] = num_classes
+    if text is not None:
+        if arch == "ar":
+            raise MaskGITError("the AR baseline is class-conditional only: train it without --text-encoder")
+        changes.update(text_dim=text[0], text_len=text[1], num_classes=0, null_class=False)
+    elif cfg.text_dim:
+        raise MaskGITError(f"preset {preset} is text-conditioned: train it on a captioned token store with "
+                           f"--text-encoder (e.g. minilm)")
     cfg = dataclasses.replace(cfg, **changes)
     return (ARTransformer if arch == "ar" else MaskGITTransformer)(cfg)
 
@@ -54,33 +69,59 @@ def cmd_train(args) -> int:
     device = resolve_device(args.device)
     tokenizer = load_model(args.tokenizer, "vqgan") if args.tokenizer else None
     h = model_hash(tokenizer) if tokenizer is not None else None
-    store = TokenStore(args.tokens, h)
-    val = TokenStore(args.val_tokens, h) if args.val_tokens else None
+    encoder = None
+    if args.text_encoder:
+        from ..text import ensure_store_text, load_text_encoder, store_cache_path
+        for path in (args.tokens, args.val_tokens):
+            if path and not store_cache_path(path, _encoder_name(args.text_encoder)).exists():
+                encoder = encoder or load_text_encoder(args.text_encoder)
+                print(f"embedding the captions of {path} with {encoder.name}")
+                ensure_store_text(path, args.text_encoder, encoder)
+        name = _encoder_name(args.text_encoder)
+        store = TokenStore(args.tokens, h, text_encoder=name)
+        val = TokenStore(args.val_tokens, h, text_encoder=name) if args.val_tokens else None
+    else:
+        store = TokenStore(args.tokens, h)
+        val = TokenStore(args.val_tokens, h) if args.val_tokens else None
+    text = store.text
+    if text is not None:
+        print(f"text-conditioned: {store.text_encoder} caption embeddings {text.max_len} x {text.dim}")
+    if val is not None and text is not None and val.text_encoder != store.text_encoder:
+        raise MaskGITError(f"{args.val_tokens} has no {store.text_encoder} caption embeddings: pass --text-encoder")
     classes = store.meta.get("classes")
     num_classes = int(store.labels.max()) + 1 if store.labels is not None else 0
     if classes:
         num_classes = len(classes)
     cfg = override(TrainConfig(), args)
     torch.manual_seed(cfg.seed)  # the CLI owns the process: the initial weights follow --seed
-    model = build_model(args.preset, args.arch, store.meta, num_classes)
+    preset = args.preset or ("muse-small-8x8" if text is not None else "maskgit-small-8x8")
+    model = build_model(preset, args.arch, store.meta, num_classes,
+                        None if text is None else (text.dim, text.max_len))
     if len(store) < cfg.batch_size:
         raise MaskGITError(f"{args.tokens} holds {len(store)} examples, fewer than --batch-size {cfg.batch_size}")
     task = (NextTokenTask if args.arch == "ar" else MaskedTokenTask)(model, cfg)
     out = Path(args.out)
     meta = {"command": "maskgit " + " ".join(sys.argv[1:]), "tokens": str(Path(args.tokens).resolve()),
-            "class_names": classes, "arch": args.arch, "preset": args.preset}
+            "class_names": classes, "arch": args.arch, "preset": preset}
+    if text is not None:
+        meta["text_encoder"] = text.spec  # what Pipeline loads to embed prompts
     if args.tokenizer:
         meta["tokenizer"] = str(Path(args.tokenizer).resolve())
 
     def sample_fn(task, step):
-        if tokenizer is None or not num_classes:
+        if tokenizer is None or not (num_classes or text is not None):
             return
         from ..imageio import make_grid, save_png
         from ..pipeline import Pipeline
         m = task.model
         m.eval()
         labels = torch.arange(num_classes).repeat_interleave(4)
-        if args.arch == "ar":
+        if text is not None:  # 16 training captions, embedded from the store's cache
+            from ..text import CachedTextEncoder
+            prompts = list(dict.fromkeys(store.captions))[:16]
+            pipe = Pipeline(tokenizer, m, device=next(m.parameters()).device, text_encoder=CachedTextEncoder(text))
+            imgs = pipe.generate(prompts=prompts, output="tensor", cfg=1.0)
+        elif args.arch == "ar":
             toks = m.generate(labels, SampleConfig(), torch.Generator().manual_seed(0))
             g = m.config.grid_size
             imgs = tokenizer.to(toks.device).decode(toks.view(-1, g, g))  # (B, h, w) -> images
@@ -97,3 +138,8 @@ def cmd_train(args) -> int:
                           **{k: round(v, 5) for k, v in res.metrics.items() if isinstance(v, float)}}))
         print(f"model written to {out / 'final'}")
     return 0
+
+
+def _encoder_name(spec: str) -> str:
+    from ..text import encoder_name
+    return encoder_name(spec)

