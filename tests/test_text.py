@@ -15,8 +15,15 @@ from maskgit.config import TrainConfig, transformer_preset, vqgan_preset
 from maskgit.errors import MaskGITError
 from maskgit.masking import MaskedTokenTask
 from maskgit.pipeline import Pipeline
-from maskgit.text import (CachedTextEncoder, CaptionTable, TextEncoder, embed_captions, ensure_store_text,
-                          load_text_encoder, store_cache_path)
+from maskgit.text import (
+    CachedTextEncoder,
+    CaptionTable,
+    TextEncoder,
+    embed_captions,
+    ensure_store_text,
+    load_text_encoder,
+    store_cache_path,
+)
 from maskgit.tokenstore import TokenStore, write_store
 from maskgit.train import StepContext
 from maskgit.transformer import MaskGITTransformer

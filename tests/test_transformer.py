@@ -40,7 +40,9 @@ def test_every_preset_builds(name):
             assert MaskGITTransformer(cfg).tok_emb.weight.shape == (cfg.vocab_size, cfg.width)
         return
     m = MaskGITTransformer(cfg).eval()
-    out = m(torch.zeros(1, cfg.num_tokens, dtype=torch.long), torch.tensor([0]))
+    labels = torch.tensor([0]) if cfg.num_classes else None  # text presets have no classes
+    text = torch.zeros(1, cfg.text_len, cfg.text_dim) if cfg.text_dim else None
+    out = m(torch.zeros(1, cfg.num_tokens, dtype=torch.long), labels, text=text)
     assert out.shape == (1, cfg.num_tokens, cfg.codebook_size)
 
 

@@ -171,7 +171,7 @@ class Pipeline:
         mask[real] = enc_mask.to(emb.device)
         return emb, mask
 
-    def text_condition(self, prompts: list[str], negative_prompts=None) -> "TextCondition":
+    def text_condition(self, prompts: list[str], negative_prompts=None) -> TextCondition:
         """Embeddings for the conditional and (with CFG) the unconditional branch. ``negative_prompts``: one
         string for all, or one per prompt; None or "" = the null text."""
         emb, mask = self.encode_prompts(prompts)
@@ -187,7 +187,7 @@ class Pipeline:
         return TextCondition(emb, mask, *neg)
 
     # ------------------------------------------------------------ decoding
-    def logits_fn(self, labels: torch.Tensor, text: "TextCondition | None" = None) -> Callable:
+    def logits_fn(self, labels: torch.Tensor, text: TextCondition | None = None) -> Callable:
         """The closure decode() needs; with guidance the conditional and unconditional passes share one batch
         (the unconditional half: "no class" and the null text, or the negative prompt)."""
         model = self.transformer
@@ -217,7 +217,7 @@ class Pipeline:
     @torch.inference_mode()
     def decode_tokens(self, tokens: torch.Tensor, labels: torch.Tensor, cfg: SampleConfig, seed: int | None,
                       generator: torch.Generator | None = None, callback=None,
-                      text: "TextCondition | None" = None) -> torch.Tensor:
+                      text: TextCondition | None = None) -> torch.Tensor:
         """(B,N) partially masked -> (B,N) complete, through the one decode function."""
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
@@ -279,7 +279,7 @@ class Pipeline:
             raise MaskGITError(f"image is {x.shape[-1]}x{x.shape[-2]}; this model edits {size}x{size} images")
         return x
 
-    def _prompt_condition(self, prompt, negative_prompt, batch: int) -> "TextCondition | None":
+    def _prompt_condition(self, prompt, negative_prompt, batch: int) -> TextCondition | None:
         if prompt is None:
             if negative_prompt is not None:
                 raise MaskGITError("a negative prompt needs a prompt")

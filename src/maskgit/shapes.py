@@ -17,7 +17,7 @@ import itertools
 import re
 from collections import deque
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -85,7 +85,7 @@ def parse_caption(caption: str) -> Scene:
     return Scene(Obj(g["acolour"], g["ashape"], g["asize"]), g["rel"], Obj(g["bcolour"], g["bshape"], g["bsize"]))
 
 
-@lru_cache(maxsize=None)
+@cache
 def all_scenes() -> tuple[Scene, ...]:
     """Every scene of the grammar (two objects of different colours): 24 * 18 * 4 = 1728, in a fixed order."""
     objs = [Obj(c, s, z) for c in COLOURS for s in SHAPES for z in SIZES]
@@ -93,7 +93,7 @@ def all_scenes() -> tuple[Scene, ...]:
                  for r in RELATIONS)
 
 
-@lru_cache(maxsize=None)
+@cache
 def scenes_of(split: str) -> tuple[Scene, ...]:
     """The scenes a split draws from (uniformly): train/test avoid HELDOUT pairs, heldout has one in each."""
     _check_split(split)

@@ -206,7 +206,7 @@ class CaptionTable:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "CaptionTable":
+    def load(cls, path: str | Path) -> CaptionTable:
         from safetensors import SafetensorError, safe_open
         path = Path(path)
         if not path.is_file():
@@ -215,7 +215,7 @@ class CaptionTable:
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
-                t = {k: f.get_tensor(k) for k in f.keys()}
+                t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
             return cls(json.loads(meta["captions"]), t["emb"], t["mask"].bool(), meta["encoder"], meta["spec"],
                        t.get("index"))
         except (SafetensorError, OSError, KeyError, ValueError) as e:
@@ -251,7 +251,7 @@ class CachedTextEncoder(TextEncoder):
         return self.table.lookup(texts)
 
 
-def load_text_encoder(spec: "str | TextEncoder | None" = None, max_len: int | None = None,
+def load_text_encoder(spec: str | TextEncoder | None = None, max_len: int | None = None,
                       device: str = "cpu") -> TextEncoder:
     """``minilm`` (default), ``st:PATH``, ``t5:PATH`` or ``cache:FILE``; an encoder object is returned as is."""
     if isinstance(spec, TextEncoder):

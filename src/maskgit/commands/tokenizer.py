@@ -100,7 +100,8 @@ def cmd_train_tokenizer(args) -> int:
     torch.manual_seed(tcfg.seed)  # the CLI owns the process: the initial weights follow --seed
     task = TokenizerTask(VQGAN(vcfg), lcfg, percep)
     out = Path(args.out)
-    fixed = torch.stack([val_ds[i][0] if val_ds is not None else train_ds[i][0] for i in range(32)])
+    show = val_ds if val_ds is not None else train_ds
+    fixed = torch.stack([show[i][0] for i in range(min(32, len(show)))])
 
     def sample_fn(task, step):
         from ..imageio import make_grid, save_png
