@@ -58,7 +58,7 @@ def test_ar_golden(pipe):
 
 
 def test_ar_cache_and_no_cache_agree(pipe):
-    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(5)
     a = pipe.ar.generate(torch.tensor([3]), SampleConfig(), g(), use_cache=True)
     b = pipe.ar.generate(torch.tensor([3]), SampleConfig(), g(), use_cache=False)
     assert (a == b).float().mean() >= 0.95  # identical up to float ties

@@ -250,3 +250,52 @@ def test_train_and_sample_from_the_command_line(tmp_path, capsys):
     z = np.load(tmp_path / "s.npz")
     assert z["images"].shape == (4, 16, 16, 1) and list(z["prompts"]) == ["word1 thing2 extra"] * 2 + [""] * 2
     assert main(["sample", "--model", str(root), "--labels", "1"]) == 2  # a text model takes no class labels
+
+
+# ---------------------------------------------------------------- shapes: tokenize, text-embed, bench-binding
+def _rgb_text_pipeline(root, table_path, captions):
+    """A tiny RGB tokenizer (32 px -> 16x16 tokens) + tiny text model saved as a pipeline directory."""
+    torch.manual_seed(0)
+    tok = VQGAN(dataclasses.replace(vqgan_preset("tiny"), channels=3, image_size=32))
+    cfg = dataclasses.replace(transformer_preset("tiny"), grid_size=16, num_classes=0, null_class=False,
+                              text_dim=8, text_len=4)
+    save_model(tok, root / "tokenizer")
+    save_model(MaskGITTransformer(cfg), root / "maskgit", meta={"text_encoder": f"cache:{table_path}"})
+    embed_captions(HashEncoder(), captions, with_index=False).save(table_path)
+    return root
+
+
+def test_shapes_tokenize_and_bench_binding_commands(tmp_path, capsys):
+    from maskgit import shapes
+    from maskgit.cli import main
+    caps = [s.caption for split in ("train", "test", "heldout") for s in shapes.render_split(split, 6)[1]]
+    root = _rgb_text_pipeline(tmp_path / "pipe", tmp_path / "table.safetensors", caps)
+    rc = main(["tokenize", "--model", str(root / "tokenizer"), "--data", "shapes:6", "--split", "train",
+               "--out", str(tmp_path / "tokens"), "--text-encoder", f"cache:{tmp_path / 'table.safetensors'}",
+               "--device", "cpu"])
+    store = TokenStore(tmp_path / "tokens")
+    assert rc == 0 and store.text_encoder == "hash" and store.batch([0, 5])["text"].shape == (2, 4, 8)
+    rc = main(["bench-binding", "--model", str(root), "-n", "4", "--steps", "2", "--cfg", "0,1", "--device", "cpu",
+               "--json", str(tmp_path / "b.json"), "--grid", str(tmp_path / "b.png"),
+               "--results", str(tmp_path / "R.md")])
+    assert rc == 0 and (tmp_path / "b.png").exists()
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert len(rows) == 2 * (2 + 2)  # per split: real, reconstructions, 2 CFG scales
+    assert all(r["all_ok"] == 1.0 for r in rows if r["source"] == "real images")
+    assert "attribute binding" in (tmp_path / "R.md").read_text()
+    assert main(["bench-binding", "--model", str(root), "-n", "2", "--steps", "x"]) == 2
+
+
+def test_text_embed_command(minilm, tmp_path):
+    from maskgit.cli import main
+    out = tmp_path / "t.safetensors"
+    assert main(["text-embed", "--data", "shapes:5", "--splits", "test", "--prompt", "hello", "--out", str(out)]) == 0
+    table = CaptionTable.load(out)
+    assert table.encoder == "minilm" and table.index is None and "hello" in table.captions
+    assert len(table.captions) == 1 + len({c for c in load_dataset_captions("shapes:5", "test")})
+    assert main(["text-embed", "--data", "fashion-mnist", "--splits", "test", "--out", str(out)]) == 2
+
+
+def load_dataset_captions(spec, split):
+    from maskgit.data import load_dataset
+    return load_dataset(spec, split=split).targets

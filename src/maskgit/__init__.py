@@ -5,6 +5,14 @@ from .errors import MaskGITError
 from .pipeline import Pipeline, load
 from .sampling import decode
 
-__all__ = ["Pipeline", "load", "decode", "SampleConfig", "TrainConfig", "TransformerConfig", "VQGANConfig",
-           "MaskGITError"]
+__all__ = [
+           "MaskGITError",
+           "Pipeline",
+           "SampleConfig",
+           "TrainConfig",
+           "TransformerConfig",
+           "VQGANConfig",
+           "decode",
+           "load",
+]
 __version__ = "0.1.0"

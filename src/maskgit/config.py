@@ -261,6 +261,19 @@ def override(cfg: Any, args: Any, prefix: str = "") -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
-__all__ = ["VQGANConfig", "TransformerConfig", "SampleConfig", "TrainConfig", "TokenizerTrainConfig",
-           "VQGAN_PRESETS", "TRANSFORMER_PRESETS", "vqgan_preset", "transformer_preset", "to_dict",
-           "from_dict", "add_dataclass_args", "override", "field"]
+__all__ = [
+    "TRANSFORMER_PRESETS",
+    "VQGAN_PRESETS",
+    "SampleConfig",
+    "TokenizerTrainConfig",
+    "TrainConfig",
+    "TransformerConfig",
+    "VQGANConfig",
+    "add_dataclass_args",
+    "field",
+    "from_dict",
+    "override",
+    "to_dict",
+    "transformer_preset",
+    "vqgan_preset",
+]

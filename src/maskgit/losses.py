@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call
 
 from .config import TokenizerTrainConfig

@@ -7,8 +7,8 @@ N processes under DDP compute exactly what one process computes on the whole bat
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .config import TrainConfig
 from .schedules import check_schedule, gamma

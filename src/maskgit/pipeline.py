@@ -8,8 +8,8 @@ negative prompt's embedding when one is given."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ class Pipeline:
             self.set_precision(precision)
 
     # ------------------------------------------------------------ speed options (opt-in, change results)
-    def set_precision(self, precision: str) -> "Pipeline":
+    def set_precision(self, precision: str) -> Pipeline:
         """"fp32" (exact), "int8" (CPU: dynamic int8 quantisation of the transformers' linear layers),
         "bf16"/"fp16" (GPU: autocast). The non-fp32 modes trade a little quality for speed (see RESULTS.md)."""
         if precision not in ("fp32", "int8", "bf16", "fp16"):
@@ -75,8 +75,9 @@ class Pipeline:
         if precision == "int8":
             if self.device.type != "cpu":
                 raise MaskGITError("int8 mode is for CPUs; on a GPU use bf16 or fp16")
-            from torch.ao.quantization import quantize_dynamic
             import warnings
+
+            from torch.ao.quantization import quantize_dynamic
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.transformer = quantize_dynamic(self.transformer, {torch.nn.Linear}, dtype=torch.qint8)
@@ -87,7 +88,7 @@ class Pipeline:
         self.precision = precision
         return self
 
-    def compile(self) -> "Pipeline":
+    def compile(self) -> Pipeline:
         """torch.compile the transformer (first call compiles, ~20 s; same results up to float rounding)."""
         self.transformer.forward = torch.compile(self.transformer.forward, dynamic=True)
         return self
@@ -101,7 +102,7 @@ class Pipeline:
     # ------------------------------------------------------------ loading
     @classmethod
     def load(cls, model: str | Path | None = None, device: str = "cpu", precision: str = "fp32",
-             text_encoder=None) -> "Pipeline":
+             text_encoder=None) -> Pipeline:
         root = resolve(model)
         if (root / "maskgit").is_dir() and (root / "tokenizer").is_dir():
             tok = load_model(root / "tokenizer", "vqgan")

@@ -6,7 +6,7 @@ the sequence length N (MaskGIT paper, Table 3)."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

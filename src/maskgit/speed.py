@@ -77,7 +77,6 @@ def run_speed(args, command: str) -> int:
         sec = _median_time(lambda: vq.decode(toks), args.repeats)
         rows.append(_row("VQGAN decoder 256 px", b, sec, fl, peak))
         print(rows[-1])
-    del vq
     # the AR baseline of the same size: 256 sequential steps
     ar = ARTransformer(cfg).to(device).eval()
     sc = SampleConfig()

@@ -10,7 +10,11 @@ tokens cross-attend to them. Encoders (weights never downloaded at run time):
 - ``cache:FILE``: a caption table written by ``maskgit text-embed`` (lookup only: for machines without the encoder).
 
 Datasets are embedded once: ``CaptionTable`` holds the unique captions' embeddings (float16) and, for a token store,
-each example's row (``text_<encoder>.safetensors`` beside the tokens)."""
+each example's row (``text_<encoder>.safetensors`` beside the tokens).
+
+Why cross-attention (every block, as in Muse) rather than text prefix tokens in the self-attention sequence: it keeps
+the image sequence and its positions unchanged, lets padded text tokens be masked out cleanly, and costs
+O(N * L) instead of O((N + L)^2). Prefix conditioning was not implemented, so the two were not compared here."""
 
 from __future__ import annotations
 
@@ -200,6 +204,9 @@ class CaptionTable:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             save_file(tensors, str(tmp), metadata=meta)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # as an ordinary file (a shared cache stays readable)
             os.replace(tmp, path)  # atomic: a reader never sees half a file
         finally:
             tmp.unlink(missing_ok=True)

@@ -95,7 +95,7 @@ class TokenStore:
             out.update(self.text.batch(idx))  # (b, L, D) float32 and (b, L) bool
         return out
 
-    def subset(self, n: int) -> "TokenStore":
+    def subset(self, n: int) -> TokenStore:
         """The first n examples (for validation subsets)."""
         other = object.__new__(TokenStore)
         other.__dict__.update(self.__dict__)

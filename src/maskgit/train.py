@@ -12,16 +12,23 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
+from torch import nn
 
-from .checkpoint import (atomic_dir, load_train_state, load_weights, optimizer_from_flat, optimizer_to_flat,
-                         save_model, save_train_state)
+from .checkpoint import (
+    atomic_dir,
+    load_train_state,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_model,
+    save_train_state,
+)
 from .config import TrainConfig, to_dict
 from .errors import MaskGITError
 
@@ -351,10 +358,6 @@ def plot_metrics(run_dir: Path, keys: tuple[str, ...] = ("loss", "val_loss")) ->
     return out
 
 
-def load_weights_into(model: nn.Module, path: Path) -> None:
-    load_weights(model, path / "model.safetensors")
-
-
 class DatasetSource:
     """Adapts a ``maskgit.data`` dataset to the loop: ``batch(idx)`` -> {"images": (b,C,H,W), "labels": (b,)}.
     In-memory datasets (``.images`` uint8) are sliced directly; others are read item by item."""
@@ -367,7 +370,7 @@ class DatasetSource:
 
     def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         ds = self.dataset
-        if hasattr(ds, "images") and torch.is_tensor(getattr(ds, "images")):
+        if hasattr(ds, "images") and torch.is_tensor(ds.images):
             out = {"images": ds.images[indices].float() / 255.0}
             if torch.is_tensor(getattr(ds, "targets", None)):
                 out["labels"] = ds.targets[indices]

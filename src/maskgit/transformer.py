@@ -6,10 +6,9 @@ callers see the first K logits only. The same blocks, made causal with a KV cach
 
 from __future__ import annotations
 
-
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .config import TransformerConfig
 from .errors import MaskGITError

@@ -6,8 +6,8 @@ average pooling between levels, vector quantizer, mirrored decoder with nearest 
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .config import VQGANConfig
 from .errors import MaskGITError

@@ -71,7 +71,7 @@ def cmd_bench(args) -> int:
     if args.what == "speed":
         from ..speed import run_speed
         return run_speed(args, command)
-    from ..evaluation import (append_results, generate, markdown_table, time_per_image, uniform_labels)
+    from ..evaluation import append_results, generate, markdown_table, time_per_image, uniform_labels
     from ..pipeline import load
     from .evaluate import evaluator_for
     pipe = load(args.model, resolve_device(args.device))

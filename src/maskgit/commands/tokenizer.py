@@ -12,8 +12,14 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_model
-from ..config import (TokenizerTrainConfig, TrainConfig, VQGAN_PRESETS, add_dataclass_args, override,
-                      vqgan_preset)
+from ..config import (
+    VQGAN_PRESETS,
+    TokenizerTrainConfig,
+    TrainConfig,
+    add_dataclass_args,
+    override,
+    vqgan_preset,
+)
 from ..errors import MaskGITError
 from .common import device_arg, resolve_device
 
@@ -138,7 +144,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 7, sigma: float = 1.5) 
     g = torch.exp(-(torch.arange(window) - window // 2).float() ** 2 / (2 * sigma ** 2))
     g = (g / g.sum())
     k = (g[:, None] * g[None]).expand(x.shape[1], 1, window, window).to(x)
-    f = lambda t: F.conv2d(t, k, groups=x.shape[1])  # noqa: E731
+    f = lambda t: F.conv2d(t, k, groups=x.shape[1])
     mx, my = f(x), f(y)
     vx, vy, cxy = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))

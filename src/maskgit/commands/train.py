@@ -11,7 +11,14 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_model
-from ..config import TRANSFORMER_PRESETS, SampleConfig, TrainConfig, add_dataclass_args, override, transformer_preset
+from ..config import (
+    TRANSFORMER_PRESETS,
+    SampleConfig,
+    TrainConfig,
+    add_dataclass_args,
+    override,
+    transformer_preset,
+)
 from ..errors import MaskGITError
 from .common import device_arg, resolve_device
 
@@ -84,6 +91,11 @@ def cmd_train(args) -> int:
         store = TokenStore(args.tokens, h)
         val = TokenStore(args.val_tokens, h) if args.val_tokens else None
     text = store.text
+    if text is None and not args.text_encoder:
+        from ..text import store_caches
+        if len(store_caches(args.tokens)) > 1:
+            raise MaskGITError(f"{args.tokens} has caption embeddings of several encoders: pick one with "
+                               f"--text-encoder")
     if text is not None:
         print(f"text-conditioned: {store.text_encoder} caption embeddings {text.max_len} x {text.dim}")
     if val is not None and text is not None and val.text_encoder != store.text_encoder:
