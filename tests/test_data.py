@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskgit import data
+from maskgit import data, imagefiles
 from maskgit.cli import main
 from maskgit.data import (
     FASHION_MNIST_CLASSES,
@@ -287,7 +287,7 @@ def test_imagefolder_transforms_are_reproducible(folder):
 
 def test_imagefolder_verification_is_cached(folder, monkeypatch):
     _load_folder(folder, image_size=16)
-    monkeypatch.setattr(data, "check_image", lambda p: pytest.fail(f"decoded {p} again"))
+    monkeypatch.setattr(imagefiles, "check_image", lambda p: pytest.fail(f"decoded {p} again"))
     ds, warned = _load_folder(folder, image_size=16)
     assert len(ds) == 7 and len(warned) == 1
 

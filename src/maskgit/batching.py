@@ -1,0 +1,247 @@
+"""The server's batching worker: one inference thread, a bounded queue, and requests with equal sampling
+settings coalesced into one batched decode (no FastAPI here; see server.py for the HTTP side)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import dataclasses
+import hashlib
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import SampleConfig
+from .errors import MaskGITError
+
+log = logging.getLogger("maskgit.server")
+SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(SampleConfig) if f.name != "start_step")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Batching, queueing and request limits of ``maskgit serve`` (one CLI flag per field)."""
+
+    max_batch: int = 32  # images in one batched decode
+    max_wait_ms: float = 10.0  # how long the oldest request may wait for company
+    queue_size: int = 256  # requests waiting (beyond: 503)
+    max_num: int = 64  # images per request
+    max_steps: int = 64  # decoding steps per request
+    max_body_mb: float = 8.0  # request body (beyond: 413)
+
+    def __post_init__(self):
+        if min(self.max_batch, self.queue_size, self.max_num, self.max_steps) < 1 or self.max_wait_ms < 0 \
+                or self.max_body_mb <= 0:
+            raise MaskGITError(f"server limits must be positive (max_wait_ms may be 0), got {self}")
+
+
+class APIError(Exception):
+    """An HTTP error answered as JSON {"error": message}."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+# ================================================================ the worker
+
+@dataclass(eq=False)
+class Job:
+    """One request in the queue: a generate request (``labels`` + ``seed`` under ``settings``, batched with
+    others of the same ``settings`` when ``shared``) or an edit (``fn``, always alone)."""
+
+    settings: Hashable | None = None  # (SampleConfig, return_steps)
+    shared: bool = True
+    labels: list[int] = dataclasses.field(default_factory=list)
+    seed: int = 0
+    fn: Callable[[], Any] | None = None
+    future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
+    enqueued: float = dataclasses.field(default_factory=time.monotonic)
+
+    @property
+    def size(self) -> int:
+        return max(len(self.labels), 1)
+
+    @property
+    def batchable(self) -> bool:
+        return self.shared and self.fn is None
+
+
+@dataclass(frozen=True)
+class GenResult:
+    images: np.ndarray  # uint8 (n, H, W, C)
+    steps: list[np.ndarray] | None  # per decoding step, uint8 (n, H, W, C)
+    batch_requests: int
+    batch_images: int
+
+
+def batch_seed(seeds: list[int]) -> int:
+    """The generator seed of a shared decode: a hash of every request's seed, in batch order."""
+    digest = hashlib.blake2b(",".join(map(str, seeds)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class Batcher:
+    """A bounded queue and the one thread that runs the pipeline (see the module docstring)."""
+
+    def __init__(self, pipe, max_batch: int = 32, max_wait_s: float = 0.01, queue_size: int = 256):
+        if max_batch < 1 or queue_size < 1 or max_wait_s < 0:
+            raise MaskGITError("max_batch and queue_size must be >= 1 and max_wait_ms >= 0")
+        self.pipe, self.max_batch, self.max_wait_s, self.queue_size = pipe, max_batch, max_wait_s, queue_size
+        self._cv = threading.Condition()
+        self._queue: deque[Job] = deque()
+        self._closing = self._held = False
+        self._thread = threading.Thread(target=self._loop, name="maskgit-worker", daemon=True)
+        self.stats = {"requests": 0, "images": 0, "batches": 0, "edits": 0, "rejected": 0, "errors": 0,
+                      "busy_seconds": 0.0}  # errors: requests answered with an error
+
+    # ---------------------------------------------------------- control
+    def start(self) -> None:
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    def submit(self, job: Job) -> concurrent.futures.Future:
+        """Enqueue ``job``; APIError 503 when the queue is full or the server is shutting down."""
+        with self._cv:
+            if self._closing:
+                self.stats["rejected"] += 1
+                raise APIError(503, "the server is shutting down", {"Retry-After": "5"})
+            if len(self._queue) >= self.queue_size:
+                self.stats["rejected"] += 1
+                raise APIError(503, f"the queue is full ({self.queue_size} requests waiting): retry later",
+                               {"Retry-After": str(self._retry_after())})
+            job.enqueued = time.monotonic()
+            self._queue.append(job)
+            self._cv.notify_all()
+        return job.future
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new requests, finish every accepted one, stop the thread."""
+        with self._cv:
+            self._closing, self._held = True, False
+            self._cv.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def hold(self) -> None:
+        """Pause the worker between batches (requests keep queueing); for tests and maintenance."""
+        with self._cv:
+            self._held = True
+
+    def release(self) -> None:
+        with self._cv:
+            self._held = False
+            self._cv.notify_all()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closing
+
+    def queued(self) -> int:
+        with self._cv:
+            return len(self._queue)
+
+    def snapshot(self) -> dict:
+        with self._cv:
+            s = dict(self.stats, queued=len(self._queue))
+        s["mean_batch_size"] = s["requests"] / s["batches"] if s["batches"] else 0.0
+        s["mean_batch_images"] = s["images"] / s["batches"] if s["batches"] else 0.0
+        return s
+
+    def _retry_after(self) -> int:
+        per_image = self.stats["busy_seconds"] / max(self.stats["images"] + self.stats["edits"], 1)
+        return max(1, math.ceil(per_image * sum(j.size for j in self._queue)))
+
+    # ---------------------------------------------------------- the thread
+    def _next_batch(self) -> list[Job] | None:
+        with self._cv:
+            while not self._queue or self._held:
+                if self._closing and not self._queue:
+                    return None
+                self._cv.wait()
+            head = self._queue[0]
+            if head.batchable:  # wait (from the head's arrival) for more requests with the same settings
+                while not self._closing:
+                    left = head.enqueued + self.max_wait_s - time.monotonic()
+                    if left <= 0 or self._same(head) >= self.max_batch:
+                        break
+                    self._cv.wait(left)
+            batch, n = [head], head.size
+            if head.batchable:
+                for job in list(self._queue)[1:]:
+                    if job.batchable and job.settings == head.settings and n + job.size <= self.max_batch:
+                        batch.append(job)
+                        n += job.size
+            chosen = set(map(id, batch))
+            self._queue = deque(j for j in self._queue if id(j) not in chosen)
+            return batch
+
+    def _same(self, head: Job) -> int:
+        return sum(j.size for j in self._queue if j.batchable and j.settings == head.settings)
+
+    def _loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            live = [j for j in batch if j.future.set_running_or_notify_cancel()]  # skip cancelled requests
+            if not live:
+                continue
+            t0 = time.perf_counter()
+            try:
+                if live[0].fn is not None:
+                    self._run_call(live[0])
+                else:
+                    self._run_generate(live)
+            except MaskGITError as e:  # the user's mistake: every future of the batch gets it
+                self._fail(live, e)
+            except Exception as e:  # a bug: log it, answer 500, keep the worker alive
+                log.exception("inference failed")
+                self._fail(live, e)
+            with self._cv:
+                self.stats["busy_seconds"] += time.perf_counter() - t0
+                self.stats["errors"] += sum(1 for j in live if j.future.exception() is not None)
+
+    @staticmethod
+    def _fail(jobs: list[Job], error: Exception) -> None:
+        for j in jobs:
+            if not j.future.done():
+                j.future.set_exception(error)
+
+    def _run_call(self, job: Job) -> None:
+        job.future.set_result(job.fn())
+        with self._cv:
+            self.stats["edits"] += 1
+
+    def _run_generate(self, jobs: list[Job]) -> None:
+        cfg, return_steps = jobs[0].settings
+        labels = [label for j in jobs for label in j.labels]
+        seed = jobs[0].seed if len(jobs) == 1 else batch_seed([j.seed for j in jobs])
+        out = self.pipe.generate(labels=labels, seed=None, generator=torch.Generator().manual_seed(seed),
+                                 output="tensor", return_steps=return_steps,
+                                 **{f: getattr(cfg, f) for f in SAMPLE_FIELDS})
+        images, steps = out if return_steps else (out, None)
+        images = to_u8(images)
+        steps = [to_u8(s) for s in steps] if steps is not None else None
+        with self._cv:
+            self.stats["requests"] += len(jobs)
+            self.stats["images"] += len(labels)
+            self.stats["batches"] += 1
+        a = 0
+        for j in jobs:
+            b = a + len(j.labels)
+            j.future.set_result(GenResult(images[a:b], [s[a:b] for s in steps] if steps is not None else None,
+                                          len(jobs), len(labels)))
+            a = b
+
+
+# ================================================================ helpers
+
+
+def to_u8(images: torch.Tensor) -> np.ndarray:
+    """Float (B,C,H,W) in [0,1] -> uint8 (B,H,W,C), rounded as ``Pipeline.generate(output="np")`` does."""
+    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
