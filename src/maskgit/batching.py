@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import SampleConfig
+from .config import SampleConfig, sample_kwargs
 from .errors import MaskGITError
 
 log = logging.getLogger("maskgit.server")
-SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(SampleConfig) if f.name != "start_step")
+SAMPLE_FIELDS = tuple(sample_kwargs(SampleConfig()))
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,11 @@ class SampleConfig:
     start_step: int = 0  # >0 starts later in the schedule (class-conditional editing)
 
 
+def sample_kwargs(cfg: SampleConfig) -> dict:
+    """The per-request decoding knobs of ``cfg`` (every field but ``start_step``, which editing sets itself)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "start_step"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, bookkeeping and masking for the transformer stage (and shared by the tokenizer stage)."""

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from .config import SampleConfig
 from .errors import MaskGITError
 from .pipeline import Pipeline
 
@@ -111,8 +110,5 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def sample_kwargs(cfg: SampleConfig) -> dict:
-    return {k: getattr(cfg, k) for k in ("steps", "schedule", "temperature", "top_k", "top_p",
-                                         "choice_temperature", "cfg", "cfg_schedule")}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import load_model
-from ..config import SampleConfig, add_dataclass_args, override
+from ..config import SampleConfig, add_dataclass_args, override, sample_kwargs
 from ..errors import MaskGITError
 from .common import device_arg, resolve_device
 
@@ -44,7 +44,7 @@ def evaluator_for(pipe, features: str | None, data: str, split: str, num: int | 
 
 
 def cmd_eval(args) -> int:
-    from ..evaluation import generate, sample_kwargs, uniform_labels
+    from ..evaluation import generate, uniform_labels
     from ..pipeline import load
     if args.num < 2:
         raise MaskGITError("--num must be at least 2")

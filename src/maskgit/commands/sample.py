@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import SampleConfig, add_dataclass_args, override
+from ..config import SampleConfig, add_dataclass_args, override, sample_kwargs
 from ..errors import MaskGITError
 from .common import device_arg, parse_ints, resolve_device
 
-SAMPLE_FIELDS = ("steps", "schedule", "temperature", "top_k", "top_p", "choice_temperature", "cfg", "cfg_schedule")
 
 
 def _sample_args(p) -> None:
@@ -92,7 +91,7 @@ def cmd_sample(args) -> int:
     from ..pipeline import load
     pipe = load(args.model, resolve_device(args.device), text_encoder=args.text_encoder)
     cfg = override(SampleConfig(), args)
-    kw = {f: getattr(cfg, f) for f in SAMPLE_FIELDS}
+    kw = sample_kwargs(cfg)
     prompts = _prompts(args, pipe)
     labels = _labels(args, pipe) if prompts is None else None
     n = len(labels) if labels is not None else (len(prompts) if prompts is not None else (args.num or 1))
@@ -145,7 +144,7 @@ def cmd_edit(args) -> int:
     from ..pipeline import load
     pipe = load(args.model, resolve_device(args.device), text_encoder=args.text_encoder)
     cfg = override(SampleConfig(), args)
-    kw = {f: getattr(cfg, f) for f in SAMPLE_FIELDS}
+    kw = sample_kwargs(cfg)
     if args.prompt is not None:
         if len(args.prompt) != 1:
             raise MaskGITError("edit takes one --prompt")
