@@ -151,6 +151,9 @@ VQGAN_PRESETS: dict[str, VQGANConfig] = {
     # 32 px colour images -> 8x8 tokens (emoji).
     "rgb32-f4": VQGANConfig(channels=3, filters=64, channel_mult=(1, 2, 2), num_res_blocks=2,
                             embedding_dim=64, codebook_size=512, image_size=32),
+    # A cheaper 32 px colour tokenizer (8x8 tokens) sized to train on a 2-core CPU (emoji).
+    "rgb32-f4-small": VQGANConfig(channels=3, filters=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                                  embedding_dim=32, codebook_size=512, num_groups=8, image_size=32),
     # Tests only.
     "tiny": VQGANConfig(channels=1, filters=16, channel_mult=(1, 2), num_res_blocks=1, embedding_dim=8,
                         codebook_size=32, num_groups=4, image_size=16),

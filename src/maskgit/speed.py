@@ -34,19 +34,29 @@ def matmul_peak(device: str = "cpu", n: int = 2048, repeats: int = 10) -> float:
 
 
 def flops_of(fn) -> int:
-    with FlopCounterMode(display=False) as fc:
+    """FLOPs of ``fn()`` as torch's counter sees them, with attention run through the math backend: the fused CPU
+    attention kernel is invisible to the counter, which would leave QK^T and AV (5% of a 257-token forward) out."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as fc:
         fn()
     return fc.get_total_flops()
 
 
-def _median_time(fn, repeats: int) -> float:
+def _timed(fn, repeats: int, device: str) -> tuple[float, float]:
+    """Median seconds of ``fn()`` over ``repeats`` runs (after one warm-up), and the median of the matmul peaks
+    measured right before and after each run (the larger of the two): this machine's speed drifts by +-15% over
+    minutes, so each timing is compared with the peak of its own moment, not with one taken at the start."""
     fn()  # warm-up
-    times = []
+    times, peaks = [], []
     for _ in range(repeats):
+        before = matmul_peak(device, repeats=3)
         t = time.perf_counter()
         fn()
+        if device != "cpu":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        peaks.append(max(before, matmul_peak(device, repeats=3)))
+    return statistics.median(times), statistics.median(peaks)
 
 
 @torch.inference_mode()
@@ -56,30 +66,38 @@ def run_speed(args, command: str) -> int:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     cfg = transformer_preset(args.config)
-    peak = matmul_peak(device)
-    print(f"matmul peak: {peak:.1f} GFLOP/s")
+    batches = parse_ints(args.batches, "--batches")
+    print(f"matmul peak at start: {matmul_peak(device):.1f} GFLOP/s")
     model = MaskGITTransformer(cfg).to(device).eval()
+    variants = [("", model)]
+    if args.compile:
+        variants.append((" (compiled)", torch.compile(model)))
     rows = []
-    for b in parse_ints(args.batches, "--batches"):
+    for b in batches:
         labels = torch.randint(0, cfg.num_classes, (b,), device=device)
         start = torch.full((b, cfg.num_tokens), cfg.mask_id, device=device)
         fwd_flops = flops_of(lambda: model(start, labels))
-        for steps in (8, 12):
-            sc = SampleConfig(steps=steps)
+        for tag, m in variants:
+            for steps in (8, 12) if not tag else (8,):
+                sc = SampleConfig(steps=steps)
 
-            def run():
-                decode(lambda t, g: model(t, labels), start, sc, cfg.mask_id, torch.Generator().manual_seed(0))
-            sec = _median_time(run, args.repeats)
-            rows.append(_row(f"MaskGIT transformer, {steps} steps", b, sec, steps * fwd_flops, peak))
-            print(rows[-1])
+                def run():
+                    decode(lambda t, g: m(t, labels), start, sc, cfg.mask_id, torch.Generator().manual_seed(0))
+                sec, peak = _timed(run, args.repeats, device)
+                rows.append(_row(f"MaskGIT transformer, {steps} steps{tag}", b, sec, steps * fwd_flops, peak))
+                print(rows[-1])
     # the VQGAN decoder with the official layout at 256 px
     vq = VQGAN(vqgan_preset("imagenet-f16")).to(device).eval()
-    for b in parse_ints(args.batches, "--batches"):
+    dec_variants = [("", vq.decode)]
+    if args.compile:
+        dec_variants.append((" (compiled)", torch.compile(vq.decode)))
+    for b in batches:
         toks = torch.randint(0, 1024, (b, 16, 16), device=device)
         fl = flops_of(lambda: vq.decode(toks))
-        sec = _median_time(lambda: vq.decode(toks), args.repeats)
-        rows.append(_row("VQGAN decoder 256 px", b, sec, fl, peak))
-        print(rows[-1])
+        for tag, fn in dec_variants:
+            sec, peak = _timed(lambda: fn(toks), args.repeats, device)
+            rows.append(_row(f"VQGAN decoder 256 px{tag}", b, sec, fl, peak))
+            print(rows[-1])
     # the AR baseline of the same size: 256 sequential steps
     ar = ARTransformer(cfg).to(device).eval()
     sc = SampleConfig()
@@ -88,19 +106,21 @@ def run_speed(args, command: str) -> int:
             continue
         lab = torch.randint(0, cfg.num_classes, (1,), device=device)
         fl = flops_of(lambda: ar.generate(lab, sc, torch.Generator().manual_seed(0), use_cache=cache))
-        sec = _median_time(lambda: ar.generate(lab, sc, torch.Generator().manual_seed(0), use_cache=cache),
-                           1 if not cache else args.repeats)
+        sec, peak = _timed(lambda: ar.generate(lab, sc, torch.Generator().manual_seed(0), use_cache=cache),
+                           1 if not cache else args.repeats, device)
         rows.append(_row(f"AR, {cfg.num_tokens} steps, {'KV cache' if cache else 'no cache'}", 1, sec, fl, peak))
         print(rows[-1])
-    cols = ["what", "batch", "s/image", "images/s", "GFLOP/s", "% of peak"]
+    cols = ["what", "batch", "s/image", "images/s", "GFLOP/s", "peak GFLOP/s", "% of peak"]
     table = markdown_table(rows, cols)
     print(table)
     append_results(args.results, f"Sampling speed, {args.config} (random weights, fp32)", command, table,
-                   notes=f"Matmul peak measured in the same run: {peak:.1f} GFLOP/s (2048^3 fp32).")
+                   notes="s/image: median of the repeats. peak: the fp32 2048^3 matmul rate measured right before "
+                         "and after each repeat (the larger; median over repeats); % of peak uses the peak of the "
+                         "repeat's own moment. FLOPs: torch's counter with attention included.")
     return 0
 
 
 def _row(what: str, batch: int, sec: float, flops: int, peak: float) -> dict:
     gf = flops / sec / 1e9
     return {"what": what, "batch": batch, "s/image": sec / batch, "images/s": batch / sec, "GFLOP/s": gf,
-            "% of peak": 100 * gf / peak}
+            "peak GFLOP/s": peak, "% of peak": 100 * gf / peak}

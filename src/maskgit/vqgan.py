@@ -34,11 +34,15 @@ class ResBlock(nn.Module):
         self.official = cfg.official_shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        # without autograd, work in the buffers each op has just made: a fresh 256 px activation costs more to
+        # allocate (page faults) than SiLU or the residual add cost to compute
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
         if self.shortcut is None:
-            return x + h
-        return h + self.shortcut(h if self.official else x)
+            return h.add_(x) if inplace else x + h
+        s = self.shortcut(h if self.official else x)
+        return s.add_(h) if inplace else h + s
 
 
 class Encoder(nn.Module):
@@ -99,7 +103,7 @@ class Decoder(nn.Module):
                 x = block(x)
             if i < len(self.upconvs):
                 x = self.upconvs[i](F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return self.conv_out(F.silu(self.norm_out(x), inplace=not torch.is_grad_enabled()))
 
     @property
     def last_layer(self) -> torch.Tensor:

@@ -36,6 +36,8 @@ def register(sub) -> None:
     p.add_argument("--config", default="maskgit-imagenet256", help="speed: transformer preset")
     p.add_argument("--batches", default="1,8", help="speed: batch sizes")
     p.add_argument("--no-ar-nocache", action="store_true", help="speed: skip the slow AR run without cache")
+    p.add_argument("--compile", action="store_true",
+                   help="speed: also time torch.compile'd transformer and decoder (needs a C++ compiler; slow start)")
     device_arg(p)
     p.set_defaults(func=cmd_bench)
 
