@@ -3,7 +3,7 @@
 # 32 px glyphs) -> token store + MiniLM caption embeddings -> text-conditioned MaskGIT (muse-small-8x8, cross-attention)
 # -> a PNG of samples for a few prompts.  Usage: benchmarks/train_emoji.sh RUN_DIR [DEVICE]
 # Budgets are wall-clock minutes (env vars); every stage is resumable (re-run the script: finished stages are skipped,
-# interrupted training continues from its last checkpoint).
+# interrupted training continues from its last checkpoint). UNTIL=tokens stops after the token store.
 set -euo pipefail
 RUN=${1:?run dir}; DEV=${2:-auto}
 TOK_MIN=${TOK_MIN:-35}; TOK_PRESET=${TOK_PRESET:-rgb32-f4-small}; TOK_BS=${TOK_BS:-32}
@@ -32,6 +32,7 @@ if [ ! -d "$RUN/tokens" ]; then
   $MG tokenize --model "$RUN/tokenizer/final" --data emoji --split train --out "$RUN/tokens" \
     --text-encoder "$TEXT_ENCODER" --device "$DEV"
 fi
+[ "${UNTIL:-}" = tokens ] && { stamp "stopped after the token store (UNTIL=tokens)"; exit 0; }
 if [ ! -f "$RUN/muse/final/model.safetensors" ]; then
   stamp maskgit
   $MG train --tokens "$RUN/tokens" --tokenizer "$RUN/tokenizer/final" --preset "$TR_PRESET" --text-encoder "$TEXT_ENCODER" --out "$RUN/muse" \

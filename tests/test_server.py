@@ -199,11 +199,101 @@ def test_conditioning_errors():
     assert ok.status_code == 200
 
     async def prompt(c, app):
-        return (await c.get("/v1/models")).json()["models"][0], await c.post("/v1/generate", json={"prompt": "a"})
+        return [await c.post("/v1/generate", json=b) for b in ({"prompt": "a"}, {"negative_prompt": "a"})]
 
-    model, r = serve(conditioned_pipeline(text_dim=8, text_len=4), prompt)
-    assert model["conditioning"] == "text"
-    assert r.status_code == 501 and "text" in r.json()["error"]
+    for r in serve(conditioned_pipeline(), prompt):  # a class model takes no text
+        assert r.status_code == 422 and "not text-conditioned" in r.json()["error"]
+
+
+# ---------------------------------------------------------------- text-conditioned models
+
+@pytest.fixture(scope="module")
+def text_pipe():
+    from test_text import HashEncoder, text_model
+
+    from maskgit.pipeline import Pipeline
+    tok, tr = text_model()
+    return Pipeline(tok, tr, text_encoder=HashEncoder())
+
+
+def test_text_model_generates_from_prompts_like_the_library(text_pipe):
+    async def scenario(c, app):
+        model = (await c.get("/v1/models")).json()["models"][0]
+        a = await c.post("/v1/generate", json={"prompt": "a red circle", "seed": 3, "steps": 3, "cfg": 2.0})
+        neg = await c.post("/v1/generate", json={"prompt": "a red circle", "negative_prompt": "blue",
+                                                 "seed": 3, "steps": 3, "cfg": 2.0})
+        empty = await c.post("/v1/generate", json={"num": 2, "seed": 1, "steps": 3})
+        return model, a, neg, empty
+
+    model, a, neg, empty = serve(text_pipe, scenario)
+    assert model["conditioning"] == "text" and model["cfg"] and model["text_encoder"] == "hash"
+    kw = dict(seed=3, steps=3, cfg=2.0, output="np")
+    for r, expect in ((a, text_pipe.generate(prompts=["a red circle"], **kw)),
+                      (neg, text_pipe.generate(prompts=["a red circle"], negative_prompts="blue", **kw)),
+                      (empty, text_pipe.generate(prompts=["", ""], seed=1, steps=3, output="np"))):
+        assert r.status_code == 200, r.text
+        got = np.stack([image_of(x) for x in r.json()["images"]])
+        assert np.array_equal(got, expect.reshape(got.shape))
+    assert a.json()["prompt"] == "a red circle" and empty.json()["prompt"] == ""
+    assert not np.array_equal(image_of(a.json()["images"][0]), image_of(neg.json()["images"][0]))
+
+
+def test_text_requests_with_different_prompts_share_a_batch(text_pipe):
+    async def scenario(c, app):
+        app.state.batcher.hold()
+        bodies = [{"prompt": p, "seed": i, "steps": 2} for i, p in enumerate(["a", "b b", "", "c"])]
+        bodies[1]["negative_prompt"] = "d"
+        tasks = [asyncio.create_task(c.post("/v1/generate", json=b)) for b in bodies]
+        await wait_queued(app, 4)
+        app.state.batcher.release()
+        return await asyncio.gather(*tasks), (await c.get("/v1/stats")).json()
+
+    answers, stats = serve(text_pipe, scenario, max_wait_ms=0)
+    assert [r.status_code for r in answers] == [200] * 4
+    assert stats["batches"] == 1 and stats["requests"] == 4
+    # the shared decode equals the library call with the same rows (seeded from every request's seed)
+    from maskgit.server import batch_seed
+    import torch
+    expect = text_pipe.generate(prompts=["a", "b b", "", "c"], negative_prompts=["", "d", "", ""], seed=None,
+                                generator=torch.Generator().manual_seed(batch_seed([0, 1, 2, 3])), steps=2,
+                                output="np")
+    got = np.stack([image_of(r.json()["images"][0]) for r in answers])
+    assert np.array_equal(got, expect.reshape(got.shape))
+
+
+@pytest.mark.parametrize("body,status,words", [
+    ({"label": 1}, 422, "text-conditioned"),
+    ({"labels": [0]}, 422, "text-conditioned"),
+    ({"prompt": "x" * 1001}, 422, "limit is 1000"),
+    ({"negative_prompt": "y" * 2000, "prompt": "a"}, 422, "negative_prompt has 2000"),
+    ({"prompt": 5}, 422, "prompt"),
+])
+def test_text_model_rejects_bad_requests(text_pipe, body, status, words):
+    async def scenario(c, app):
+        return await c.post("/v1/generate", json=body)
+
+    r = serve(text_pipe, scenario)
+    assert r.status_code == status and words in r.json()["error"], r.text
+
+
+def test_text_model_inpaints_and_outpaints_with_a_prompt(text_pipe):
+    img = np.zeros((SIZE, SIZE), np.uint8)
+
+    async def scenario(c, app):
+        inp = await c.post("/v1/edit", json={"image": b64(png(img)), "box": [0, 0, 8, 8], "prompt": "a",
+                                             "seed": 2, "steps": 2})
+        out = await c.post("/v1/edit", json={"image": b64(png(img)), "side": "left", "tokens": 2,
+                                             "prompt": "b", "seed": 2, "steps": 2})
+        cls_edit = await c.post("/v1/edit", json={"image": b64(png(img)), "mode": "edit", "box": [0, 0, 8, 8],
+                                                  "label": 1})
+        return inp, out, cls_edit
+
+    inp, out, cls_edit = serve(text_pipe, scenario)
+    assert inp.status_code == 200, inp.text
+    expect = text_pipe.inpaint(img, box=[0, 0, 8, 8], prompt="a", seed=2, steps=2, output="np")
+    assert np.array_equal(image_of(inp.json()["images"][0]), expect.reshape(SIZE, SIZE))
+    assert out.status_code == 200, out.text
+    assert cls_edit.status_code == 422 and "text-conditioned" in cls_edit.json()["error"]
 
 
 def test_server_config_is_checked():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskgit.checkpoint import save_model
+from maskgit.checkpoint import load_model, save_model
 from maskgit.config import TrainConfig, transformer_preset, vqgan_preset
 from maskgit.errors import MaskGITError
 from maskgit.masking import MaskedTokenTask
@@ -45,19 +45,26 @@ class HashEncoder(TextEncoder):
         return emb, mask
 
 
-def text_model(seed=0):
+def text_model(seed=0, mode="cross"):
     """A tiny tokenizer and a random tiny text-conditioned transformer whose text path has a visible effect."""
     torch.manual_seed(seed)
     tok = VQGAN(vqgan_preset("tiny")).eval()
     cfg = dataclasses.replace(transformer_preset("tiny"), grid_size=8, num_classes=0, null_class=False,
-                              text_dim=8, text_len=4)
+                              text_dim=8, text_len=4, text_mode=mode)
     tr = MaskGITTransformer(cfg).eval()
     with torch.no_grad():
         tr.null_text.normal_()
         tr.text_proj.weight.normal_(0, 0.5)
         for blk in tr.blocks:
-            blk.cross.out.weight.normal_(0, 0.3)
+            if mode == "cross":
+                blk.cross.out.weight.normal_(0, 0.3)
+            else:  # prefix: the text reaches the image tokens through self-attention
+                blk.attn.qkv.weight.normal_(0, 0.3)
+                blk.attn.out.weight.normal_(0, 0.3)
     return tok, tr
+
+
+MODES = pytest.mark.parametrize("mode", ["cross", "prefix"])
 
 
 # ---------------------------------------------------------------- encoders
@@ -154,8 +161,9 @@ def test_store_cache_is_written_once_and_loaded_into_batches(tmp_path):
 
 
 # ---------------------------------------------------------------- pipeline
-def test_empty_prompt_without_guidance_is_unconditional_decoding():
-    tok, tr = text_model()
+@MODES
+def test_empty_prompt_without_guidance_is_unconditional_decoding(mode):
+    tok, tr = text_model(mode=mode)
     pipe = Pipeline(tok, tr, text_encoder=HashEncoder())
     uncond = pipe.generate(num=4, seed=3, steps=4, output="tensor")
     empty = pipe.generate(prompts=["", "", "", " "], cfg=0, seed=3, steps=4, output="tensor")
@@ -164,8 +172,9 @@ def test_empty_prompt_without_guidance_is_unconditional_decoding():
     assert not torch.equal(uncond, prompted)  # the text path does something
 
 
-def test_negative_prompt_replaces_the_null_text_in_the_unconditional_branch():
-    tok, tr = text_model()
+@MODES
+def test_negative_prompt_replaces_the_null_text_in_the_unconditional_branch(mode):
+    tok, tr = text_model(mode=mode)
     pipe = Pipeline(tok, tr, text_encoder=HashEncoder())
     tokens = torch.full((2, 64), tr.config.mask_id)
     tokens[:, ::3] = 5
@@ -205,8 +214,9 @@ def test_text_prompted_inpainting_keeps_known_tokens():
 
 
 # ---------------------------------------------------------------- training
-def test_text_conditioned_training_step():
-    _, tr = text_model()
+@MODES
+def test_text_conditioned_training_step(mode):
+    _, tr = text_model(mode=mode)
     tr.train()
     task = MaskedTokenTask(tr, TrainConfig(cond_dropout=0.5))
     enc = HashEncoder()
@@ -215,8 +225,32 @@ def test_text_conditioned_training_step():
     loss, metrics = task(batch, StepContext(step=1, seed=0, global_batch=4, rank=0, world=1, device=torch.device("cpu")))
     loss.backward()
     assert torch.isfinite(loss) and 0 <= float(metrics["masked_acc"]) <= 1
-    assert tr.text_proj.weight.grad.abs().sum() > 0 and tr.blocks[0].cross.q.weight.grad.abs().sum() > 0
+    assert tr.text_proj.weight.grad.abs().sum() > 0
+    if mode == "cross":
+        assert tr.blocks[0].cross.q.weight.grad.abs().sum() > 0
+    else:
+        assert tr.text_pos.grad.abs().sum() > 0
     assert tr.null_text.grad is not None  # the dropped rows train the null text
+
+
+def test_prefix_mode_adds_no_layers_and_ignores_text_padding():
+    _, cross = text_model(mode="cross")
+    _, prefix = text_model(mode="prefix")
+    assert all(b.cross is None for b in prefix.blocks) and prefix.num_params() < cross.num_params()
+    tokens = torch.randint(0, 32, (2, 64))
+    tokens[:, ::2] = prefix.config.mask_id
+    text = torch.randn(2, 4, 8)
+    mask = torch.tensor([[True, True, False, False], [True, False, False, False]])
+    noisy = text.clone()
+    noisy[~mask] = 100.0  # whatever sits in the padding must not matter
+    with torch.no_grad():
+        a = prefix(tokens, text=text, text_mask=mask)
+        b = prefix(tokens, text=noisy, text_mask=mask)
+        c = prefix(tokens, text=noisy)  # no mask: the padding is attended, the output changes
+    assert a.shape == (2, 64, 32) and torch.allclose(a, b, atol=1e-5)
+    assert (a - c).abs().max() > 1e-3
+    with pytest.raises(MaskGITError, match="text_mode"):
+        dataclasses.replace(prefix.config, text_mode="concat")
 
 
 def test_train_and_sample_from_the_command_line(tmp_path, capsys):
@@ -250,6 +284,13 @@ def test_train_and_sample_from_the_command_line(tmp_path, capsys):
     z = np.load(tmp_path / "s.npz")
     assert z["images"].shape == (4, 16, 16, 1) and list(z["prompts"]) == ["word1 thing2 extra"] * 2 + [""] * 2
     assert main(["sample", "--model", str(root), "--labels", "1"]) == 2  # a text model takes no class labels
+    # the prefix variant from the same command line: no cross-attention layers, text positions instead
+    rc = main(["train", "--tokens", str(tmp_path / "store"), "--preset", "tiny", "--out", str(tmp_path / "pre"),
+               "--text-encoder", f"cache:{tmp_path / 'table.safetensors'}", "--text-mode", "prefix",
+               "--max-steps", "2", "--batch-size", "8", "--warmup-steps", "1", "--device", "cpu"])
+    assert rc == 0
+    pre = load_model(tmp_path / "pre" / "final", "transformer")
+    assert pre.config.text_mode == "prefix" and pre.text_pos is not None and pre.blocks[0].cross is None
 
 
 # ---------------------------------------------------------------- shapes: tokenize, text-embed, bench-binding

@@ -61,6 +61,8 @@ class Job:
     shared: bool = True
     labels: list[int] = dataclasses.field(default_factory=list)
     seed: int = 0
+    prompts: list[str] | None = None  # text models: one per image ("" = the null text)
+    negative_prompts: list[str] | None = None  # text models: one per image ("" = the null text)
     fn: Callable[[], Any] | None = None
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
@@ -221,9 +223,14 @@ class Batcher:
         cfg, return_steps = jobs[0].settings
         labels = [label for j in jobs for label in j.labels]
         seed = jobs[0].seed if len(jobs) == 1 else batch_seed([j.seed for j in jobs])
-        out = self.pipe.generate(labels=labels, seed=None, generator=torch.Generator().manual_seed(seed),
-                                 output="tensor", return_steps=return_steps,
-                                 **{f: getattr(cfg, f) for f in SAMPLE_FIELDS})
+        text = {}
+        if jobs[0].prompts is not None:  # a text model: every job of the batch has prompts
+            negatives = [n for j in jobs for n in j.negative_prompts or [""] * len(j.labels)]
+            text = {"labels": None, "prompts": [p for j in jobs for p in j.prompts],
+                    "negative_prompts": negatives if any(n.strip() for n in negatives) else None}
+        out = self.pipe.generate(**{"labels": labels, **text}, seed=None,
+                                 generator=torch.Generator().manual_seed(seed), output="tensor",
+                                 return_steps=return_steps, **{f: getattr(cfg, f) for f in SAMPLE_FIELDS})
         images, steps = out if return_steps else (out, None)
         images = to_u8(images)
         steps = [to_u8(s) for s in steps] if steps is not None else None

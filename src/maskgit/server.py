@@ -5,8 +5,13 @@ Endpoints: ``POST /v1/generate``, ``POST /v1/edit`` (inpaint / outpaint / class 
 base64 PNG in JSON, or as the PNG bytes when the client sends ``Accept: image/png`` and the answer is one image.
 Every error is JSON ``{"error": "..."}``: 400 unreadable input (bad JSON, bad base64, not a PNG), 406 PNG asked
 for several images, 413 body too large, 415 unknown content type, 422 a well-formed request the model cannot
-serve (label out of range, wrong image or mask size, unknown schedule, steps/num above the limits, ...), 501 a
-prompt for a text model (no text path yet), 503 queue full or shutting down (with ``Retry-After``).
+serve (label out of range, a prompt for a class model or a label for a text model, a prompt above
+``MAX_PROMPT_CHARS``, wrong image or mask size, unknown schedule, steps/num above the limits, ...), 503 queue full
+or shutting down (with ``Retry-After``).
+
+Text-conditioned models take ``prompt`` (and ``negative_prompt``, CFG's unconditional branch) in generate and in
+inpaint/outpaint edits; an empty or missing prompt is the learned null text (unconditional). Requests with
+different prompts share a batched decode: each image carries its own text embedding.
 
 Batching. All inference runs in ONE worker thread (the ``Batcher``); the asyncio side only validates, enqueues
 and awaits a future. Requests wait in a bounded FIFO queue. The worker takes the oldest one, waits at most
@@ -49,6 +54,7 @@ from .schedules import SCHEDULES
 log = logging.getLogger("maskgit.server")
 WEB_DIR = Path(__file__).parent / "web"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MAX_PROMPT_CHARS = 1000
 
 
 from .batching import SAMPLE_FIELDS, APIError, Batcher, GenResult, Job, ServerConfig, batch_seed, to_u8  # noqa: F401  (re-exported)
@@ -153,7 +159,8 @@ def schemas() -> SimpleNamespace:
     class GenerateRequest(SampleFields):
         label: int | None = Field(None, description="one class id (-1 = no class); num images of it")
         labels: list[int] | None = Field(None, description="class ids; num images of each")
-        prompt: str | None = Field(None, description="text, for text-conditioned models only")
+        prompt: str | None = Field(None, description="text, for text-conditioned models only (\"\" = unconditional)")
+        negative_prompt: str | None = Field(None, description="text models: what CFG steers away from")
         num: int | None = Field(None, ge=1, description="images (per label); default 1")
         return_steps: bool = Field(False, description="also return the partially decoded image after every step")
         exact: bool = Field(False, description="decode alone, so the result equals the library call with this seed")
@@ -166,6 +173,8 @@ def schemas() -> SimpleNamespace:
         mask: str | None = Field(None, description="inpaint: base64 PNG of the image's size, white = regenerate")
         box: list[int] | None = Field(None, min_length=4, max_length=4, description="[x, y, w, h] in pixels")
         label: int | None = Field(None, description="class of the regenerated region")
+        prompt: str | None = Field(None, description="text models: text of the regenerated region (inpaint/outpaint)")
+        negative_prompt: str | None = Field(None, description="text models: what CFG steers away from")
         side: Literal["left", "right", "top", "bottom"] | None = None
         tokens: int | None = Field(None, ge=1, description="outpaint: token rows/columns to add")
         start_step: int | None = Field(None, ge=0, description="class edit: start later in the schedule")
@@ -199,6 +208,10 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
     size = pipe.grid[0] * pipe.tokenizer.config.downsample
     channels = pipe.tokenizer.channels
     conditioning = "text" if getattr(tc, "text_dim", 0) > 0 else ("class" if tc.num_classes > 0 else "none")
+    encoder_name = None
+    if conditioning == "text":  # load the text encoder now: a missing one fails at start, not at a request
+        enc = pipe.text_encoder
+        encoder_name = getattr(enc, "spec", None) or getattr(enc, "name", None)
     batcher = Batcher(pipe, config.max_batch, config.max_wait_ms / 1000, config.queue_size)
     index_html = (WEB_DIR / "index.html").read_text(encoding="utf-8") if (WEB_DIR / "index.html").exists() else ""
 
@@ -255,17 +268,30 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
         names = f" ({', '.join(pipe.class_names)})" if pipe.class_names else ""
         return f"label or labels in 0..{tc.num_classes - 1}{names}"
 
+    def check_prompts(req) -> None:
+        """422 for text fields a model cannot take, or too long; label fields on a text model."""
+        texts = {k: getattr(req, k) for k in ("prompt", "negative_prompt") if getattr(req, k) is not None}
+        if texts and conditioning == "class":
+            raise APIError(422, f"this model is class-conditional, not text-conditioned: send {class_hint()}")
+        if texts and conditioning == "none":
+            raise APIError(422, "this model is unconditional: send num, not a prompt")
+        for k, v in texts.items():
+            if len(v) > MAX_PROMPT_CHARS:
+                raise APIError(422, f"{k} has {len(v)} characters; the limit is {MAX_PROMPT_CHARS}")
+        if conditioning == "text" and (getattr(req, "label", None) is not None
+                                       or getattr(req, "labels", None) is not None):
+            raise APIError(422, "this model is text-conditioned: send prompt (text), not class labels")
+
     def resolve_labels(req: S.GenerateRequest) -> list[int]:
         given = [k for k in ("label", "labels", "prompt") if getattr(req, k) is not None]
         if len(given) > 1:
             raise APIError(422, f"give one of label, labels or prompt, not {' and '.join(given)}")
-        if req.prompt is not None:
-            if conditioning == "class":
-                raise APIError(422, f"this model is class-conditional, not text-conditioned: send {class_hint()}")
-            if conditioning == "none":
-                raise APIError(422, "this model is unconditional: send num, not a prompt")
-            raise APIError(501, "text prompts are not served yet: the pipeline has no text-conditioned path")
+        check_prompts(req)
         num = req.num or 1
+        if conditioning == "text":
+            if num > config.max_num:
+                raise APIError(422, f"{num} images asked for; this server's limit is {config.max_num} per request")
+            return [-1] * num
         if req.labels is not None:
             if not req.labels:
                 raise APIError(422, "labels is empty")
@@ -304,10 +330,14 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
         if wants_png(request) and len(labels) != 1:
             raise APIError(406, f"Accept: image/png needs exactly one image; this request makes {len(labels)} "
                                 f"(ask for JSON)")
+        text = conditioning == "text"
         r: GenResult = await run(Job(settings=(cfg, req.return_steps), shared=not req.exact, labels=labels,
-                                     seed=req.seed))
+                                     seed=req.seed, prompts=[req.prompt or ""] * len(labels) if text else None,
+                                     negative_prompts=[req.negative_prompt or ""] * len(labels) if text else None))
         extra = {"labels": labels, "seed": req.seed,
                  "batch": {"requests": r.batch_requests, "images": r.batch_images}}
+        if text:
+            extra["prompt"] = req.prompt or ""
         if pipe.class_names and conditioning == "class":
             extra["label_names"] = [pipe.class_names[i] if i >= 0 else None for i in labels]
         if r.steps is not None:
@@ -326,6 +356,12 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
         kw = {f: getattr(cfg, f) for f in SAMPLE_FIELDS}
         image = read_png(image_bytes, "image", size, channels)
         mode = req.mode or ("outpaint" if req.side is not None or req.tokens is not None else "inpaint")
+        check_prompts(req)
+        if mode == "edit" and conditioning == "text":
+            raise APIError(422, "a class edit (mode edit) needs a class-conditional model; text models inpaint "
+                                "with a prompt")
+        if conditioning == "text":
+            kw = dict(kw, prompt=req.prompt or "", negative_prompt=req.negative_prompt)
         if mode == "outpaint":
             if req.side is None or req.tokens is None:
                 raise APIError(422, "outpaint needs side (left/right/top/bottom) and tokens (>= 1)")
@@ -397,7 +433,9 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
         return {"models": [{
             "name": name, "conditioning": conditioning, "num_classes": tc.num_classes,
             "classes": pipe.class_names or [str(i) for i in range(tc.num_classes)],
-            "unconditional": bool(tc.null_class), "cfg": bool(tc.null_class),
+            "unconditional": bool(tc.null_class) or conditioning == "text",
+            "cfg": bool(tc.null_class) or conditioning == "text",
+            "text_encoder": encoder_name if conditioning == "text" else None,
             "grid": list(pipe.grid), "image_size": size, "channels": channels,
             "schedules": list(SCHEDULES), "defaults": dataclasses.asdict(SampleConfig()),
             "limits": dataclasses.asdict(config)}]}

@@ -26,7 +26,9 @@ class Attention(nn.Module):
         self.out = nn.Linear(cfg.width, cfg.width)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, causal: bool = False, cache: dict | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, cache: dict | None = None,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``key_mask`` (B, L) bool, True = may be attended to (prefix text padding is False)."""
         B, L, W = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)  # (B,H,L,d)
         if cache is not None:
@@ -40,6 +42,8 @@ class Attention(nn.Module):
         if causal and k.shape[2] != L:
             mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - L)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        elif key_mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(B, L, W))  # (B, L, W)
@@ -74,15 +78,16 @@ class Block(nn.Module):
         super().__init__()
         self.attn = Attention(cfg)
         self.attn_ln = nn.LayerNorm(cfg.width, eps=LN_EPS)
-        self.cross = CrossAttention(cfg) if cfg.text_dim > 0 else None
-        self.cross_ln = nn.LayerNorm(cfg.width, eps=LN_EPS) if cfg.text_dim > 0 else None
+        cross = cfg.text_dim > 0 and cfg.text_mode == "cross"
+        self.cross = CrossAttention(cfg) if cross else None
+        self.cross_ln = nn.LayerNorm(cfg.width, eps=LN_EPS) if cross else None
         self.fc1 = nn.Linear(cfg.width, cfg.mlp_dim)
         self.fc2 = nn.Linear(cfg.mlp_dim, cfg.width)
         self.mlp_ln = nn.LayerNorm(cfg.width, eps=LN_EPS)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, causal=False, cache=None, ctx=None, ctx_mask=None):
-        x = self.attn_ln(x + self.drop(self.attn(x, causal, cache)))
+    def forward(self, x, causal=False, cache=None, ctx=None, ctx_mask=None, key_mask=None):
+        x = self.attn_ln(x + self.drop(self.attn(x, causal, cache, key_mask)))
         if self.cross is not None:
             x = self.cross_ln(x + self.drop(self.cross(x, ctx, ctx_mask)))
         return self.mlp_ln(x + self.drop(self.fc2(F.gelu(self.fc1(x), approximate="tanh"))))
@@ -112,12 +117,17 @@ class TokenTransformer(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.text_proj = nn.Linear(c.text_dim, c.width) if c.text_dim > 0 else None
         self.null_text = nn.Parameter(torch.zeros(max(c.text_len, 1), c.text_dim)) if c.text_dim > 0 else None
+        # prefix mode: the text tokens' own positions in the shared sequence
+        self.text_pos = nn.Parameter(torch.zeros(max(c.text_len, 1), c.width)) \
+            if c.text_dim > 0 and c.text_mode == "prefix" else None
         self.blocks = nn.ModuleList([Block(c) for _ in range(c.depth)])
         self.head_dense = nn.Linear(c.width, c.width)
         self.head_ln = nn.LayerNorm(c.width, eps=LN_EPS)
         self.head_bias = nn.Parameter(torch.zeros(c.vocab_size))
         init_weights(self)
         nn.init.trunc_normal_(self.pos_emb, std=0.02, a=-0.04, b=0.04)
+        if self.text_pos is not None:
+            nn.init.trunc_normal_(self.text_pos, std=0.02, a=-0.04, b=0.04)
 
     # ---- conditioning
     def cond_ids(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
@@ -159,6 +169,20 @@ class TokenTransformer(nn.Module):
         return self.drop(self.emb_ln(self.tok_emb(ids) + self.pos_emb[offset:offset + L]))
 
     def run_blocks(self, x, cache=None, ctx=None, ctx_mask=None):
+        """Blocks over x (B, L, W). With prefix text, ctx (B, Lt, W) is prepended to the sequence (padding
+        masked out as keys) and removed again from the output."""
+        key_mask = None
+        if ctx is not None and self.text_pos is not None:
+            Lt = ctx.shape[1]
+            if Lt > self.text_pos.shape[0]:
+                raise MaskGITError(f"{Lt} text tokens; this model takes at most {self.text_pos.shape[0]}")
+            x = torch.cat([self.emb_ln(ctx + self.text_pos[:Lt]), x], 1)
+            if ctx_mask is not None:  # (the image tokens are always keys, so no row is left empty)
+                key_mask = torch.cat([ctx_mask, ctx_mask.new_ones(x.shape[0], x.shape[1] - Lt)], 1)
+            ctx = ctx_mask = None
+            for blk in self.blocks:
+                x = blk(x, self.causal, None, None, None, key_mask)
+            return x[:, Lt:]
         for i, blk in enumerate(self.blocks):
             x = blk(x, self.causal, None if cache is None else cache[i], ctx, ctx_mask)
         return x

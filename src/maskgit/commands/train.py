@@ -36,6 +36,9 @@ def register(sub) -> None:
                    help="text-to-image: condition on the captions embedded by this frozen encoder (minilm, st:PATH, "
                         "t5:PATH, cache:FILE); computed into the token store if missing. Default: the store's "
                         "caption-embedding cache when it has one")
+    p.add_argument("--text-mode", default=None, choices=["cross", "prefix"],
+                   help="text-to-image: cross-attention layers (default, as Muse) or text tokens as a prefix of the "
+                        "self-attention sequence")
     p.add_argument("--arch", default="maskgit", choices=["maskgit", "ar"])
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true")
@@ -45,7 +48,7 @@ def register(sub) -> None:
 
 
 def build_model(preset: str, arch: str, store_meta: dict, num_classes: int | None,
-                text: tuple[int, int] | None = None):
+                text: tuple[int, int] | None = None, text_mode: str | None = None):
     """The preset fitted to the store; ``text`` = (dim, len) of caption embeddings for a text-conditioned model
     (no classes, no "no class" id: the null text is CFG's unconditional input)."""
     from ..autoregressive import ARTransformer
@@ -61,6 +64,10 @@ def build_model(preset: str, arch: str, store_meta: dict, num_classes: int | Non
         if arch == "ar":
             raise MaskGITError("the AR baseline is class-conditional only: train it without --text-encoder")
         changes.update(text_dim=text[0], text_len=text[1], num_classes=0, null_class=False)
+        if text_mode:
+            changes["text_mode"] = text_mode
+    elif text_mode:
+        raise MaskGITError("--text-mode is for text-to-image training: add --text-encoder")
     elif cfg.text_dim:
         raise MaskGITError(f"preset {preset} is text-conditioned: train it on a captioned token store with "
                            f"--text-encoder (e.g. minilm)")
@@ -108,7 +115,7 @@ def cmd_train(args) -> int:
     torch.manual_seed(cfg.seed)  # the CLI owns the process: the initial weights follow --seed
     preset = args.preset or ("muse-small-8x8" if text is not None else "maskgit-small-8x8")
     model = build_model(preset, args.arch, store.meta, num_classes,
-                        None if text is None else (text.dim, text.max_len))
+                        None if text is None else (text.dim, text.max_len), args.text_mode)
     if len(store) < cfg.batch_size:
         raise MaskGITError(f"{args.tokens} holds {len(store)} examples, fewer than --batch-size {cfg.batch_size}")
     task = (NextTokenTask if args.arch == "ar" else MaskedTokenTask)(model, cfg)
