@@ -252,8 +252,9 @@ def test_text_requests_with_different_prompts_share_a_batch(text_pipe):
     assert [r.status_code for r in answers] == [200] * 4
     assert stats["batches"] == 1 and stats["requests"] == 4
     # the shared decode equals the library call with the same rows (seeded from every request's seed)
-    from maskgit.server import batch_seed
     import torch
+
+    from maskgit.server import batch_seed
     expect = text_pipe.generate(prompts=["a", "b b", "", "c"], negative_prompts=["", "d", "", ""], seed=None,
                                 generator=torch.Generator().manual_seed(batch_seed([0, 1, 2, 3])), steps=2,
                                 output="np")

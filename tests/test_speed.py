@@ -1,5 +1,7 @@
 """Speed options: the exact ones leave results unchanged; the opt-in ones are opt-in."""
 
+import numpy as np
+import pytest
 import torch
 
 from maskgit.config import SampleConfig
@@ -75,3 +77,60 @@ def test_inplace_inference_decoder_equals_autograd_path():
             fast = vq.decoder(z)
         slow = vq.decoder(z)  # grad enabled: the out-of-place path
         assert slow.requires_grad and torch.equal(fast, slow.detach())
+
+
+def test_decoder_chunks_give_the_same_images(tiny_pipeline_dir, monkeypatch):
+    """The CPU decoder runs large batches in cache-sized chunks; an image's pixels do not depend on it beyond float
+    rounding (oneDNN blocks a convolution differently for every batch size anyway), and tokens not at all."""
+    import maskgit.vqgan as vqgan
+    tok = Pipeline.load(tiny_pipeline_dir).tokenizer
+    tokens = torch.randint(0, 32, (5, 8, 8), generator=torch.Generator().manual_seed(1))
+    whole = tok.decode(tokens)
+    monkeypatch.setattr(vqgan, "DECODE_CHUNK_BYTES", 1)  # one image per chunk
+    one = tok.decode(tokens)
+    monkeypatch.setattr(vqgan, "DECODE_CHUNK_BYTES", 2 * 4 * 16 * 16 * 16)  # chunks of 2, 2 and 1
+    two = tok.decode(tokens)
+    for x in (one, two):
+        assert x.shape == whole.shape and torch.allclose(x, whole, atol=1e-5)
+    assert torch.equal(one[3:4], tok.decode(tokens[3:4]))  # a chunk of one is that image decoded alone
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_matches_eager(tiny_pipeline_dir):
+    """--compile (inductor, frozen weights) is opt-in and changes results by float rounding only."""
+    import shutil
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    eager = Pipeline.load(tiny_pipeline_dir)
+    compiled = Pipeline.load(tiny_pipeline_dir).compile()
+    tokens = torch.full((2, 64), eager.mask_id)
+    tokens[:, ::3] = 7
+    labels = torch.tensor([0, 3])
+    with torch.inference_mode():
+        a = eager.transformer(tokens, labels)
+        b = compiled.transformer(tokens, labels)
+    assert torch.allclose(a, b, atol=1e-4)
+    assert compiled.generate([1], seed=0, steps=3, output="np").shape == (1, 16, 16, 1)
+
+
+def test_sample_command_takes_precision_and_compile_flags(tiny_pipeline_dir, tmp_path):
+    from maskgit.cli import main
+    rc = main(["sample", "--model", str(tiny_pipeline_dir), "--labels", "0,1", "--steps", "2", "--precision", "int8",
+               "--out", str(tmp_path / "q.npz")])
+    assert rc == 0 and np.load(tmp_path / "q.npz")["images"].shape == (2, 16, 16, 1)
+    assert main(["sample", "--model", str(tiny_pipeline_dir), "--precision", "bf16", "--device", "cpu",
+                 "--out", str(tmp_path / "x.png")]) == 2  # bf16 autocast is for GPUs: a clear error
+
+
+@pytest.mark.slow
+def test_bench_speed_command_writes_its_table(tmp_path):
+    """`maskgit bench speed` end to end at a tiny transformer size (the decoder is the official 256 px one)."""
+    from maskgit.cli import main
+    out = tmp_path / "RESULTS.md"
+    assert main(["bench", "speed", "--config", "tiny", "--batches", "1", "--repeats", "1", "--no-ar-nocache",
+                 "--int8", "--results", str(out), "--device", "cpu"]) == 0
+    text = out.read_text()
+    for row in ("MaskGIT transformer, 8 steps | 1", "MaskGIT transformer, 8 steps (int8) | 1",
+                "VQGAN decoder 256 px | 1", "AR, 16 steps, KV cache | 1"):
+        assert row in text
+    assert "peak GFLOP/s" in text and "maskgit bench speed --config tiny" in text

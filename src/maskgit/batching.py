@@ -4,9 +4,9 @@ settings coalesced into one batched decode (no FastAPI here; see server.py for t
 from __future__ import annotations
 
 import concurrent.futures
-import logging
 import dataclasses
 import hashlib
+import logging
 import math
 import threading
 import time

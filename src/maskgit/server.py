@@ -458,13 +458,16 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
 
 
 def serve(model: str | None, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-          config: ServerConfig = ServerConfig(), log_level: str = "info") -> None:
+          config: ServerConfig = ServerConfig(), log_level: str = "info", precision: str = "fp32",
+          compile: bool = False) -> None:
     """Load ``model`` and serve it until interrupted (Ctrl+C / SIGTERM drain the queue first)."""
     require_server()  # before the model loads
     import uvicorn
 
     from .pipeline import load, resolve
-    pipe = load(model, device)
+    pipe = load(model, device, precision)
+    if compile:
+        pipe.compile()
     name = model if model and not Path(model).exists() else resolve(model).name
     app = create_app(pipe, name, config)
     print(f"maskgit: serving {name} at http://{host}:{port}/ (API docs at /docs); Ctrl+C stops", flush=True)

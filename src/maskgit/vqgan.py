@@ -12,6 +12,8 @@ from torch import nn
 from .config import VQGANConfig
 from .errors import MaskGITError
 
+DECODE_CHUNK_BYTES = 32 * 2 ** 20
+
 
 def _norm(cfg: VQGANConfig, ch: int) -> nn.GroupNorm:
     return nn.GroupNorm(cfg.num_groups, ch, eps=1e-6)
@@ -210,5 +212,14 @@ class VQGAN(nn.Module):
                 self.decoder.to(memory_format=torch.channels_last)
                 self._channels_last = True
             z = z.contiguous(memory_format=torch.channels_last)
-        x = self.decoder(z).contiguous()
+            # in chunks of about DECODE_CHUNK_BYTES of full-resolution activations (one image at 256 px): batching
+            # shares little work here (the weights are small) while a large batch of activations spills the caches;
+            # every image's result is the same either way
+            H, W = tokens.shape[1] * self.config.downsample, tokens.shape[2] * self.config.downsample
+            per_image = 4 * self.config.filters * self.config.channel_mult[0] * H * W
+            n = max(1, DECODE_CHUNK_BYTES // per_image)
+            x = torch.cat([self.decoder(z[i:i + n]).contiguous() for i in range(0, len(z), n)]) if len(z) > n \
+                else self.decoder(z).contiguous()
+        else:
+            x = self.decoder(z).contiguous()
         return x.clamp(0, 1) if clip else x

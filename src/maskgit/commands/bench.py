@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from ..errors import MaskGITError
@@ -36,6 +35,8 @@ def register(sub) -> None:
     p.add_argument("--config", default="maskgit-imagenet256", help="speed: transformer preset")
     p.add_argument("--batches", default="1,8", help="speed: batch sizes")
     p.add_argument("--no-ar-nocache", action="store_true", help="speed: skip the slow AR run without cache")
+    p.add_argument("--int8", action="store_true",
+                   help="speed: also time the transformer with int8 dynamic quantisation (CPU; nominal FLOPs)")
     p.add_argument("--compile", action="store_true",
                    help="speed: also time torch.compile'd transformer and decoder (needs a C++ compiler; slow start)")
     device_arg(p)
@@ -69,7 +70,7 @@ def _plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel:
 
 
 def cmd_bench(args) -> int:
-    command = "maskgit " + " ".join(sys.argv[1:])
+    command = args.command_line
     if args.what == "speed":
         from ..speed import run_speed
         return run_speed(args, command)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -136,6 +135,6 @@ def cmd_bench_binding(args) -> int:
                  f"combinations seen in training, heldout = colour-shape pairs never seen in training. Best setting: "
                  f"{best[0]} steps, CFG {best[1]}.")
         append_results(args.results, "Text-to-image attribute binding (shapes)",
-                       "maskgit " + " ".join(sys.argv[1:]), table, notes)
+                       args.command_line, table, notes)
         print(f"appended to {args.results}")
     return 0

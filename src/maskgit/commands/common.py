@@ -13,6 +13,23 @@ def device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
 
 
+def speed_args(p: argparse.ArgumentParser) -> None:
+    """--precision and --compile: the opt-in speed modes of a pipeline (see Pipeline.set_precision / compile)."""
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "bf16", "fp16"],
+                   help="fp32 (exact, default); int8: CPU dynamic quantisation of the linear layers; bf16/fp16: GPU "
+                        "autocast. The non-fp32 modes change results slightly (see benchmarks/RESULTS.md)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer with frozen weights (faster after a ~30 s first call per "
+                        "batch size; needs a C++ compiler)")
+
+
+def load_pipeline(args, **kw):
+    """The pipeline named by --model on --device, with --precision and --compile applied."""
+    from ..pipeline import load
+    pipe = load(args.model, resolve_device(args.device), getattr(args, "precision", "fp32"), **kw)
+    return pipe.compile() if getattr(args, "compile", False) else pipe
+
+
 def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -4,7 +4,6 @@ class agreement) in the project's feature space; prints a table and writes JSON.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +59,7 @@ def cmd_eval(args) -> int:
         print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({**metrics, "command": "maskgit " + " ".join(sys.argv[1:])},
+        Path(args.json).write_text(json.dumps({**metrics, "command": args.command_line},
                                               indent=1) + "\n")
     if args.save_samples:
         u8 = (images.clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).numpy()

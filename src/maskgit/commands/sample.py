@@ -10,8 +10,7 @@ import torch
 
 from ..config import SampleConfig, add_dataclass_args, override, sample_kwargs
 from ..errors import MaskGITError
-from .common import device_arg, parse_ints, resolve_device
-
+from .common import device_arg, load_pipeline, parse_ints, speed_args
 
 
 def _sample_args(p) -> None:
@@ -24,6 +23,7 @@ def _sample_args(p) -> None:
     p.add_argument("--text-encoder", default=None,
                    help="override the model's text encoder (minilm, st:PATH, t5:PATH, cache:FILE)")
     device_arg(p)
+    speed_args(p)
     add_dataclass_args(p, SampleConfig, skip=tuple(f for f in ("start_step",)))
 
 
@@ -88,8 +88,7 @@ def _prompts(args, pipe) -> list[str] | None:
 
 def cmd_sample(args) -> int:
     from ..imageio import make_grid, save_png
-    from ..pipeline import load
-    pipe = load(args.model, resolve_device(args.device), text_encoder=args.text_encoder)
+    pipe = load_pipeline(args, text_encoder=args.text_encoder)
     cfg = override(SampleConfig(), args)
     kw = sample_kwargs(cfg)
     prompts = _prompts(args, pipe)
@@ -141,8 +140,7 @@ def cmd_sample(args) -> int:
 
 def cmd_edit(args) -> int:
     from ..imageio import load_image, save_png
-    from ..pipeline import load
-    pipe = load(args.model, resolve_device(args.device), text_encoder=args.text_encoder)
+    pipe = load_pipeline(args, text_encoder=args.text_encoder)
     cfg = override(SampleConfig(), args)
     kw = sample_kwargs(cfg)
     if args.prompt is not None:

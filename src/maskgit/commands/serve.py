@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import add_dataclass_args, override
-from .common import device_arg, resolve_device
+from .common import device_arg, resolve_device, speed_args
 
 
 def register(sub) -> None:
@@ -16,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     device_arg(p)
+    speed_args(p)
     from ..server import ServerConfig
     add_dataclass_args(p, ServerConfig)
     p.set_defaults(func=cmd_serve)
@@ -27,5 +28,5 @@ def cmd_serve(args) -> int:
         serve,  # imports FastAPI; MaskGITError with the install hint when it is missing
     )
     serve(args.model, args.host, args.port, resolve_device(args.device), override(ServerConfig(), args),
-          args.log_level)
+          args.log_level, precision=args.precision, compile=args.compile)
     return 0

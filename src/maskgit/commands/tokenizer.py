@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -119,7 +118,7 @@ def cmd_train_tokenizer(args) -> int:
         both = torch.stack([x.cpu(), rec.cpu()], 1).flatten(0, 1)  # original, reconstruction, ...
         save_png(make_grid(both, ncol=16, scale=2), out / f"recon_{step:08d}.png")
 
-    meta = {"dataset": args.data, "preset": args.preset, "command": "maskgit " + " ".join(sys.argv[1:]),
+    meta = {"dataset": args.data, "preset": args.preset, "command": args.command_line,
             "perceptual": args.perceptual, "losses": dataclasses.asdict(lcfg)}
     t0 = time.time()
     res = train(task, DatasetSource(train_ds), tcfg, out, val_data=DatasetSource(val_ds) if val_ds else None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -120,7 +119,7 @@ def cmd_train(args) -> int:
         raise MaskGITError(f"{args.tokens} holds {len(store)} examples, fewer than --batch-size {cfg.batch_size}")
     task = (NextTokenTask if args.arch == "ar" else MaskedTokenTask)(model, cfg)
     out = Path(args.out)
-    meta = {"command": "maskgit " + " ".join(sys.argv[1:]), "tokens": str(Path(args.tokens).resolve()),
+    meta = {"command": args.command_line, "tokens": str(Path(args.tokens).resolve()),
             "class_names": classes, "arch": args.arch, "preset": preset}
     if text is not None:
         meta["text_encoder"] = text.spec  # what Pipeline loads to embed prompts
