@@ -87,8 +87,8 @@ class Pipeline:
     def compile(self) -> Pipeline:
         """torch.compile the transformer with frozen weights (inference only; the first call of each batch size
         compiles, ~30 s at the ImageNet size; same results up to float rounding; needs a C++ compiler on CPU)."""
-        from .speed import COMPILE_OPTIONS
-        self.transformer.forward = torch.compile(self.transformer.forward, options=COMPILE_OPTIONS)
+        from .speed import compile_frozen
+        self.transformer.forward = compile_frozen(self.transformer.forward)
         return self
 
     def _autocast(self):

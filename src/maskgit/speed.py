@@ -15,9 +15,21 @@ from .sampling import decode
 from .transformer import MaskGITTransformer
 from .vqgan import VQGAN
 
-# inductor with frozen weights: parameters become constants, so linear layers run on pre-packed MKL weights and the
-# pointwise ops around them fuse (inference only: the compiled model ignores later changes to its weights)
-COMPILE_OPTIONS = {"freezing": True}
+def compile_frozen(fn):
+    """``torch.compile(fn)`` with inductor's weight freezing: parameters become constants, so the linear layers run
+    on pre-packed MKL weights and the pointwise ops around them fuse (1.2x at the ImageNet size on CPU). Inference
+    only: the compiled code ignores later changes to the weights. (Freezing is read when a call compiles, and
+    ``torch.compile(options={"freezing": True})`` does not reach it, hence the config patch around every call.)"""
+    import functools
+
+    import torch._inductor.config as inductor_config
+    compiled = torch.compile(fn)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with inductor_config.patch(freezing=True):
+            return compiled(*args, **kwargs)
+    return run
 
 
 def int8_dynamic(module: torch.nn.Module) -> torch.nn.Module:
@@ -85,7 +97,7 @@ def run_speed(args, command: str) -> int:
     model = MaskGITTransformer(cfg).to(device).eval()
     variants = [("", model)]
     if args.compile:
-        variants.append((" (compiled)", torch.compile(model, options=COMPILE_OPTIONS)))
+        variants.append((" (compiled)", compile_frozen(model)))
     if getattr(args, "int8", False) and device == "cpu":
         variants.append((" (int8)", int8_dynamic(model)))
     rows = []
@@ -106,7 +118,7 @@ def run_speed(args, command: str) -> int:
     vq = VQGAN(vqgan_preset("imagenet-f16")).to(device).eval()
     dec_variants = [("", vq.decode)]
     if args.compile:
-        dec_variants.append((" (compiled)", torch.compile(vq.decode, options=COMPILE_OPTIONS)))
+        dec_variants.append((" (compiled)", compile_frozen(vq.decode)))
     for b in batches:
         toks = torch.randint(0, 1024, (b, 16, 16), device=device)
         fl = flops_of(lambda: vq.decode(toks))
