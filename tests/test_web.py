@@ -108,3 +108,52 @@ def test_generate_paint_inpaint_outpaint(server_url, tmp_path):
             assert not errors and not foreign, (errors, foreign)
         finally:
             browser.close()
+
+
+def _serve(app):
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    t0 = time.monotonic()
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() - t0 < 60, "uvicorn did not start"
+        time.sleep(0.05)
+    return server, thread
+
+
+def test_text_model_page_generates_from_a_prompt():
+    """A text-conditioned model: the page shows prompt fields instead of classes and sends the prompt."""
+    from test_text import HashEncoder, text_model
+
+    from maskgit.pipeline import Pipeline
+    tok, tr = text_model()
+    pipe = Pipeline(tok, tr, text_encoder=HashEncoder())
+    server, thread = _serve(create_app(pipe, "text", ServerConfig()))
+    url = f"http://127.0.0.1:{server.config.port}"
+    try:
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                page = browser.new_page()
+                errors = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(url + "/")
+                page.wait_for_function("!document.getElementById('prompt-row').classList.contains('hidden')")
+                assert page.is_hidden("#class-row") and page.is_visible("#negative-row")
+                page.fill("#prompt", "a red circle")
+                page.fill("#negative", "blue")
+                page.click("#generate")
+                page.wait_for_selector("#result[data-kind=generate]", timeout=30_000)
+                got = png_from_data_url(page.get_attribute("#download", "href"))
+                steps = int(page.eval_on_selector("#steps", "el => el.value"))
+                cfg = float(page.eval_on_selector("#cfg", "el => el.value"))
+                seed = int(page.eval_on_selector("#seed", "el => el.value") or 0)
+                expect = pipe.generate(prompts=["a red circle"], negative_prompts="blue", seed=seed, steps=steps,
+                                       cfg=cfg, output="np")
+                assert np.array_equal(got, expect.reshape(got.shape))
+                assert not errors, errors
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(30)
