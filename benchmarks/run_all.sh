@@ -3,10 +3,14 @@
 # section to RESULTS.md). On a 2-core machine shared with other work, OpenMP threads spin against each other and
 # timings become meaningless; THREADS=1 (default here) keeps them stable. Sample counts are sized to the 2-core
 # development machine (the schedule ablation is 7 schedules x 4 values of T).
-# Usage: benchmarks/run_all.sh [NUM_TABLE] [NUM_TRADEOFF] [NUM_SCHEDULES]
+# Usage: [SPEED=1] benchmarks/run_all.sh [NUM_TABLE] [NUM_TRADEOFF] [NUM_SCHEDULES]
 set -euo pipefail
 export OMP_NUM_THREADS=${THREADS:-1}
 maskgit bench table --num "${1:-1000}"
 maskgit bench tradeoff --num "${2:-500}"
 maskgit bench schedules --num "${3:-300}" --steps 4,8,12,16
 maskgit bench int8 --num "${1:-1000}"
+# speed at the ImageNet-256 size: alone on the machine, all cores (about 20 minutes on 2 cores)
+if [ "${SPEED:-0}" = 1 ]; then
+  OMP_NUM_THREADS=$(nproc) maskgit bench speed --config maskgit-imagenet256 --batches 1,8 --repeats 3 --compile --int8
+fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Emoji text-to-image with the project's own commands, sized for a CPU: tokenizer (rgb32-f4-small, 8x8 tokens of
-# 32 px glyphs) -> token store + MiniLM caption embeddings -> text-conditioned MaskGIT (muse-small-8x8, cross-attention)
+# 32 px glyphs) -> token store + MiniLM caption embeddings -> text-conditioned MaskGIT (muse-small-8x8)
 # -> a PNG of samples for a few prompts.  Usage: benchmarks/train_emoji.sh RUN_DIR [DEVICE]
 # Budgets are wall-clock minutes (env vars); every stage is resumable (re-run the script: finished stages are skipped,
 # interrupted training continues from its last checkpoint). UNTIL=tokens stops after the token store.

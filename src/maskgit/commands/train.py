@@ -36,8 +36,9 @@ def register(sub) -> None:
                         "t5:PATH, cache:FILE); computed into the token store if missing. Default: the store's "
                         "caption-embedding cache when it has one")
     p.add_argument("--text-mode", default=None, choices=["cross", "prefix"],
-                   help="text-to-image: cross-attention layers (default, as Muse) or text tokens as a prefix of the "
-                        "self-attention sequence")
+                   help="text-to-image: text tokens as a prefix of the self-attention sequence (the text presets' "
+                        "choice: it bound attributes better, see benchmarks/RESULTS.md) or cross-attention layers "
+                        "(as Muse)")
     p.add_argument("--arch", default="maskgit", choices=["maskgit", "ar"])
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true")
