@@ -9,6 +9,7 @@ RUN=${1:?run dir}; DEV=${2:-auto}
 TOK_MIN=${TOK_MIN:-35}; TOK_PRESET=${TOK_PRESET:-rgb32-f4-small}; TOK_BS=${TOK_BS:-32}
 TR_MIN=${TR_MIN:-45}; TR_PRESET=${TR_PRESET:-muse-small-8x8}; TR_BS=${TR_BS:-32}
 TEXT_ENCODER=${TEXT_ENCODER:-minilm}
+TEXT_MODE=${TEXT_MODE:-}  # empty = the preset's (prefix); set it to the mode of a run you resume
 OUT_PNG=${OUT_PNG:-$RUN/emoji_samples.png}
 MG="python3 -m maskgit"
 mkdir -p "$RUN"
@@ -35,7 +36,7 @@ fi
 [ "${UNTIL:-}" = tokens ] && { stamp "stopped after the token store (UNTIL=tokens)"; exit 0; }
 if [ ! -f "$RUN/muse/final/model.safetensors" ]; then
   stamp maskgit
-  $MG train --tokens "$RUN/tokens" --tokenizer "$RUN/tokenizer/final" --preset "$TR_PRESET" --text-encoder "$TEXT_ENCODER" --out "$RUN/muse" \
+  $MG train --tokens "$RUN/tokens" --tokenizer "$RUN/tokenizer/final" --preset "$TR_PRESET" --text-encoder "$TEXT_ENCODER" ${TEXT_MODE:+--text-mode "$TEXT_MODE"} --out "$RUN/muse" \
     --batch-size "$TR_BS" --lr 5e-4 --warmup-steps 300 --lr-schedule constant --ema 0.995 --cond-dropout 0.1 \
     --max-minutes "$TR_MIN" --max-steps 1000000 --save-every 500 --log-every 200 --device "$DEV" \
     $(resume "$RUN/muse") 2>&1 | tail -2 | tee -a "$RUN/maskgit.log"
