@@ -33,9 +33,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server_url():
-    app = create_app(maskgit.load("fashion-mnist"), "fashion-mnist", ServerConfig())
+def _serve(app):
+    """Start ``app`` under uvicorn on a free loopback port in a thread; (server, thread) once it listens."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -43,6 +42,12 @@ def server_url():
     while not server.started:
         assert thread.is_alive() and time.monotonic() - t0 < 60, "uvicorn did not start"
         time.sleep(0.05)
+    return server, thread
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    server, thread = _serve(create_app(maskgit.load("fashion-mnist"), "fashion-mnist", ServerConfig()))
     yield f"http://127.0.0.1:{server.config.port}"
     server.should_exit = True
     thread.join(30)
@@ -108,17 +113,6 @@ def test_generate_paint_inpaint_outpaint(server_url, tmp_path):
             assert not errors and not foreign, (errors, foreign)
         finally:
             browser.close()
-
-
-def _serve(app):
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    t0 = time.monotonic()
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() - t0 < 60, "uvicorn did not start"
-        time.sleep(0.05)
-    return server, thread
 
 
 def test_text_model_page_generates_from_a_prompt():
