@@ -223,13 +223,13 @@ class Batcher:
         cfg, return_steps = jobs[0].settings
         labels = [label for j in jobs for label in j.labels]
         seed = jobs[0].seed if len(jobs) == 1 else batch_seed([j.seed for j in jobs])
-        text = {}
+        prompts = negatives = None
         if jobs[0].prompts is not None:  # a text model: every job of the batch has prompts
+            prompts = [p for j in jobs for p in j.prompts]
             negatives = [n for j in jobs for n in j.negative_prompts or [""] * len(j.labels)]
-            text = {"labels": None, "prompts": [p for j in jobs for p in j.prompts],
-                    "negative_prompts": negatives if any(n.strip() for n in negatives) else None}
-        out = self.pipe.generate(**{"labels": labels, **text}, seed=None,
-                                 generator=torch.Generator().manual_seed(seed), output="tensor",
+            negatives = negatives if any(n.strip() for n in negatives) else None
+        out = self.pipe.generate(labels=None if prompts else labels, prompts=prompts, negative_prompts=negatives,
+                                 seed=None, generator=torch.Generator().manual_seed(seed), output="tensor",
                                  return_steps=return_steps, **{f: getattr(cfg, f) for f in SAMPLE_FIELDS})
         images, steps = out if return_steps else (out, None)
         images = to_u8(images)

@@ -286,12 +286,8 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
         given = [k for k in ("label", "labels", "prompt") if getattr(req, k) is not None]
         if len(given) > 1:
             raise APIError(422, f"give one of label, labels or prompt, not {' and '.join(given)}")
-        check_prompts(req)
+        check_prompts(req)  # a text model has no label fields past this: num images of "no class" below
         num = req.num or 1
-        if conditioning == "text":
-            if num > config.max_num:
-                raise APIError(422, f"{num} images asked for; this server's limit is {config.max_num} per request")
-            return [-1] * num
         if req.labels is not None:
             if not req.labels:
                 raise APIError(422, "labels is empty")

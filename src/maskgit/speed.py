@@ -17,7 +17,7 @@ from .vqgan import VQGAN
 
 def compile_frozen(fn):
     """``torch.compile(fn)`` with inductor's weight freezing: parameters become constants, so the linear layers run
-    on pre-packed MKL weights and the pointwise ops around them fuse (1.2x at the ImageNet size on CPU). Inference
+    on pre-packed MKL weights and the pointwise ops around them fuse (see `maskgit bench speed --compile`). Inference
     only: the compiled code ignores later changes to the weights. (Freezing is read when a call compiles, and
     ``torch.compile(options={"freezing": True})`` does not reach it, hence the config patch around every call.)"""
     import functools
@@ -98,7 +98,7 @@ def run_speed(args, command: str) -> int:
     variants = [("", model)]
     if args.compile:
         variants.append((" (compiled)", compile_frozen(model)))
-    if getattr(args, "int8", False) and device == "cpu":
+    if args.int8 and device == "cpu":
         variants.append((" (int8)", int8_dynamic(model)))
     rows = []
     for b in batches:

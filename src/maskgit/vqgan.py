@@ -206,6 +206,7 @@ class VQGAN(nn.Module):
             raise MaskGITError(f"token ids must lie in [0, {self.codebook_size}); got "
                                f"[{int(tokens.min())}, {int(tokens.max())}]")
         z = self.quantizer.embed(tokens)
+        n = max(len(z), 1)  # images per decoder call
         if z.device.type == "cpu" and not self.training:
             # channels_last convolutions are ~2.5x faster on CPU; same math, different memory layout
             if not getattr(self, "_channels_last", False):
@@ -214,12 +215,10 @@ class VQGAN(nn.Module):
             z = z.contiguous(memory_format=torch.channels_last)
             # in chunks of about DECODE_CHUNK_BYTES of full-resolution activations (one image at 256 px): batching
             # shares little work here (the weights are small) while a large batch of activations spills the caches;
-            # every image's result is the same either way
+            # every image comes out the same up to float rounding
             H, W = tokens.shape[1] * self.config.downsample, tokens.shape[2] * self.config.downsample
             per_image = 4 * self.config.filters * self.config.channel_mult[0] * H * W
             n = max(1, DECODE_CHUNK_BYTES // per_image)
-            x = torch.cat([self.decoder(z[i:i + n]).contiguous() for i in range(0, len(z), n)]) if len(z) > n \
-                else self.decoder(z).contiguous()
-        else:
-            x = self.decoder(z).contiguous()
+        x = torch.cat([self.decoder(z[i:i + n]).contiguous() for i in range(0, len(z), n)]) if len(z) > n \
+            else self.decoder(z).contiguous()
         return x.clamp(0, 1) if clip else x

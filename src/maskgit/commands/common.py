@@ -26,8 +26,8 @@ def speed_args(p: argparse.ArgumentParser) -> None:
 def load_pipeline(args, **kw):
     """The pipeline named by --model on --device, with --precision and --compile applied."""
     from ..pipeline import load
-    pipe = load(args.model, resolve_device(args.device), getattr(args, "precision", "fp32"), **kw)
-    return pipe.compile() if getattr(args, "compile", False) else pipe
+    pipe = load(args.model, resolve_device(args.device), args.precision, **kw)
+    return pipe.compile() if args.compile else pipe
 
 
 def resolve_device(name: str) -> str:
