@@ -65,6 +65,41 @@ def test_flop_counting_and_peak():
     assert matmul_peak(n=256, repeats=2) > 0
 
 
+def test_compiled_gelu_is_the_same_tanh_gelu():
+    """Under torch.compile the MLP's GELU is written with a sigmoid (the same function, vectorised faster); eager
+    is ATen's tanh GELU itself."""
+    import torch.nn.functional as F
+
+    from maskgit.transformer import gelu_tanh
+    x = torch.linspace(-10, 10, 20001)
+    exact = F.gelu(x, approximate="tanh")
+    assert torch.equal(gelu_tanh(x), exact)
+    torch.testing.assert_close(torch.compile(gelu_tanh)(x), exact, rtol=1e-6, atol=1e-6)
+
+
+def test_timed_compares_each_repeat_with_the_probes_taken_during_it(monkeypatch):
+    """Probe time is not counted, and each repeat's peak is the mean of the probes before, during and after it."""
+    import time
+
+    import maskgit.speed as speed
+    readings = iter([100.0, 300.0, 200.0, 400.0] + [1000.0] * 8)
+
+    def fake_peak(*args, **kwargs):
+        time.sleep(0.05)
+        return next(readings)
+    monkeypatch.setattr(speed, "matmul_peak", fake_peak)
+
+    def work(probe):  # two probes in the pauses of a 20 ms workload
+        time.sleep(0.01)
+        probe()
+        probe()
+        time.sleep(0.01)
+    t = speed.timed(work, repeats=1, device="cpu", flops=1e9)
+    assert t["probes"] == 4 and t["peak"] == 250.0  # before, two between, after
+    assert 0.02 <= t["sec"] < 0.05  # the 0.2 s of probing is taken out
+    assert t["fraction"] == pytest.approx(1e9 / t["sec"] / 1e9 / 250.0)
+
+
 def test_inplace_inference_decoder_equals_autograd_path():
     """Without autograd the decoder reuses buffers in place (SiLU, residual adds); the values must not change."""
     from maskgit.config import VQGANConfig
@@ -130,7 +165,7 @@ def test_bench_speed_command_writes_its_table(tmp_path):
     assert main(["bench", "speed", "--config", "tiny", "--batches", "1", "--repeats", "1", "--no-ar-nocache",
                  "--int8", "--results", str(out), "--device", "cpu"]) == 0
     text = out.read_text()
-    for row in ("MaskGIT transformer, 8 steps | 1", "MaskGIT transformer, 8 steps (int8) | 1",
+    for row in ("MaskGIT transformer, 8 steps | 1", "MaskGIT transformer, 1 forward | 1", "MaskGIT transformer, 8 steps (int8) | 1",
                 "VQGAN decoder 256 px | 1", "AR, 16 steps, KV cache | 1"):
         assert row in text
     assert "peak GFLOP/s" in text and "maskgit bench speed --config tiny" in text

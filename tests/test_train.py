@@ -89,3 +89,27 @@ def test_two_process_ddp_equals_one_process(store, tmp_path):
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), (k, (a[k] - b[k]).abs().max())
+
+
+def test_resume_builds_the_run_model_not_todays_preset(store, tmp_path, capsys):
+    """--resume reads the model config saved in the run's checkpoint: no --preset needed (the default preset is
+    another size), and a contradicting --preset / --text-mode / --arch is a clear error that leaves the run as it is."""
+    from maskgit.cli import main
+    out = tmp_path / "r"
+    base = ["train", "--tokens", str(store), "--out", str(out), "--batch-size", "8", "--warmup-steps", "1",
+            "--save-every", "2", "--log-every", "1", "--device", "cpu"]
+    assert main([*base, "--preset", "tiny", "--max-steps", "2"]) == 0
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    for extra, match in ((["--preset", "maskgit-small-8x8"], "started with --preset tiny"),
+                         (["--arch", "ar"], "resume it with the --arch"),
+                         (["--text-mode", "prefix"], "--text-mode")):
+        capsys.readouterr()
+        assert main([*base, "--resume", "--max-steps", "4", *extra]) == 2
+        assert match in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ckpts  # nothing lost
+    assert main([*base, "--resume", "--max-steps", "4"]) == 0
+    from maskgit.checkpoint import read_config
+    doc = read_config(out / "final")
+    assert (doc["config"]["width"], doc["config"]["depth"]) == (32, 2)  # still the tiny model
+    assert doc["meta"]["preset"] == "tiny"
+    assert (out / "checkpoints" / "step_00000004").exists()

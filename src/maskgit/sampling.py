@@ -38,8 +38,8 @@ def _rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
 
 
 def gumbel(shape, generator, device) -> torch.Tensor:
-    u = _rand(shape, generator, device).clamp(1e-20, 1.0 - 1e-7)
-    return -torch.log(-torch.log(u))
+    """-log(-log(u)), u uniform, computed in place (a fresh B x N x K buffer costs more than the logs)."""
+    return _rand(shape, generator, device).clamp_(1e-20, 1.0 - 1e-7).log_().neg_().log_().neg_()
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -61,7 +61,7 @@ def sample_tokens(logits: torch.Tensor, cfg: SampleConfig, generator) -> torch.T
     if cfg.temperature == 0:
         return logits.argmax(-1)
     z = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
-    return (z + gumbel(z.shape, generator, z.device)).argmax(-1)
+    return gumbel(z.shape, generator, z.device).add_(z).argmax(-1)
 
 
 def guidance_scale(cfg: SampleConfig, step: int) -> float:

@@ -42,12 +42,12 @@ def int8_dynamic(module: torch.nn.Module) -> torch.nn.Module:
         return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def matmul_peak(device: str = "cpu", n: int = 2048, repeats: int = 10) -> float:
-    """Best fp32 GFLOP/s of an n x n x n matrix product over ``repeats`` runs (after 3 warm-ups): a peak, so the
-    fastest run counts, as for the workloads it is compared with."""
+def matmul_peak(device: str = "cpu", n: int = 2048, repeats: int = 10, warmup: int = 3) -> float:
+    """Best fp32 GFLOP/s of an n x n x n matrix product over ``repeats`` runs (after ``warmup`` runs): a peak, so
+    the fastest run counts, as for the workloads it is compared with."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     out = torch.empty(n, n, device=device)
-    for _ in range(3):
+    for _ in range(warmup):
         torch.mm(a, b, out=out)
     times = []
     for _ in range(repeats):
@@ -68,21 +68,46 @@ def flops_of(fn) -> int:
     return fc.get_total_flops()
 
 
-def _timed(fn, repeats: int, device: str) -> tuple[float, float]:
-    """Median seconds of ``fn()`` over ``repeats`` runs (after one warm-up), and the median of the matmul peaks
-    measured right before and after each run (the larger of the two): this machine's speed drifts by +-15% over
-    minutes, so each timing is compared with the peak of its own moment, not with one taken at the start."""
-    fn()  # warm-up
-    times, peaks = [], []
-    for _ in range(repeats):
-        before = matmul_peak(device, repeats=3)
+class PeakProbe:
+    """Matmul-peak readings taken in the pauses of a timed workload; the time they take is not counted.
+
+    This VM's matmul rate drifts by +-15% within seconds, so a workload is compared with the machine's speed at
+    its own moments: ``probe()`` before and after each run, and between the decode steps of a sampling run."""
+
+    def __init__(self, device: str):
+        self.device, self.peaks, self.spent = device, [], 0.0
+
+    def probe(self) -> None:
+        if self.device != "cpu":
+            torch.cuda.synchronize()
         t = time.perf_counter()
-        fn()
+        self.peaks.append(matmul_peak(self.device, repeats=3, warmup=1))
+        self.spent += time.perf_counter() - t
+
+
+def timed(fn, repeats: int, device: str, flops: float) -> dict:
+    """Run ``fn(probe)`` once to warm up, then ``repeats`` times; ``fn`` may call ``probe()`` in its pauses.
+
+    Returns the median seconds (probes excluded), the median over repeats of each repeat's mean peak, and the
+    median over repeats of the achieved fraction of that repeat's own peak."""
+    fn(lambda: None)
+    times, peaks, fractions = [], [], []
+    for _ in range(repeats):
+        pp = PeakProbe(device)
+        pp.probe()
+        before = pp.spent
+        t = time.perf_counter()
+        fn(pp.probe)
         if device != "cpu":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-        peaks.append(max(before, matmul_peak(device, repeats=3)))
-    return statistics.median(times), statistics.median(peaks)
+        elapsed = time.perf_counter() - t - (pp.spent - before)
+        pp.probe()
+        peak = statistics.fmean(pp.peaks)
+        times.append(elapsed)
+        peaks.append(peak)
+        fractions.append(flops / elapsed / 1e9 / peak)
+    return {"sec": statistics.median(times), "peak": statistics.median(peaks),
+            "fraction": statistics.median(fractions), "probes": len(pp.peaks)}
 
 
 @torch.inference_mode()
@@ -106,13 +131,20 @@ def run_speed(args, command: str) -> int:
         start = torch.full((b, cfg.num_tokens), cfg.mask_id, device=device)
         fwd_flops = flops_of(lambda: model(start, labels))
         for tag, m in variants:
+            # one forward pass alone: the gap to the 8-step row is the decoding loop's own cost
+            rows.append(_row(f"MaskGIT transformer, 1 forward{tag}", b, fwd_flops,
+                             timed(lambda probe, m=m: m(start, labels), args.repeats, device, fwd_flops)))
+            print(rows[-1])
             for steps in (8, 12) if not tag else (8,):
                 sc = SampleConfig(steps=steps)
 
-                def run():
-                    decode(lambda t, g: m(t, labels), start, sc, cfg.mask_id, torch.Generator().manual_seed(0))
-                sec, peak = _timed(run, args.repeats, device)
-                rows.append(_row(f"MaskGIT transformer, {steps} steps{tag}", b, sec, steps * fwd_flops, peak))
+                def run(probe, m=m, labels=labels, start=start, sc=sc):
+                    def logits(t, g):
+                        probe()  # the machine's speed between steps (not timed)
+                        return m(t, labels)
+                    decode(logits, start, sc, cfg.mask_id, torch.Generator().manual_seed(0))
+                rows.append(_row(f"MaskGIT transformer, {steps} steps{tag}", b, steps * fwd_flops,
+                                 timed(run, args.repeats, device, steps * fwd_flops)))
                 print(rows[-1])
     # the VQGAN decoder with the official layout at 256 px
     vq = VQGAN(vqgan_preset("imagenet-f16")).to(device).eval()
@@ -123,8 +155,8 @@ def run_speed(args, command: str) -> int:
         toks = torch.randint(0, 1024, (b, 16, 16), device=device)
         fl = flops_of(lambda: vq.decode(toks))
         for tag, fn in dec_variants:
-            sec, peak = _timed(lambda: fn(toks), args.repeats, device)
-            rows.append(_row(f"VQGAN decoder 256 px{tag}", b, sec, fl, peak))
+            rows.append(_row(f"VQGAN decoder 256 px{tag}", b, fl,
+                             timed(lambda probe, fn=fn: fn(toks), args.repeats, device, fl)))
             print(rows[-1])
     # the AR baseline of the same size: 256 sequential steps
     ar = ARTransformer(cfg).to(device).eval()
@@ -134,21 +166,22 @@ def run_speed(args, command: str) -> int:
             continue
         lab = torch.randint(0, cfg.num_classes, (1,), device=device)
         fl = flops_of(lambda: ar.generate(lab, sc, torch.Generator().manual_seed(0), use_cache=cache))
-        sec, peak = _timed(lambda: ar.generate(lab, sc, torch.Generator().manual_seed(0), use_cache=cache),
-                           1 if not cache else args.repeats, device)
-        rows.append(_row(f"AR, {cfg.num_tokens} steps, {'KV cache' if cache else 'no cache'}", 1, sec, fl, peak))
+        t = timed(lambda probe: ar.generate(lab, sc, torch.Generator().manual_seed(0), use_cache=cache),
+                  1 if not cache else args.repeats, device, fl)
+        rows.append(_row(f"AR, {cfg.num_tokens} steps, {'KV cache' if cache else 'no cache'}", 1, fl, t))
         print(rows[-1])
     cols = ["what", "batch", "s/image", "images/s", "GFLOP/s", "peak GFLOP/s", "% of peak"]
     table = markdown_table(rows, cols)
     print(table)
     append_results(args.results, f"Sampling speed, {args.config} (random weights, fp32)", command, table,
-                   notes="s/image: median of the repeats. peak: the fp32 2048^3 matmul rate measured right before "
-                         "and after each repeat (the larger; median over repeats); % of peak uses the peak of the "
-                         "repeat's own moment. FLOPs: torch's counter with attention included.")
+                   notes="s/image: median of the repeats, with the peak probes taken out. peak: the fp32 2048^3 matmul "
+                         "rate (best of 3) probed before and after each repeat and, for the MaskGIT transformer, "
+                         "between its decode steps; a repeat's peak is the mean of its probes (median over "
+                         "repeats shown). % of peak: median over repeats of each repeat's achieved GFLOP/s over its "
+                         "own peak. FLOPs: torch's counter with attention included.")
     return 0
 
 
-def _row(what: str, batch: int, sec: float, flops: int, peak: float) -> dict:
-    gf = flops / sec / 1e9
-    return {"what": what, "batch": batch, "s/image": sec / batch, "images/s": batch / sec, "GFLOP/s": gf,
-            "peak GFLOP/s": peak, "% of peak": 100 * gf / peak}
+def _row(what: str, batch: int, flops: float, t: dict) -> dict:
+    return {"what": what, "batch": batch, "s/image": t["sec"] / batch, "images/s": batch / t["sec"],
+            "GFLOP/s": flops / t["sec"] / 1e9, "peak GFLOP/s": t["peak"], "% of peak": 100 * t["fraction"]}

@@ -14,6 +14,16 @@ from .config import TransformerConfig
 from .errors import MaskGITError
 
 LN_EPS = 1e-12
+_GELU_C = 1.5957691216057308  # 2 * sqrt(2 / pi)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation (the official model's). Under torch.compile it is written as
+    x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), the same function (0.5 (1 + tanh z) = sigmoid(2z)), because inductor
+    vectorises exp far faster than tanh on the CPU; eager keeps ATen's fused kernel and its backward."""
+    if torch.compiler.is_compiling():
+        return x * torch.sigmoid(_GELU_C * (x + 0.044715 * (x * x * x)))
+    return F.gelu(x, approximate="tanh")
 
 
 class Attention(nn.Module):
@@ -90,7 +100,7 @@ class Block(nn.Module):
         x = self.attn_ln(x + self.drop(self.attn(x, causal, cache, key_mask)))
         if self.cross is not None:
             x = self.cross_ln(x + self.drop(self.cross(x, ctx, ctx_mask)))
-        return self.mlp_ln(x + self.drop(self.fc2(F.gelu(self.fc1(x), approximate="tanh"))))
+        return self.mlp_ln(x + self.drop(self.fc2(gelu_tanh(self.fc1(x)))))
 
 
 def init_weights(module: nn.Module) -> None:
@@ -190,7 +200,7 @@ class TokenTransformer(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., W) -> logits over the K codes (..., K)."""
         K = self.config.codebook_size
-        h = self.head_ln(F.gelu(self.head_dense(x), approximate="tanh"))
+        h = self.head_ln(gelu_tanh(self.head_dense(x)))
         return h @ self.tok_emb.weight[:K].t() + self.head_bias[:K]
 
     def num_params(self) -> int:

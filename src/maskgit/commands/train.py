@@ -9,12 +9,14 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_model
+from ..checkpoint import load_model, read_config
 from ..config import (
     TRANSFORMER_PRESETS,
     SampleConfig,
     TrainConfig,
+    TransformerConfig,
     add_dataclass_args,
+    from_dict,
     override,
     transformer_preset,
 )
@@ -75,10 +77,37 @@ def build_model(preset: str, arch: str, store_meta: dict, num_classes: int | Non
     return (ARTransformer if arch == "ar" else MaskGITTransformer)(cfg)
 
 
+def model_from_run(ck: Path, args, store_meta: dict, num_classes: int, text: tuple[int, int] | None):
+    """``--resume``: the model as the run built it (the config saved in its latest checkpoint ``ck``), not as the
+    preset reads today; an explicit --preset/--text-mode/--arch or a store that disagrees with the run is an error."""
+    from ..autoregressive import ARTransformer
+    from ..transformer import MaskGITTransformer
+    doc = read_config(ck)
+    kind = "ar" if args.arch == "ar" else "transformer"
+    if doc.get("kind") != kind:
+        raise MaskGITError(f"{args.out} holds a {doc.get('kind')!r} model: resume it with the --arch it started with")
+    cfg = from_dict(TransformerConfig, doc.get("config", {}), what=f"{ck}/config.json")
+    saved = (doc.get("meta") or {}).get("preset")
+    if args.preset and saved and args.preset != saved:
+        raise MaskGITError(f"{args.out} was started with --preset {saved}: resume it without --preset (or with "
+                           f"--preset {saved}), or train the new preset in a new --out directory")
+    if args.text_mode and args.text_mode != cfg.text_mode:
+        raise MaskGITError(f"{args.out} was started with --text-mode {cfg.text_mode}: resume it without --text-mode, "
+                           f"or train {args.text_mode} in a new --out directory")
+    found = {"codebook_size": cfg.codebook_size, "grid_size": cfg.grid_size, "text_dim": cfg.text_dim,
+             "num_classes": cfg.num_classes}
+    want = {"codebook_size": store_meta["codebook_size"], "grid_size": store_meta["grid"][0],
+            "text_dim": text[0] if text else 0, "num_classes": 0 if text else num_classes}
+    diff = {k: (found[k], want[k]) for k in found if found[k] != want[k]}
+    if diff:
+        raise MaskGITError(f"{args.out} was trained on a different token store: (run, this store) = {diff}")
+    return (ARTransformer if args.arch == "ar" else MaskGITTransformer)(cfg), saved or args.preset
+
+
 def cmd_train(args) -> int:
     from ..masking import MaskedTokenTask, NextTokenTask
     from ..tokenstore import TokenStore, model_hash
-    from ..train import train
+    from ..train import latest_checkpoint, train
 
     device = resolve_device(args.device)
     tokenizer = load_model(args.tokenizer, "vqgan") if args.tokenizer else None
@@ -113,9 +142,13 @@ def cmd_train(args) -> int:
         num_classes = len(classes)
     cfg = override(TrainConfig(), args)
     torch.manual_seed(cfg.seed)  # the CLI owns the process: the initial weights follow --seed
-    preset = args.preset or ("muse-small-8x8" if text is not None else "maskgit-small-8x8")
-    model = build_model(preset, args.arch, store.meta, num_classes,
-                        None if text is None else (text.dim, text.max_len), args.text_mode)
+    text_shape = None if text is None else (text.dim, text.max_len)
+    ck = latest_checkpoint(Path(args.out)) if args.resume else None
+    if ck is not None:
+        model, preset = model_from_run(ck, args, store.meta, num_classes, text_shape)
+    else:
+        preset = args.preset or ("muse-small-8x8" if text is not None else "maskgit-small-8x8")
+        model = build_model(preset, args.arch, store.meta, num_classes, text_shape, args.text_mode)
     if len(store) < cfg.batch_size:
         raise MaskGITError(f"{args.tokens} holds {len(store)} examples, fewer than --batch-size {cfg.batch_size}")
     task = (NextTokenTask if args.arch == "ar" else MaskedTokenTask)(model, cfg)
