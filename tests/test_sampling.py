@@ -104,3 +104,6 @@ def test_gumbel_noise_is_finite_with_the_right_mean():
     g = gumbel((200_000,), torch.Generator().manual_seed(0), "cpu")
     assert torch.isfinite(g).all()
     assert abs(float(g.mean()) - 0.5772) < 0.01  # Euler-Mascheroni
+    # computed in place, it is still exactly -log(-log(u)) of the generator's uniform draws
+    u = torch.rand((200_000,), generator=torch.Generator().manual_seed(0)).clamp(1e-20, 1.0 - 1e-7)
+    assert torch.equal(g, -torch.log(-torch.log(u)))
