@@ -5,7 +5,7 @@ import torch
 
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
-from maskgit.sampling import decode
+from maskgit.sampling import RowGenerators, decode
 from maskgit.schedules import SCHEDULES, gamma
 
 K, MASK = 16, 99
@@ -107,3 +107,22 @@ def test_gumbel_noise_is_finite_with_the_right_mean():
     # computed in place, it is still exactly -log(-log(u)) of the generator's uniform draws
     u = torch.rand((200_000,), generator=torch.Generator().manual_seed(0)).clamp(1e-20, 1.0 - 1e-7)
     assert torch.equal(g, -torch.log(-torch.log(u)))
+
+
+def test_row_generators_give_each_block_of_rows_what_it_gets_alone():
+    """The server batches requests with different seeds: with RowGenerators each request's rows decode exactly as
+    the request alone with its seed (given a model whose rows do not interact, as here)."""
+    torch.manual_seed(0)
+    tokens = torch.randint(0, K, (6, 64))
+    tokens[torch.rand(6, 64) < 0.7] = MASK
+    tokens[0] = MASK
+    blocks = [(0, 2, 11), (2, 3, 12), (3, 6, 13)]  # rows [a, b) and their seed
+    for cfg in (SampleConfig(), SampleConfig(cfg=2.0, top_k=4, top_p=0.8), SampleConfig(steps=5, start_step=2)):
+        gens = RowGenerators([(torch.Generator().manual_seed(s), b - a) for a, b, s in blocks])
+        together = decode(mock_logits_fn(), tokens, cfg, MASK, gens)
+        for a, b, s in blocks:
+            assert torch.equal(together[a:b], run(cfg, tokens[a:b], seed=s)), (cfg, a, b)
+    with pytest.raises(MaskGITError, match="cover 5"):
+        decode(mock_logits_fn(), tokens, SampleConfig(), MASK, RowGenerators([(torch.Generator(), 5)]))
+    with pytest.raises(MaskGITError, match="rows >= 1"):
+        RowGenerators([])

@@ -251,13 +251,13 @@ def test_text_requests_with_different_prompts_share_a_batch(text_pipe):
     answers, stats = serve(text_pipe, scenario, max_wait_ms=0)
     assert [r.status_code for r in answers] == [200] * 4
     assert stats["batches"] == 1 and stats["requests"] == 4
-    # the shared decode equals the library call with the same rows (seeded from every request's seed)
+    # the shared decode equals the library call with the same rows, each row drawing from its request's seed
     import torch
 
-    from maskgit.server import batch_seed
+    from maskgit.sampling import RowGenerators
     expect = text_pipe.generate(prompts=["a", "b b", "", "c"], negative_prompts=["", "d", "", ""], seed=None,
-                                generator=torch.Generator().manual_seed(batch_seed([0, 1, 2, 3])), steps=2,
-                                output="np")
+                                generator=RowGenerators([(torch.Generator().manual_seed(i), 1) for i in range(4)]),
+                                steps=2, output="np")
     got = np.stack([image_of(r.json()["images"][0]) for r in answers])
     assert np.array_equal(got, expect.reshape(got.shape))
 
@@ -414,6 +414,26 @@ def test_concurrent_requests_are_batched_by_settings(pipe):
     assert stats["batches"] == 2  # one decode per settings group (steps 2 and steps 3)
     assert stats["requests"] == 12 and stats["mean_batch_size"] == 6
     assert {r.json()["batch"]["requests"] for r in answers} == {4, 8}
+
+
+def test_a_batched_request_gets_the_images_of_its_own_seed(pipe):
+    """Requests that share a decode each draw their noise from their own seed, so each gets what the library call
+    with its seed gives (up to the float rounding of a larger matmul: here at most 1/255 per pixel)."""
+    bodies = [{"labels": [i % 4] * (1 + i % 2), "seed": 100 + i, "steps": 3, "temperature": 2.0} for i in range(5)]
+
+    async def scenario(c, app):
+        app.state.batcher.hold()
+        tasks = [asyncio.create_task(c.post("/v1/generate", json=b)) for b in bodies]
+        await wait_queued(app, len(bodies))
+        app.state.batcher.release()
+        return await asyncio.gather(*tasks)
+
+    answers = serve(pipe, scenario, max_wait_ms=0)
+    assert {r.json()["batch"]["requests"] for r in answers} == {5}
+    for body, r in zip(bodies, answers):
+        got = np.stack([image_of(t) for t in r.json()["images"]]).astype(int)
+        alone = pipe.generate(labels=body["labels"], seed=body["seed"], steps=3, temperature=2.0, output="np")
+        assert np.abs(got - alone[..., 0].astype(int)).max() <= 1, body
 
 
 def test_max_batch_splits_and_exact_requests_run_alone(pipe):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import logging
 import math
 import threading
@@ -20,6 +19,7 @@ import torch
 
 from .config import SampleConfig, sample_kwargs
 from .errors import MaskGITError
+from .sampling import RowGenerators
 
 log = logging.getLogger("maskgit.server")
 SAMPLE_FIELDS = tuple(sample_kwargs(SampleConfig()))
@@ -82,12 +82,6 @@ class GenResult:
     steps: list[np.ndarray] | None  # per decoding step, uint8 (n, H, W, C)
     batch_requests: int
     batch_images: int
-
-
-def batch_seed(seeds: list[int]) -> int:
-    """The generator seed of a shared decode: a hash of every request's seed, in batch order."""
-    digest = hashlib.blake2b(",".join(map(str, seeds)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 class Batcher:
@@ -222,14 +216,15 @@ class Batcher:
     def _run_generate(self, jobs: list[Job]) -> None:
         cfg, return_steps = jobs[0].settings
         labels = [label for j in jobs for label in j.labels]
-        seed = jobs[0].seed if len(jobs) == 1 else batch_seed([j.seed for j in jobs])
+        # every request draws its noise from its own seed, exactly as it would alone
+        generator = RowGenerators([(torch.Generator().manual_seed(j.seed), len(j.labels)) for j in jobs])
         prompts = negatives = None
         if jobs[0].prompts is not None:  # a text model: every job of the batch has prompts
             prompts = [p for j in jobs for p in j.prompts]
             negatives = [n for j in jobs for n in j.negative_prompts or [""] * len(j.labels)]
             negatives = negatives if any(n.strip() for n in negatives) else None
         out = self.pipe.generate(labels=None if prompts else labels, prompts=prompts, negative_prompts=negatives,
-                                 seed=None, generator=torch.Generator().manual_seed(seed), output="tensor",
+                                 seed=None, generator=generator, output="tensor",
                                  return_steps=return_steps, **{f: getattr(cfg, f) for f in SAMPLE_FIELDS})
         images, steps = out if return_steps else (out, None)
         images = to_u8(images)

@@ -31,8 +31,32 @@ def check_sample_config(cfg: SampleConfig) -> None:
     check_schedule(cfg.schedule)
 
 
-def _rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+class RowGenerators:
+    """Generators that own consecutive blocks of a batch's rows: ``[(generator, rows), ...]`` in row order.
+
+    Each block's noise is drawn from its own generator with the block's own shape, i.e. exactly what a decode of
+    that block alone draws. So requests batched together (the server) get the noise each gets alone."""
+
+    def __init__(self, blocks: list[tuple[torch.Generator, int]]):
+        if not blocks or any(n < 1 for _, n in blocks):
+            raise MaskGITError("RowGenerators needs at least one (generator, rows >= 1) block")
+        self.blocks = list(blocks)
+        self.rows = sum(n for _, n in self.blocks)
+
+    def rand(self, shape, device) -> torch.Tensor:
+        if shape[0] != self.rows:
+            raise MaskGITError(f"noise for {shape[0]} rows requested from generators that cover {self.rows}")
+        return torch.cat([torch.rand((n, *shape[1:]), generator=g, device=g.device).to(device)
+                          for g, n in self.blocks])
+
+
+Generator = torch.Generator | RowGenerators | None
+
+
+def _rand(shape, generator: Generator, device) -> torch.Tensor:
     """Uniform noise drawn on the generator's device, then moved (same numbers on CPU and GPU)."""
+    if isinstance(generator, RowGenerators):
+        return generator.rand(shape, device)
     gdev = generator.device if generator is not None else "cpu"
     return torch.rand(shape, generator=generator, device=gdev).to(device)
 
@@ -80,12 +104,13 @@ def mask_counts(n0: torch.Tensor, unknown: torch.Tensor, cfg: SampleConfig, step
 
 @torch.inference_mode()
 def decode(logits_fn: LogitsFn, tokens: torch.Tensor, config: SampleConfig, mask_id: int,
-           generator: torch.Generator | None = None,
+           generator: Generator = None,
            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Fill every ``mask_id`` in ``tokens`` (B,N) by MaskGIT decoding; known tokens never change.
 
     Per sample, N0 = the number of masked tokens at the start, so generation (all masked) and editing (some
-    masked) are the same call. ``callback(step, tokens_after_step, sampled)`` sees every intermediate grid."""
+    masked) are the same call. ``callback(step, tokens_after_step, sampled)`` sees every intermediate grid.
+    ``generator``: one torch.Generator for the batch, or RowGenerators (one per block of rows)."""
     check_sample_config(config)
     if tokens.ndim != 2:
         raise MaskGITError(f"decode expects tokens (B,N), got {tuple(tokens.shape)}")
