@@ -18,7 +18,7 @@ from . import editing
 from .checkpoint import load_model, read_config
 from .config import SampleConfig
 from .errors import MaskGITError
-from .sampling import Generator, check_sample_config, decode
+from .sampling import NoiseSource, check_sample_config, decode
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "fashion-mnist"
@@ -215,7 +215,7 @@ class Pipeline:
 
     @torch.inference_mode()
     def decode_tokens(self, tokens: torch.Tensor, labels: torch.Tensor, cfg: SampleConfig, seed: int | None,
-                      generator: Generator = None, callback=None,
+                      generator: NoiseSource = None, callback=None,
                       text: TextCondition | None = None) -> torch.Tensor:
         """(B,N) partially masked -> (B,N) complete, through the one decode function."""
         if generator is None:
@@ -230,7 +230,7 @@ class Pipeline:
 
     # ------------------------------------------------------------ public API
     def generate(self, labels=None, num: int | None = None, seed: int | None = 0, output: str = "pil",
-                 return_steps: bool = False, generator: Generator = None,
+                 return_steps: bool = False, generator: NoiseSource = None,
                  prompts: list[str] | None = None, negative_prompts=None, **sample_kw):
         """Class-conditional (``labels``), text-conditional (``prompts``: one image each; ``negative_prompts``,
         one for all or one per prompt, replace the null text in CFG's unconditional branch) or unconditional

@@ -50,10 +50,10 @@ class RowGenerators:
                           for g, n in self.blocks])
 
 
-Generator = torch.Generator | RowGenerators | None
+NoiseSource = torch.Generator | RowGenerators | None
 
 
-def _rand(shape, generator: Generator, device) -> torch.Tensor:
+def _rand(shape, generator: NoiseSource, device) -> torch.Tensor:
     """Uniform noise drawn on the generator's device, then moved (same numbers on CPU and GPU)."""
     if isinstance(generator, RowGenerators):
         return generator.rand(shape, device)
@@ -104,7 +104,7 @@ def mask_counts(n0: torch.Tensor, unknown: torch.Tensor, cfg: SampleConfig, step
 
 @torch.inference_mode()
 def decode(logits_fn: LogitsFn, tokens: torch.Tensor, config: SampleConfig, mask_id: int,
-           generator: Generator = None,
+           generator: NoiseSource = None,
            callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Fill every ``mask_id`` in ``tokens`` (B,N) by MaskGIT decoding; known tokens never change.
 
