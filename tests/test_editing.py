@@ -96,6 +96,17 @@ def test_generate_is_deterministic_and_shows_steps(pipe):
     assert len(steps) == 4
 
 
+def test_one_seed_per_image_gives_each_image_its_own_seed(pipe):
+    both = pipe.generate([0, 1, 2], seed=[7, 8, 9], output="np", steps=4, temperature=2.0).astype(int)
+    for i, (label, seed) in enumerate(zip([0, 1, 2], [7, 8, 9])):
+        alone = pipe.generate([label], seed=seed, output="np", steps=4, temperature=2.0).astype(int)
+        assert np.abs(both[i] - alone[0]).max() <= 1  # the same image up to a larger batch's float rounding
+    assert not np.array_equal(both, pipe.generate([0, 1, 2], seed=7, output="np", steps=4, temperature=2.0))
+    for bad in ([7, 8], [7, 8, "9"], [7, 8, True]):
+        with pytest.raises(MaskGITError, match="one integer seed per image"):
+            pipe.generate([0, 1, 2], seed=bad, steps=4)
+
+
 class TrivialTokenizer(torch.nn.Module):
     """Not a VQGAN: 2x2 mean-pooled grey levels quantised to 32 bins. The pipeline only needs the interface."""
 

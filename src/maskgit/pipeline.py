@@ -18,7 +18,7 @@ from . import editing
 from .checkpoint import load_model, read_config
 from .config import SampleConfig
 from .errors import MaskGITError
-from .sampling import NoiseSource, check_sample_config, decode
+from .sampling import NoiseSource, check_sample_config, decode, seeded
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "fashion-mnist"
@@ -214,12 +214,13 @@ class Pipeline:
         return cfg
 
     @torch.inference_mode()
-    def decode_tokens(self, tokens: torch.Tensor, labels: torch.Tensor, cfg: SampleConfig, seed: int | None,
+    def decode_tokens(self, tokens: torch.Tensor, labels: torch.Tensor, cfg: SampleConfig,
+                      seed: int | list[int] | None,
                       generator: NoiseSource = None, callback=None,
                       text: TextCondition | None = None) -> torch.Tensor:
         """(B,N) partially masked -> (B,N) complete, through the one decode function."""
         if generator is None:
-            generator = torch.Generator().manual_seed(0 if seed is None else seed)
+            generator = seeded(seed, len(tokens))
         return decode(self.logits_fn(labels, text), tokens.to(self.device), cfg, self.mask_id, generator, callback)
 
     def to_images(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -229,14 +230,15 @@ class Pipeline:
         return self.tokenizer.encode(images.to(self.device)).cpu()
 
     # ------------------------------------------------------------ public API
-    def generate(self, labels=None, num: int | None = None, seed: int | None = 0, output: str = "pil",
+    def generate(self, labels=None, num: int | None = None, seed: int | list[int] | None = 0, output: str = "pil",
                  return_steps: bool = False, generator: NoiseSource = None,
                  prompts: list[str] | None = None, negative_prompts=None, **sample_kw):
         """Class-conditional (``labels``), text-conditional (``prompts``: one image each; ``negative_prompts``,
         one for all or one per prompt, replace the null text in CFG's unconditional branch) or unconditional
         (``num``) samples; ``sample_kw`` are SampleConfig fields (steps, schedule, temperature, top_k, top_p,
-        choice_temperature, cfg, cfg_schedule). ``generator`` (a torch.Generator, or ``sampling.RowGenerators``
-        for blocks of rows with their own seeds) replaces ``seed``."""
+        choice_temperature, cfg, cfg_schedule). ``seed``: one for the batch, or one per image (each image is then
+        the one its seed gives alone, up to float rounding). ``generator`` (a torch.Generator, or
+        ``sampling.RowGenerators`` for blocks of rows with their own seeds) replaces ``seed``."""
         text = None
         if prompts is not None:
             if labels is not None:

@@ -53,6 +53,16 @@ class RowGenerators:
 NoiseSource = torch.Generator | RowGenerators | None
 
 
+def seeded(seed: int | list[int] | None, rows: int) -> NoiseSource:
+    """The noise of a decode of ``rows`` rows: one seed for the batch (None = 0), or one seed per row, each row then
+    drawing exactly what it would draw decoded alone with its seed."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != rows or not all(isinstance(s, int) and not isinstance(s, bool) for s in seed):
+            raise MaskGITError(f"give one seed, or one integer seed per image ({rows}); got {list(seed)[:8]}")
+        return RowGenerators([(torch.Generator().manual_seed(s), 1) for s in seed])
+    return torch.Generator().manual_seed(0 if seed is None else seed)
+
+
 def _rand(shape, generator: NoiseSource, device) -> torch.Tensor:
     """Uniform noise drawn on the generator's device, then moved (same numbers on CPU and GPU)."""
     if isinstance(generator, RowGenerators):
