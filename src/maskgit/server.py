@@ -162,7 +162,8 @@ def schemas() -> SimpleNamespace:
         negative_prompt: str | None = Field(None, description="text models: what CFG steers away from")
         num: int | None = Field(None, ge=1, description="images (per label); default 1")
         return_steps: bool = Field(False, description="also return the partially decoded image after every step")
-        exact: bool = Field(False, description="decode alone, so the result equals the library call with this seed")
+        exact: bool = Field(False, description="decode alone: bit for bit the library call with this seed (a shared "
+                                     "batch matches it up to float rounding)")
 
 
     class EditRequest(SampleFields):
