@@ -1,6 +1,6 @@
 """How often a request decoded in a shared batch gets exactly the images it gets alone (the server's batching).
 
-Every request draws its noise from its own seed (``sampling.RowGenerators``), so batching changes only the float
+Every request draws its noise from its own seed (``sampling.RowGenerators``; here ``seed=[...]``, one per row), so batching changes only the float
 rounding of the transformer's and decoder's matmuls, whose kernels depend on the batch size. This counts, for
 --requests one-image requests (classes in turn, seeds 0..n-1), how many of their token grids and images are
 identical alone and inside batches of --batch, and the largest pixel difference of the others.
@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 import maskgit
-from maskgit.sampling import RowGenerators
 
 
 def main() -> None:
@@ -32,23 +31,22 @@ def main() -> None:
     pipe = maskgit.load(args.model) if args.model else maskgit.load()
     classes = max(len(pipe.class_names or []), 1)
     labels = [i % classes for i in range(args.requests)]
-    kw = dict(steps=args.steps, cfg=args.cfg)
+    kw = {"steps": args.steps, "cfg": args.cfg}
     grid = pipe.grid[0] * pipe.grid[1]
 
-    def tokens(labs, gen):
+    def tokens(labs, seed):  # seed: an int, or one per row (what the server's RowGenerators give each request)
         start = torch.full((len(labs), grid), pipe.mask_id, dtype=torch.long)
-        return pipe.decode_tokens(start, pipe.check_labels(labs), pipe.sample_config(**kw), None, gen)
+        return pipe.decode_tokens(start, pipe.check_labels(labs), pipe.sample_config(**kw), seed)
 
     alone_t, batched_t = [], []
     for i, lab in enumerate(labels):
-        alone_t.append(tokens([lab], torch.Generator().manual_seed(i)))
+        alone_t.append(tokens([lab], i))
     for a in range(0, len(labels), args.batch):
-        rows = range(a, min(a + args.batch, len(labels)))
-        gen = RowGenerators([(torch.Generator().manual_seed(i), 1) for i in rows])
-        batched_t.extend(tokens([labels[i] for i in rows], gen).split(1))
+        rows = list(range(a, min(a + args.batch, len(labels))))
+        batched_t.extend(tokens([labels[i] for i in rows], rows).split(1))
     alone_t, batched_t = torch.cat(alone_t), torch.cat(batched_t)
     same_tokens = (alone_t == batched_t).all(1)
-    u8 = lambda t: (pipe.to_images(t).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy().astype(int)  # noqa: E731
+    u8 = lambda t: (pipe.to_images(t).clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy().astype(int)
     img_alone = np.concatenate([u8(t[None]) for t in alone_t])
     img_batched = np.concatenate([u8(batched_t[a:a + args.batch]) for a in range(0, len(labels), args.batch)])
     diff = np.abs(img_alone - img_batched).reshape(len(labels), -1).max(1)
