@@ -100,9 +100,12 @@ def test_timed_compares_each_repeat_with_the_probes_taken_during_it(monkeypatch)
     assert t["fraction"] == pytest.approx(1e9 / t["sec"] / 1e9 / 250.0)
 
 
-def test_inplace_inference_decoder_equals_autograd_path():
-    """Without autograd the decoder reuses buffers in place (SiLU, residual adds); the values must not change."""
+def test_inplace_inference_decoder_equals_autograd_path(monkeypatch):
+    """Without autograd the decoder reuses buffers in place (SiLU, residual adds); the values must not change.
+    (The sub-pixel upsampling, which changes float rounding, is tested on its own.)"""
+    import maskgit.vqgan as V
     from maskgit.config import VQGANConfig
+    monkeypatch.setattr(V, "SUBPIXEL", False)
     from maskgit.vqgan import VQGAN
     for official in (True, False):
         vq = VQGAN(VQGANConfig(channels=3, filters=16, channel_mult=(1, 2), num_res_blocks=2, embedding_dim=8,
@@ -169,3 +172,76 @@ def test_bench_speed_command_writes_its_table(tmp_path):
                 "VQGAN decoder 256 px | 1", "AR, 16 steps, KV cache | 1"):
         assert row in text
     assert "peak GFLOP/s" in text and "maskgit bench speed --config tiny" in text
+    # the decoder's two FLOP counts, as measured: the sub-pixel form executes fewer than the official layout
+    import re
+    executed, official = map(float, re.search(r"([\d.]+) GFLOP per 256 px image executed.*?layout's ([\d.]+) GFLOP",
+                                              text).groups())
+    assert 150 < executed < official and abs(official - 186.5) < 0.5
+
+
+@pytest.mark.parametrize("bias,channels_last,shape", [(True, True, (2, 8, 5, 7)), (False, False, (1, 16, 4, 4)),
+                                                      (True, False, (3, 4, 1, 6))])
+def test_subpixel_upsample_conv_equals_upsample_then_conv(bias, channels_last, shape):
+    from maskgit.vqgan import upsample_conv
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(shape[1], 6, 3, padding=1, bias=bias)
+    x = torch.randn(*shape, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        conv.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        plain = upsample_conv(x, conv, subpixel=False)
+        fast = upsample_conv(x, conv, subpixel=True)
+    assert plain.shape == fast.shape == (shape[0], 6, 2 * shape[2], 2 * shape[3])
+    assert torch.allclose(fast, plain, atol=1e-5, rtol=1e-5)
+    # the phase interleave is what makes this hold: a wrong phase order would fail it
+    assert not torch.allclose(fast[:, :, 0::2], fast[:, :, 1::2], atol=1e-3)
+
+
+def test_subpixel_kernels_follow_weight_changes():
+    from maskgit.vqgan import upsample_conv
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 3, 3)
+    with torch.no_grad():
+        first = upsample_conv(x, conv)
+        conv.weight.mul_(-2.0)  # in place: same storage, new version
+        second = upsample_conv(x, conv)
+        assert torch.allclose(second, upsample_conv(x, conv, subpixel=False), atol=1e-5)
+        conv.load_state_dict({"weight": torch.randn(4, 4, 3, 3), "bias": torch.zeros(4)})
+        third = upsample_conv(x, conv)
+        assert torch.allclose(third, upsample_conv(x, conv, subpixel=False), atol=1e-5)
+    assert not torch.allclose(first, second)
+
+
+def test_training_graph_uses_the_plain_upsample(monkeypatch):
+    from maskgit.vqgan import upsample_conv
+    conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+    x = torch.randn(1, 2, 3, 3, requires_grad=True)
+    upsample_conv(x, conv).sum().backward()
+    assert x.grad is not None and not hasattr(conv, "_phase_cache")
+
+
+def test_decoder_subpixel_matches_official_layout(tiny_pipeline_dir, monkeypatch):
+    import maskgit.vqgan as V
+    tok = Pipeline.load(tiny_pipeline_dir).tokenizer
+    tokens = torch.randint(0, 32, (3, 8, 8), generator=torch.Generator().manual_seed(1))
+    fast = tok.decode(tokens, clip=False)
+    monkeypatch.setattr(V, "SUBPIXEL", False)
+    plain = tok.decode(tokens, clip=False)
+    assert torch.allclose(fast, plain, atol=1e-5)
+    assert fast.abs().max() > 0.05  # not trivially zero
+
+
+def test_tune_malloc_is_idempotent_and_can_be_turned_off(monkeypatch):
+    import platform
+
+    import maskgit.speed as S
+    monkeypatch.setattr(S, "_malloc_tuned", None)
+    monkeypatch.setenv("MASKGIT_TUNE_MALLOC", "0")
+    assert S.tune_malloc() is False
+    monkeypatch.setattr(S, "_malloc_tuned", None)
+    monkeypatch.delenv("MASKGIT_TUNE_MALLOC")
+    tuned = S.tune_malloc()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert tuned is True
+    assert S.tune_malloc() is tuned

@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .speed import tune_malloc
+    tune_malloc()  # faster CPU decoding, same results (see its docstring; MASKGIT_TUNE_MALLOC=0 turns it off)
     try:
         rc = args.func(args)
     except MaskGITError as e:

@@ -55,6 +55,9 @@ class Pipeline:
         self.ar = ar.to(device).eval() if ar is not None else None
         self.features = features.to(device).eval() if features is not None else None
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            from .speed import tune_malloc
+            tune_malloc()  # large decoder activations reused rather than re-faulted; results unchanged
         c = transformer.config
         if c.codebook_size != tokenizer.codebook_size:
             raise MaskGITError(f"transformer expects {c.codebook_size} codes, the tokenizer has "
