@@ -169,7 +169,8 @@ def test_bench_speed_command_writes_its_table(tmp_path):
                  "--int8", "--results", str(out), "--device", "cpu"]) == 0
     text = out.read_text()
     for row in ("MaskGIT transformer, 8 steps | 1", "MaskGIT transformer, 1 forward | 1", "MaskGIT transformer, 8 steps (int8) | 1",
-                "VQGAN decoder 256 px | 1", "AR, 16 steps, KV cache | 1"):
+                "VQGAN decoder 256 px | 1", "VQGAN decoder 256 px, at official-layout FLOPs | 1",
+                "AR, 16 steps, KV cache | 1"):
         assert row in text
     assert "peak GFLOP/s" in text and "maskgit bench speed --config tiny" in text
     # the decoder's two FLOP counts, as measured: the sub-pixel form executes fewer than the official layout

@@ -248,6 +248,16 @@ class VQGAN(nn.Module):
         B, D, h, w = z.shape
         return self.quantizer.distances(z.permute(0, 2, 3, 1).reshape(-1, D)).argmin(1).view(B, h, w)
 
+    def decode_chunk(self, shape: tuple[int, ...], device: torch.device | str = "cpu") -> int:
+        """Images per decoder call when ``decode`` gets token grids of ``shape`` (B,h,w): on CPU (inference), chunks
+        of about DECODE_CHUNK_BYTES of full-resolution activations (one image at 256 px). Batching shares little
+        work here (the weights are small) while a large batch of activations spills the caches; every image comes
+        out the same up to float rounding. Elsewhere the whole batch."""
+        if torch.device(device).type != "cpu" or self.training:
+            return max(shape[0], 1)
+        H, W = shape[1] * self.config.downsample, shape[2] * self.config.downsample
+        return max(1, DECODE_CHUNK_BYTES // (4 * self.config.filters * self.config.channel_mult[0] * H * W))
+
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, clip: bool = True) -> torch.Tensor:
         """token grid (B,h,w) -> images (B,C,H,W) in [0,1] (clipped unless ``clip=False``)."""
@@ -257,19 +267,13 @@ class VQGAN(nn.Module):
             raise MaskGITError(f"token ids must lie in [0, {self.codebook_size}); got "
                                f"[{int(tokens.min())}, {int(tokens.max())}]")
         z = self.quantizer.embed(tokens)
-        n = max(len(z), 1)  # images per decoder call
+        n = self.decode_chunk(tokens.shape, tokens.device)  # images per decoder call
         if z.device.type == "cpu" and not self.training:
             # channels_last convolutions are ~2.5x faster on CPU; same math, different memory layout
             if not getattr(self, "_channels_last", False):
                 self.decoder.to(memory_format=torch.channels_last)
                 self._channels_last = True
             z = z.contiguous(memory_format=torch.channels_last)
-            # in chunks of about DECODE_CHUNK_BYTES of full-resolution activations (one image at 256 px): batching
-            # shares little work here (the weights are small) while a large batch of activations spills the caches;
-            # every image comes out the same up to float rounding
-            H, W = tokens.shape[1] * self.config.downsample, tokens.shape[2] * self.config.downsample
-            per_image = 4 * self.config.filters * self.config.channel_mult[0] * H * W
-            n = max(1, DECODE_CHUNK_BYTES // per_image)
         x = torch.cat([self.decoder(z[i:i + n]).contiguous() for i in range(0, len(z), n)]) if len(z) > n \
             else self.decoder(z).contiguous()
         return x.clamp(0, 1) if clip else x
