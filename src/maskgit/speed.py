@@ -199,7 +199,7 @@ def run_speed(args, command: str) -> int:
     dec_flops = {}
     for b in batches:
         toks = torch.randint(0, 1024, (b, 16, 16), device=device)
-        # the rate counts the FLOPs the decoder executes; the official layout's count is kept for the notes
+        # two counts: the FLOPs the decoder executes (its rate) and the official layout's (the unit of work)
         fl = flops_of(lambda: vq.decode(toks))
         official = _official_flops(lambda: vq.decode(toks))
         dec_flops = {"executed": fl / b, "official": official / b}
