@@ -1,0 +1,67 @@
+"""A/B of the VQGAN decoder's two speed changes, interleaved in one process so that they share the machine's moments.
+
+Switches: the sub-pixel form of the upsampling convs (``maskgit.vqgan.SUBPIXEL``) and the raised malloc thresholds
+(``maskgit.speed.tune_malloc``; "off" sets glibc's mmap threshold to 32 MiB, the ceiling of its own dynamic one,
+so the decoder's 33.5 MiB activations are mmapped afresh as by default). Official imagenet-f16 layout, random weights,
+256 px, eager fp32. Prints seconds per image and % of the matmul peak (probed before and after each decode) counted
+at the official layout's FLOPs, median over rounds.
+
+    python benchmarks/decoder_ab.py [--batch 4] [--rounds 4]
+"""
+
+import argparse
+import ctypes
+import statistics
+import time
+
+import torch
+
+import maskgit.vqgan as V
+from maskgit.config import vqgan_preset
+from maskgit.speed import _official_flops, matmul_peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=4)
+    args = ap.parse_args()
+    libc = ctypes.CDLL("libc.so.6")
+
+    def setup(subpixel: bool, malloc: bool) -> None:
+        V.SUBPIXEL = subpixel
+        limit = (1 << 30) if malloc else (32 << 20)
+        libc.mallopt(-3, limit)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, limit if malloc else 64 << 20)  # M_TRIM_THRESHOLD
+
+    torch.manual_seed(0)
+    vq = V.VQGAN(vqgan_preset("imagenet-f16")).eval()
+    toks = torch.randint(0, 1024, (args.batch, 16, 16))
+    with torch.inference_mode():
+        flops = _official_flops(lambda: vq.decode(toks[:1]))
+    configs = [(s, m) for m in (False, True) for s in (False, True)]
+    res = {c: [] for c in configs}
+    with torch.inference_mode():
+        for c in configs:
+            setup(*c)
+            vq.decode(toks[:1])  # warm up (and build the cached phase kernels)
+        for _ in range(args.rounds):
+            for c in configs:
+                setup(*c)
+                p0 = matmul_peak(repeats=3, warmup=1)
+                t = time.perf_counter()
+                vq.decode(toks)
+                dt = (time.perf_counter() - t) / args.batch
+                p1 = matmul_peak(repeats=3, warmup=1)
+                res[c].append((dt, 100 * flops / dt / 1e9 / ((p0 + p1) / 2)))
+    print(f"official-layout FLOPs per image: {flops / 1e9:.1f} G; batch {args.batch}, {args.rounds} rounds")
+    print("| sub-pixel | malloc thresholds raised | s/image (median) | % of peak at official FLOPs (median) | per round |")
+    print("|---|---|---|---|---|")
+    for c in configs:
+        v = res[c]
+        print(f"| {'yes' if c[0] else 'no'} | {'yes' if c[1] else 'no'} | {statistics.median(x[0] for x in v):.3f} | "
+              f"{statistics.median(x[1] for x in v):.1f} | {', '.join(f'{x[1]:.0f}' for x in v)} |")
+
+
+if __name__ == "__main__":
+    main()
