@@ -10,7 +10,6 @@ at the official layout's FLOPs, median over rounds.
 """
 
 import argparse
-import ctypes
 import statistics
 import time
 
@@ -18,7 +17,7 @@ import torch
 
 import maskgit.vqgan as V
 from maskgit.config import vqgan_preset
-from maskgit.speed import _official_flops, matmul_peak
+from maskgit.speed import _official_flops, matmul_peak, set_malloc_thresholds
 
 
 def main() -> None:
@@ -26,13 +25,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
-    libc = ctypes.CDLL("libc.so.6")
 
     def setup(subpixel: bool, malloc: bool) -> None:
         V.SUBPIXEL = subpixel
-        limit = (1 << 30) if malloc else (32 << 20)
-        libc.mallopt(-3, limit)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, limit if malloc else 64 << 20)  # M_TRIM_THRESHOLD
+        set_malloc_thresholds(*((1 << 30, 1 << 30) if malloc else (32 << 20, 64 << 20)))
 
     torch.manual_seed(0)
     vq = V.VQGAN(vqgan_preset("imagenet-f16")).eval()

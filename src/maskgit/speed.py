@@ -29,8 +29,6 @@ def tune_malloc() -> bool:
     tenth of a decode's time. Raising the mmap and trim thresholds to ``MALLOC_THRESHOLD`` keeps those blocks in the
     heap. Results do not change; the process keeps up to that much freed memory for reuse. Called by the CLI and by
     CPU pipelines; ``MASKGIT_TUNE_MALLOC=0`` turns it off. Returns whether the thresholds are set (False off glibc)."""
-    import ctypes
-    import ctypes.util
     import os
     global _malloc_tuned
     if _malloc_tuned is not None:
@@ -38,15 +36,21 @@ def tune_malloc() -> bool:
     _malloc_tuned = False
     if os.environ.get("MASKGIT_TUNE_MALLOC", "1") == "0":
         return False
+    _malloc_tuned = set_malloc_thresholds(MALLOC_THRESHOLD, MALLOC_THRESHOLD)
+    return _malloc_tuned
+
+
+def set_malloc_thresholds(mmap: int, trim: int) -> bool:
+    """glibc's ``mallopt(M_MMAP_THRESHOLD, mmap)`` and ``mallopt(M_TRIM_THRESHOLD, trim)``; False where there is no
+    glibc (macOS, Windows, musl) or it refuses."""
+    import ctypes
+    import ctypes.util
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    _malloc_tuned = bool(mallopt(M_MMAP_THRESHOLD, MALLOC_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD,
-                                                                                      MALLOC_THRESHOLD))
-    return _malloc_tuned
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap)) and bool(mallopt(M_TRIM_THRESHOLD, trim))
 
 
 def compile_frozen(fn):
