@@ -151,6 +151,32 @@ def test_compiled_pipeline_matches_eager(tiny_pipeline_dir):
     assert compiled.generate([1], seed=0, steps=3, output="np").shape == (1, 16, 16, 1)
 
 
+@pytest.mark.parametrize("dynamic, symbolic", [(False, False), (None, True)])
+def test_compile_frozen_keeps_shapes_static_per_batch_size(dynamic, symbolic):
+    """A second batch size gets its own static graph (a symbolic batch dimension ran the ImageNet-size forward
+    markedly slower, benchmarks/compile_ab.py); torch's default would make the second graph symbolic."""
+    from maskgit.config import transformer_preset
+    from maskgit.speed import compile_frozen
+    from maskgit.transformer import MaskGITTransformer
+    torch._dynamo.reset()
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append([s for x in example_inputs for s in (x.shape if isinstance(x, torch.Tensor) else [x])])
+        return gm.forward
+
+    cfg = transformer_preset("tiny")
+    m = MaskGITTransformer(cfg).eval()
+    fn = compile_frozen(m, backend=record, dynamic=dynamic)
+    with torch.inference_mode():
+        for b in (1, 3):
+            tokens = torch.full((b, cfg.num_tokens), cfg.mask_id)
+            torch.testing.assert_close(fn(tokens, None), m(tokens, None))
+    torch._dynamo.reset()
+    assert len(graphs) >= 2
+    assert any(isinstance(s, torch.SymInt) for g in graphs for s in g) == symbolic
+
+
 def test_sample_command_takes_precision_and_compile_flags(tiny_pipeline_dir, tmp_path):
     from maskgit.cli import main
     rc = main(["sample", "--model", str(tiny_pipeline_dir), "--labels", "0,1", "--steps", "2", "--precision", "int8",

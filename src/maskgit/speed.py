@@ -53,15 +53,19 @@ def set_malloc_thresholds(mmap: int, trim: int) -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, mmap)) and bool(mallopt(M_TRIM_THRESHOLD, trim))
 
 
-def compile_frozen(fn):
+def compile_frozen(fn, backend="inductor", dynamic: bool | None = False):
     """``torch.compile(fn)`` with inductor's weight freezing: parameters become constants, so the linear layers run
     on pre-packed MKL weights and the pointwise ops around them fuse (see `maskgit bench speed --compile`). Inference
     only: the compiled code ignores later changes to the weights. (Freezing is read when a call compiles, and
-    ``torch.compile(options={"freezing": True})`` does not reach it, hence the config patch around every call.)"""
+    ``torch.compile(options={"freezing": True})`` does not reach it, hence the config patch around every call.)
+
+    Shapes are static (``dynamic=False``): each new batch size compiles its own graph. With torch's default
+    (``dynamic=None``) a second shape recompiles the graph with a symbolic batch dimension, and that graph ran the ImageNet-size batch-8 forward
+    about 10 points of the matmul peak slower than a static one (``benchmarks/compile_ab.py``)."""
     import functools
 
     import torch._inductor.config as inductor_config
-    compiled = torch.compile(fn)
+    compiled = torch.compile(fn, dynamic=dynamic, backend=backend)
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
