@@ -141,9 +141,10 @@ def test_compiled_pipeline_matches_eager(tiny_pipeline_dir):
         pytest.skip("torch.compile on CPU needs a C++ compiler")
     eager = Pipeline.load(tiny_pipeline_dir)
     compiled = Pipeline.load(tiny_pipeline_dir).compile()
-    tokens = torch.full((2, 64), eager.mask_id)
+    tokens = torch.full((3, 64), eager.mask_id)  # 3 rows: chunks of 2 and 1
     tokens[:, ::3] = 7
-    labels = torch.tensor([0, 3])
+    tokens[1, ::5] = 9
+    labels = torch.tensor([0, 3, 1])
     with torch.inference_mode():
         a = eager.transformer(tokens, labels)
         b = compiled.transformer(tokens, labels)
@@ -175,6 +176,24 @@ def test_compile_frozen_keeps_shapes_static_per_batch_size(dynamic, symbolic):
     torch._dynamo.reset()
     assert len(graphs) >= 2
     assert any(isinstance(s, torch.SymInt) for g in graphs for s in g) == symbolic
+
+
+@pytest.mark.parametrize("B, sizes", [(8, [8]), (13, [8, 4, 1]), (128, [64, 64]), (150, [64, 64, 16, 4, 2])])
+def test_pow2_chunks_split_the_batch_and_slice_every_batch_argument(B, sizes):
+    from maskgit.speed import pow2_chunks
+    seen = []
+
+    def fn(x, labels=None, other=None, text=None):
+        seen.append(len(x))
+        assert labels is None or len(labels) == len(x)
+        assert other.shape == (3,)  # not batch-first: passed whole
+        return x * 2 + (0 if labels is None else labels[:, None])
+
+    x = torch.arange(B * 2.0).view(B, 2)
+    labels = torch.arange(B)
+    out = pow2_chunks(fn)(x, labels, other=torch.ones(3), text=None)
+    assert seen == sizes
+    assert torch.equal(out, x * 2 + labels[:, None])
 
 
 def test_sample_command_takes_precision_and_compile_flags(tiny_pipeline_dir, tmp_path):

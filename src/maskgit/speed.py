@@ -74,6 +74,35 @@ def compile_frozen(fn, backend="inductor", dynamic: bool | None = False):
     return run
 
 
+MAX_CHUNK = 64  # rows per call of a batch-chunked function (chunk sizes: powers of two up to this)
+
+
+def pow2_chunks(fn, max_chunk: int = MAX_CHUNK):
+    """``fn`` over its batch in power-of-two chunks, largest first (13 rows -> 8 + 4 + 1; 150 -> 64 + 64 + 16 +
+    4 + 2), concatenated along the batch. Every tensor argument whose first dimension is the batch (that of the
+    first argument) is sliced alike; ``fn`` must treat rows independently. A static-shape compiled ``fn`` then
+    meets at most log2(max_chunk) + 1 batch sizes, whatever batches a server forms, so it compiles a few graphs
+    once and stays under dynamo's recompile limit (8) instead of falling back to eager."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        B = args[0].shape[0]
+        if B <= max_chunk and B & (B - 1) == 0:
+            return fn(*args, **kwargs)
+
+        def part(x, sl):
+            return x[sl] if isinstance(x, torch.Tensor) and x.ndim and x.shape[0] == B else x
+        outs, i = [], 0
+        while i < B:
+            n = min(max_chunk, 1 << ((B - i).bit_length() - 1))
+            sl = slice(i, i + n)
+            outs.append(fn(*(part(a, sl) for a in args), **{k: part(v, sl) for k, v in kwargs.items()}))
+            i += n
+        return torch.cat(outs)
+    return run
+
+
 def int8_dynamic(module: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``module`` with every nn.Linear dynamically quantised to int8 (CPU; VNNI makes it fast)."""
     import warnings
