@@ -194,6 +194,10 @@ def test_pow2_chunks_split_the_batch_and_slice_every_batch_argument(B, sizes):
     out = pow2_chunks(fn)(x, labels, other=torch.ones(3), text=None)
     assert seen == sizes
     assert torch.equal(out, x * 2 + labels[:, None])
+    seen.clear()  # all by keyword, as a caller may pass them
+    out = pow2_chunks(fn)(x=x, labels=labels, other=torch.ones(3))
+    assert seen == sizes
+    assert torch.equal(out, x * 2 + labels[:, None])
 
 
 def test_sample_command_takes_precision_and_compile_flags(tiny_pipeline_dir, tmp_path):
