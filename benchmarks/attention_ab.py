@@ -1,0 +1,71 @@
+"""Self-attention alone at the ImageNet-256 transformer's shapes: the fused SDPA kernel the model uses against the
+alternatives a CPU user could reach for, interleaved in one process so they share the machine's moments.
+
+Shapes: batch B, the config's heads, 257 tokens (1 condition + 16x16), head width = width / heads; fp32, no mask.
+Each variant's output is checked against the fused kernel's. FLOPs: 4 B H L^2 d (QK^T and AV). Prints ms per call
+and % of the matmul peak probed before and after each timing (5 calls), median over rounds.
+
+    python benchmarks/attention_ab.py [--batch 8] [--rounds 5]
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from maskgit.config import transformer_preset
+from maskgit.speed import matmul_peak, tune_malloc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--config", default="maskgit-imagenet256")
+    args = ap.parse_args()
+    tune_malloc()
+    cfg = transformer_preset(args.config)
+    B, H, L = args.batch, cfg.heads, cfg.num_tokens + 1
+    d = cfg.width // H
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(B, H, L, d) for _ in range(3))
+    flops = 4 * B * H * L * L * d
+
+    def fused():
+        return F.scaled_dot_product_attention(q, k, v)
+
+    def math():
+        return torch.softmax((q * d ** -0.5) @ k.transpose(-1, -2), -1) @ v
+
+    from torch.nn.attention.flex_attention import flex_attention
+    math_compiled = torch.compile(math)
+    flex = torch.compile(flex_attention)
+    variants = {"fused SDPA (the model's)": fused, "math: matmul + softmax + matmul": math,
+                "math, torch.compile": math_compiled, "flex_attention, torch.compile": lambda: flex(q, k, v)}
+    res = {n: [] for n in variants}
+    with torch.inference_mode():
+        ref = fused()
+        for n, f in variants.items():
+            torch.testing.assert_close(f(), ref, rtol=1e-4, atol=1e-5)
+        for _ in range(args.rounds):
+            for n, f in variants.items():
+                p0 = matmul_peak(repeats=3, warmup=1)
+                t = time.perf_counter()
+                for _ in range(5):
+                    f()
+                dt = (time.perf_counter() - t) / 5
+                p1 = matmul_peak(repeats=3, warmup=1)
+                res[n].append((dt, 100 * flops / dt / 1e9 / ((p0 + p1) / 2)))
+    print(f"{args.config}: batch {B}, {H} heads x {d}, {L} tokens ({flops / 1e9:.2f} GFLOP per call), "
+          f"{args.rounds} rounds")
+    print("| attention | ms per call (median) | % of peak (median) | per round |")
+    print("|---|---|---|---|")
+    for n, v in res.items():
+        print(f"| {n} | {1e3 * statistics.median(x[0] for x in v):.2f} | {statistics.median(x[1] for x in v):.1f} | "
+              f"{', '.join(f'{x[1]:.0f}' for x in v)} |")
+
+
+if __name__ == "__main__":
+    main()
