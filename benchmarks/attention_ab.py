@@ -10,13 +10,12 @@ and % of the matmul peak probed before and after each timing (5 calls), median o
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from maskgit.config import transformer_preset
-from maskgit.speed import matmul_peak, tune_malloc
+from maskgit.speed import between_probes, tune_malloc
 
 
 def main() -> None:
@@ -51,13 +50,7 @@ def main() -> None:
             torch.testing.assert_close(f(), ref, rtol=1e-4, atol=1e-5)
         for _ in range(args.rounds):
             for n, f in variants.items():
-                p0 = matmul_peak(repeats=3, warmup=1)
-                t = time.perf_counter()
-                for _ in range(5):
-                    f()
-                dt = (time.perf_counter() - t) / 5
-                p1 = matmul_peak(repeats=3, warmup=1)
-                res[n].append((dt, 100 * flops / dt / 1e9 / ((p0 + p1) / 2)))
+                res[n].append(between_probes(f, flops, calls=5))
     print(f"{args.config}: batch {B}, {H} heads x {d}, {L} tokens ({flops / 1e9:.2f} GFLOP per call), "
           f"{args.rounds} rounds")
     print("| attention | ms per call (median) | % of peak (median) | per round |")

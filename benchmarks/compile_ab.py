@@ -14,7 +14,6 @@ each forward, in the worker), median over rounds.
 import argparse
 import multiprocessing as mp
 import statistics
-import time
 
 VARIANTS = {"static (dynamic=False)": False, "torch default (dynamic=None)": None}
 
@@ -23,7 +22,7 @@ def worker(conn, config: str, batch: int, dynamic) -> None:
     import torch
 
     from maskgit.config import transformer_preset
-    from maskgit.speed import compile_frozen, flops_of, matmul_peak, tune_malloc
+    from maskgit.speed import between_probes, compile_frozen, flops_of, tune_malloc
     from maskgit.transformer import MaskGITTransformer
     tune_malloc()
     torch.manual_seed(0)
@@ -41,12 +40,7 @@ def worker(conn, config: str, batch: int, dynamic) -> None:
         fn(*big)  # the second shape: static -> its own graph; dynamic=None -> a symbolic batch dimension
         conn.send(flops)
         while conn.recv():
-            p0 = matmul_peak(repeats=3, warmup=1)
-            t = time.perf_counter()
-            fn(*big)
-            dt = time.perf_counter() - t
-            p1 = matmul_peak(repeats=3, warmup=1)
-            conn.send((dt, 100 * flops / dt / 1e9 / ((p0 + p1) / 2)))
+            conn.send(between_probes(lambda: fn(*big), flops))
 
 
 def main() -> None:

@@ -11,13 +11,12 @@ at the official layout's FLOPs, median over rounds.
 
 import argparse
 import statistics
-import time
 
 import torch
 
 import maskgit.vqgan as V
 from maskgit.config import vqgan_preset
-from maskgit.speed import _official_flops, matmul_peak, set_malloc_thresholds
+from maskgit.speed import _official_flops, between_probes, set_malloc_thresholds
 
 
 def main() -> None:
@@ -44,12 +43,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for c in configs:
                 setup(*c)
-                p0 = matmul_peak(repeats=3, warmup=1)
-                t = time.perf_counter()
-                vq.decode(toks)
-                dt = (time.perf_counter() - t) / args.batch
-                p1 = matmul_peak(repeats=3, warmup=1)
-                res[c].append((dt, 100 * flops / dt / 1e9 / ((p0 + p1) / 2)))
+                sec, pct = between_probes(lambda: vq.decode(toks), flops * args.batch)
+                res[c].append((sec / args.batch, pct))
     print(f"official-layout FLOPs per image: {flops / 1e9:.1f} G; batch {args.batch}, {args.rounds} rounds")
     print("| sub-pixel | malloc thresholds raised | s/image (median) | % of peak at official FLOPs (median) | per round |")
     print("|---|---|---|---|---|")

@@ -1,5 +1,7 @@
 """Speed options: the exact ones leave results unchanged; the opt-in ones are opt-in."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -98,6 +100,16 @@ def test_timed_compares_each_repeat_with_the_probes_taken_during_it(monkeypatch)
     assert t["probes"] == 4 and t["peak"] == 250.0  # before, two between, after
     assert 0.02 <= t["sec"] < 0.05  # the 0.2 s of probing is taken out
     assert t["fraction"] == pytest.approx(1e9 / t["sec"] / 1e9 / 250.0)
+
+
+def test_between_probes_times_each_call_against_the_probes_around_it(monkeypatch):
+    from maskgit import speed
+    peaks = iter([100.0, 300.0])
+    monkeypatch.setattr(speed, "matmul_peak", lambda **kw: next(peaks))
+    calls = []
+    sec, pct = speed.between_probes(lambda: (calls.append(1), time.sleep(0.01)), flops=2e9, calls=3)
+    assert len(calls) == 3 and 0.01 <= sec < 0.5
+    assert pct == pytest.approx(100 * 2e9 / sec / 1e9 / 200.0)
 
 
 def test_inplace_inference_decoder_equals_autograd_path(monkeypatch):

@@ -149,6 +149,19 @@ def _official_flops(fn) -> int:
         vqgan.SUBPIXEL = saved
 
 
+def between_probes(fn, flops: float, calls: int = 1) -> tuple[float, float]:
+    """One reading of an interleaved A/B (benchmarks/*_ab.py) on the CPU: seconds per call of ``fn()`` over
+    ``calls`` calls, and its % of the fp32 matmul peak probed just before and just after them (their mean), for
+    ``flops`` per call."""
+    p0 = matmul_peak(repeats=3, warmup=1)
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    dt = (time.perf_counter() - t) / calls
+    p1 = matmul_peak(repeats=3, warmup=1)
+    return dt, 100 * flops / dt / 1e9 / ((p0 + p1) / 2)
+
+
 class PeakProbe:
     """Matmul-peak readings taken in the pauses of a timed workload; the time they take is not counted.
 
