@@ -9,13 +9,12 @@ and % of the matmul peak probed before and after each timing (5 calls), median o
 """
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
 
 from maskgit.config import transformer_preset
-from maskgit.speed import between_probes, tune_malloc
+from maskgit.speed import ab_table, between_probes, tune_malloc
 
 
 def main() -> None:
@@ -53,11 +52,8 @@ def main() -> None:
                 res[n].append(between_probes(f, flops, calls=5))
     print(f"{args.config}: batch {B}, {H} heads x {d}, {L} tokens ({flops / 1e9:.2f} GFLOP per call), "
           f"{args.rounds} rounds")
-    print("| attention | ms per call (median) | % of peak (median) | per round |")
-    print("|---|---|---|---|")
-    for n, v in res.items():
-        print(f"| {n} | {1e3 * statistics.median(x[0] for x in v):.2f} | {statistics.median(x[1] for x in v):.1f} | "
-              f"{', '.join(f'{x[1]:.0f}' for x in v)} |")
+    print(ab_table(["attention", "ms per call (median)", "% of peak (median)", "per round"], res,
+                   time_scale=1e3, time_digits=2))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ each forward, in the worker), median over rounds.
 
 import argparse
 import multiprocessing as mp
-import statistics
 
 VARIANTS = {"static (dynamic=False)": False, "torch default (dynamic=None)": None}
 
@@ -68,11 +67,8 @@ def main() -> None:
     for p in procs:
         p.join()
     print(f"{args.config}, batch {args.batch} after batch 1, one forward ({flops / 1e9:.1f} GFLOP), {args.rounds} rounds")
-    print("| compiled shapes | s per forward (median) | % of peak (median) | per round |")
-    print("|---|---|---|---|")
-    for k, v in res.items():
-        print(f"| {k} | {statistics.median(x[0] for x in v):.3f} | {statistics.median(x[1] for x in v):.1f} | "
-              f"{', '.join(f'{x[1]:.0f}' for x in v)} |")
+    from maskgit.speed import ab_table
+    print(ab_table(["compiled shapes", "s per forward (median)", "% of peak (median)", "per round"], res))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ at the official layout's FLOPs, median over rounds.
 """
 
 import argparse
-import statistics
 
 import torch
 
 import maskgit.vqgan as V
 from maskgit.config import vqgan_preset
-from maskgit.speed import _official_flops, between_probes, set_malloc_thresholds
+from maskgit.speed import _official_flops, ab_table, between_probes, set_malloc_thresholds
 
 
 def main() -> None:
@@ -46,12 +45,10 @@ def main() -> None:
                 sec, pct = between_probes(lambda: vq.decode(toks), flops * args.batch)
                 res[c].append((sec / args.batch, pct))
     print(f"official-layout FLOPs per image: {flops / 1e9:.1f} G; batch {args.batch}, {args.rounds} rounds")
-    print("| sub-pixel | malloc thresholds raised | s/image (median) | % of peak at official FLOPs (median) | per round |")
-    print("|---|---|---|---|---|")
-    for c in configs:
-        v = res[c]
-        print(f"| {'yes' if c[0] else 'no'} | {'yes' if c[1] else 'no'} | {statistics.median(x[0] for x in v):.3f} | "
-              f"{statistics.median(x[1] for x in v):.1f} | {', '.join(f'{x[1]:.0f}' for x in v)} |")
+    yes = {True: "yes", False: "no"}
+    print(ab_table(["sub-pixel", "malloc thresholds raised", "s/image (median)",
+                    "% of peak at official FLOPs (median)", "per round"],
+                   {(yes[s], yes[m]): v for (s, m), v in res.items()}))
 
 
 if __name__ == "__main__":

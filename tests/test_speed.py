@@ -112,6 +112,14 @@ def test_between_probes_times_each_call_against_the_probes_around_it(monkeypatch
     assert pct == pytest.approx(100 * 2e9 / sec / 1e9 / 200.0)
 
 
+def test_ab_table_gives_medians_and_every_round():
+    from maskgit.speed import ab_table
+    readings = {("yes", "no"): [(0.5, 80.0), (0.7, 90.4), (0.6, 70.0)], ("no", "no"): [(0.01, 50.0)]}
+    assert ab_table(["a", "b", "s", "%", "rounds"], readings, time_scale=1e3, time_digits=1).split("\n") == [
+        "| a | b | s | % | rounds |", "|---|---|---|---|---|",
+        "| yes | no | 600.0 | 80.0 | 80, 90, 70 |", "| no | no | 10.0 | 50.0 | 50 |"]
+
+
 def test_inplace_inference_decoder_equals_autograd_path(monkeypatch):
     """Without autograd the decoder reuses buffers in place (SiLU, residual adds); the values must not change.
     (The sub-pixel upsampling, which changes float rounding, is tested on its own.)"""

@@ -162,6 +162,19 @@ def between_probes(fn, flops: float, calls: int = 1) -> tuple[float, float]:
     return dt, 100 * flops / dt / 1e9 / ((p0 + p1) / 2)
 
 
+def ab_table(columns: list[str], readings: dict, time_scale: float = 1.0, time_digits: int = 3) -> str:
+    """Markdown table of an A/B's ``between_probes`` readings: per variant (its key: a cell or a tuple of cells for
+    the leading ``columns``), the median time (times ``time_scale``), the median % of peak and every round's %.
+    ``columns`` names all columns, the last three being those."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for key, v in readings.items():
+        cells = list(key) if isinstance(key, tuple) else [key]
+        cells += [f"{time_scale * statistics.median(x[0] for x in v):.{time_digits}f}",
+                  f"{statistics.median(x[1] for x in v):.1f}", ", ".join(f"{x[1]:.0f}" for x in v)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 class PeakProbe:
     """Matmul-peak readings taken in the pauses of a timed workload; the time they take is not counted.
 
