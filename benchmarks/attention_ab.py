@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from maskgit.config import transformer_preset
-from maskgit.speed import ab_table, between_probes, tune_malloc
+from maskgit.evaluation.speed import ab_table, between_probes, tune_malloc
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ def worker(conn, config: str, batch: int, dynamic) -> None:
     import torch
 
     from maskgit.config import transformer_preset
-    from maskgit.speed import between_probes, compile_frozen, flops_of, tune_malloc
-    from maskgit.transformer import MaskGITTransformer
+    from maskgit.evaluation.speed import between_probes, compile_frozen, flops_of, tune_malloc
+    from maskgit.models.transformer import MaskGITTransformer
     tune_malloc()
     torch.manual_seed(0)
     cfg = transformer_preset(config)
@@ -67,7 +67,7 @@ def main() -> None:
     for p in procs:
         p.join()
     print(f"{args.config}, batch {args.batch} after batch 1, one forward ({flops / 1e9:.1f} GFLOP), {args.rounds} rounds")
-    from maskgit.speed import ab_table
+    from maskgit.evaluation.speed import ab_table
     print(ab_table(["compiled shapes", "s per forward (median)", "% of peak (median)", "per round"], res))
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from maskgit.checkpoint import load_model, read_config, save_model
+from maskgit.storage.checkpoint import load_model, read_config, save_model
 
 run, dest = Path(sys.argv[1]), Path(sys.argv[2])
 for name, src in (("features", run / "features"), ("tokenizer", run / "tokenizer" / "final"),

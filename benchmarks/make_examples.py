@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 import maskgit
-from maskgit.data import load_dataset
-from maskgit.imageio import make_grid, save_png
+from maskgit.data.datasets import load_dataset
+from maskgit.storage.images import make_grid, save_png
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs")
 pipe = maskgit.load("fashion-mnist")

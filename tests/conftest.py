@@ -3,10 +3,10 @@ import dataclasses
 import pytest
 import torch
 
-from maskgit.checkpoint import save_model
+from maskgit.storage.checkpoint import save_model
 from maskgit.config import transformer_preset, vqgan_preset
-from maskgit.transformer import MaskGITTransformer
-from maskgit.vqgan import VQGAN
+from maskgit.models.transformer import MaskGITTransformer
+from maskgit.models.vqgan import VQGAN
 
 torch.set_num_threads(2)
 

@@ -9,11 +9,11 @@ import torch
 
 from maskgit.config import TransformerConfig, VQGANConfig, transformer_preset, vqgan_preset
 from maskgit.errors import MaskGITError
-from maskgit.transformer import MaskGITTransformer
-from maskgit.vqgan import VQGAN
+from maskgit.models.transformer import MaskGITTransformer
+from maskgit.models.vqgan import VQGAN
 
 msgpack = pytest.importorskip("msgpack")
-from maskgit import convert
+from maskgit.storage import official as convert
 
 # a tiny tokenizer of the official layout: 3 levels (two of equal width: upsampling convs of equal shapes),
 # 2 ResBlocks per level + 2 in the middle; 16 px -> 4x4 tokens

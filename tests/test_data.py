@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from maskgit import data, imagefiles
+from maskgit.data import datasets as data, imagefiles
 from maskgit.cli import main
-from maskgit.data import (
+from maskgit.data.datasets import (
     FASHION_MNIST_CLASSES,
     ArrayDataset,
     CocoCaptionsDataset,
@@ -26,7 +26,7 @@ from maskgit.data import (
     load_dataset,
 )
 from maskgit.errors import MaskGITError
-from maskgit.imageio import hstrip, load_image, make_grid, save_png, to_rgb, to_uint8
+from maskgit.storage.images import hstrip, load_image, make_grid, save_png, to_rgb, to_uint8
 
 
 @pytest.fixture(autouse=True)
@@ -442,7 +442,7 @@ def test_cli_show_emoji_and_imagefolder(tmp_path, emoji_cache, folder, monkeypat
     assert Image.open(out).size == _expected_size(3, 2, 48, 2, 1)
 
 
-# ---------------------------------------------------------------- image helpers (maskgit.imageio)
+# ---------------------------------------------------------------- image helpers (maskgit.storage.images)
 
 def test_imageio_helpers(tmp_path):
     x = torch.rand(2, 3, 5, 7)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskgit import editing
+from maskgit.sampling import editing
 from maskgit.errors import MaskGITError
 from maskgit.pipeline import Pipeline
 
@@ -124,7 +124,7 @@ class TrivialTokenizer(torch.nn.Module):
 
 
 def test_another_tokenizer_can_be_swapped_in(tiny_pipeline_dir):
-    from maskgit.checkpoint import load_model
+    from maskgit.storage.checkpoint import load_model
     p = Pipeline(TrivialTokenizer(), load_model(tiny_pipeline_dir / "maskgit"))
     imgs = p.generate([0, 3], steps=2, output="np")
     assert imgs.shape == (2, 16, 16, 1)

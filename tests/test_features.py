@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from maskgit.checkpoint import load_model, save_model
+from maskgit.storage.checkpoint import load_model, save_model
 from maskgit.errors import MaskGITError
-from maskgit.features import FeatureNet, FeatureNetConfig, perceptual_loss, shift_augment, train_features
+from maskgit.models.features import FeatureNet, FeatureNetConfig, perceptual_loss, shift_augment, train_features
 
 SMALL = FeatureNetConfig(width=8, feature_dim=16)
 

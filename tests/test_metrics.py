@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from maskgit.errors import MaskGITError
-from maskgit.features import FeatureNet, FeatureNetConfig
-from maskgit.metrics import (
+from maskgit.models.features import FeatureNet, FeatureNetConfig
+from maskgit.evaluation.metrics import (
     InceptionFeatures,
     ProjectFeatures,
     as_nchw,

@@ -20,7 +20,7 @@ from PIL import Image
 
 import maskgit
 from maskgit.errors import MaskGITError
-from maskgit.server import Batcher, Job, ServerConfig, create_app, require_server
+from maskgit.serving.app import Batcher, Job, ServerConfig, create_app, require_server
 
 SIZE = 16  # the tiny pipeline: 16x16 grey images, 8x8 tokens, classes 0..3 and a null class
 
@@ -183,7 +183,7 @@ def conditioned_pipeline(**changes):
     from conftest import tiny_models
 
     from maskgit.pipeline import Pipeline
-    from maskgit.transformer import MaskGITTransformer
+    from maskgit.models.transformer import MaskGITTransformer
     tok, tr = tiny_models()
     return Pipeline(tok, MaskGITTransformer(dataclasses.replace(tr.config, **changes)).eval())
 
@@ -254,7 +254,7 @@ def test_text_requests_with_different_prompts_share_a_batch(text_pipe):
     # the shared decode equals the library call with the same rows, each row drawing from its request's seed
     import torch
 
-    from maskgit.sampling import RowGenerators
+    from maskgit.sampling.decoding import RowGenerators
     expect = text_pipe.generate(prompts=["a", "b b", "", "c"], negative_prompts=["", "d", "", ""], seed=None,
                                 generator=RowGenerators([(torch.Generator().manual_seed(i), 1) for i in range(4)]),
                                 steps=2, output="np")

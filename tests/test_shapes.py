@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from maskgit import shapes as S
-from maskgit.data import load_dataset
+from maskgit.data import shapes as S
+from maskgit.data.datasets import load_dataset
 from maskgit.errors import MaskGITError
 
 

@@ -5,7 +5,7 @@ import torch
 
 import maskgit
 from maskgit.config import SampleConfig
-from maskgit.data import load_dataset
+from maskgit.data.datasets import load_dataset
 from maskgit.pipeline import WEIGHTS_DIR
 
 

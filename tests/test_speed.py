@@ -8,9 +8,9 @@ import torch
 
 from maskgit.config import SampleConfig
 from maskgit.pipeline import Pipeline
-from maskgit.sampling import decode
-from maskgit.speed import flops_of, matmul_peak
-from maskgit.transformer import count_flops
+from maskgit.sampling.decoding import decode
+from maskgit.evaluation.speed import flops_of, matmul_peak
+from maskgit.models.transformer import count_flops
 
 
 def test_batched_cfg_equals_separate_passes(tiny_pipeline_dir):
@@ -57,7 +57,7 @@ def test_int8_is_opt_in_and_runs(tiny_pipeline_dir):
 
 def test_flop_counting_and_peak():
     from maskgit.config import transformer_preset
-    from maskgit.transformer import MaskGITTransformer
+    from maskgit.models.transformer import MaskGITTransformer
     cfg = transformer_preset("tiny")
     m = MaskGITTransformer(cfg).eval()
     with torch.inference_mode():
@@ -72,7 +72,7 @@ def test_compiled_gelu_is_the_same_tanh_gelu():
     is ATen's tanh GELU itself."""
     import torch.nn.functional as F
 
-    from maskgit.transformer import gelu_tanh
+    from maskgit.models.transformer import gelu_tanh
     x = torch.linspace(-10, 10, 20001)
     exact = F.gelu(x, approximate="tanh")
     assert torch.equal(gelu_tanh(x), exact)
@@ -83,7 +83,7 @@ def test_timed_compares_each_repeat_with_the_probes_taken_during_it(monkeypatch)
     """Probe time is not counted, and each repeat's peak is the mean of the probes before, during and after it."""
     import time
 
-    import maskgit.speed as speed
+    import maskgit.evaluation.speed as speed
     readings = iter([100.0, 300.0, 200.0, 400.0] + [1000.0] * 8)
 
     def fake_peak(*args, **kwargs):
@@ -103,7 +103,7 @@ def test_timed_compares_each_repeat_with_the_probes_taken_during_it(monkeypatch)
 
 
 def test_between_probes_times_each_call_against_the_probes_around_it(monkeypatch):
-    from maskgit import speed
+    from maskgit.evaluation import speed
     peaks = iter([100.0, 300.0])
     monkeypatch.setattr(speed, "matmul_peak", lambda **kw: next(peaks))
     calls = []
@@ -113,7 +113,7 @@ def test_between_probes_times_each_call_against_the_probes_around_it(monkeypatch
 
 
 def test_ab_table_gives_medians_and_every_round():
-    from maskgit.speed import ab_table
+    from maskgit.evaluation.speed import ab_table
     readings = {("yes", "no"): [(0.5, 80.0), (0.7, 90.4), (0.6, 70.0)], ("no", "no"): [(0.01, 50.0)]}
     assert ab_table(["a", "b", "s", "%", "rounds"], readings, time_scale=1e3, time_digits=1).split("\n") == [
         "| a | b | s | % | rounds |", "|---|---|---|---|---|",
@@ -123,10 +123,10 @@ def test_ab_table_gives_medians_and_every_round():
 def test_inplace_inference_decoder_equals_autograd_path(monkeypatch):
     """Without autograd the decoder reuses buffers in place (SiLU, residual adds); the values must not change.
     (The sub-pixel upsampling, which changes float rounding, is tested on its own.)"""
-    import maskgit.vqgan as V
+    import maskgit.models.vqgan as V
     from maskgit.config import VQGANConfig
     monkeypatch.setattr(V, "SUBPIXEL", False)
-    from maskgit.vqgan import VQGAN
+    from maskgit.models.vqgan import VQGAN
     for official in (True, False):
         vq = VQGAN(VQGANConfig(channels=3, filters=16, channel_mult=(1, 2), num_res_blocks=2, embedding_dim=8,
                                codebook_size=32, num_groups=4, image_size=16, official_shortcut=official)).eval()
@@ -140,7 +140,7 @@ def test_inplace_inference_decoder_equals_autograd_path(monkeypatch):
 def test_decoder_chunks_give_the_same_images(tiny_pipeline_dir, monkeypatch):
     """The CPU decoder runs large batches in cache-sized chunks; an image's pixels do not depend on it beyond float
     rounding (oneDNN blocks a convolution differently for every batch size anyway), and tokens not at all."""
-    import maskgit.vqgan as vqgan
+    import maskgit.models.vqgan as vqgan
     tok = Pipeline.load(tiny_pipeline_dir).tokenizer
     tokens = torch.randint(0, 32, (5, 8, 8), generator=torch.Generator().manual_seed(1))
     whole = tok.decode(tokens)
@@ -177,8 +177,8 @@ def test_compile_frozen_keeps_shapes_static_per_batch_size(dynamic, symbolic):
     """A second batch size gets its own static graph (a symbolic batch dimension ran the ImageNet-size forward
     markedly slower, benchmarks/compile_ab.py); torch's default would make the second graph symbolic."""
     from maskgit.config import transformer_preset
-    from maskgit.speed import compile_frozen
-    from maskgit.transformer import MaskGITTransformer
+    from maskgit.evaluation.speed import compile_frozen
+    from maskgit.models.transformer import MaskGITTransformer
     torch._dynamo.reset()
     graphs = []
 
@@ -200,7 +200,7 @@ def test_compile_frozen_keeps_shapes_static_per_batch_size(dynamic, symbolic):
 
 @pytest.mark.parametrize("B, sizes", [(8, [8]), (13, [8, 4, 1]), (128, [64, 64]), (150, [64, 64, 16, 4, 2])])
 def test_pow2_chunks_split_the_batch_and_slice_every_batch_argument(B, sizes):
-    from maskgit.speed import pow2_chunks
+    from maskgit.evaluation.speed import pow2_chunks
     seen = []
 
     def fn(x, labels=None, other=None, text=None):
@@ -252,7 +252,7 @@ def test_bench_speed_command_writes_its_table(tmp_path):
 @pytest.mark.parametrize("bias,channels_last,shape", [(True, True, (2, 8, 5, 7)), (False, False, (1, 16, 4, 4)),
                                                       (True, False, (3, 4, 1, 6))])
 def test_subpixel_upsample_conv_equals_upsample_then_conv(bias, channels_last, shape):
-    from maskgit.vqgan import upsample_conv
+    from maskgit.models.vqgan import upsample_conv
     g = torch.Generator().manual_seed(0)
     conv = torch.nn.Conv2d(shape[1], 6, 3, padding=1, bias=bias)
     x = torch.randn(*shape, generator=g)
@@ -269,7 +269,7 @@ def test_subpixel_upsample_conv_equals_upsample_then_conv(bias, channels_last, s
 
 
 def test_subpixel_kernels_follow_weight_changes():
-    from maskgit.vqgan import upsample_conv
+    from maskgit.models.vqgan import upsample_conv
     conv = torch.nn.Conv2d(4, 4, 3, padding=1)
     x = torch.randn(1, 4, 3, 3)
     with torch.no_grad():
@@ -284,7 +284,7 @@ def test_subpixel_kernels_follow_weight_changes():
 
 
 def test_training_graph_uses_the_plain_upsample(monkeypatch):
-    from maskgit.vqgan import upsample_conv
+    from maskgit.models.vqgan import upsample_conv
     conv = torch.nn.Conv2d(2, 2, 3, padding=1)
     x = torch.randn(1, 2, 3, 3, requires_grad=True)
     upsample_conv(x, conv).sum().backward()
@@ -292,7 +292,7 @@ def test_training_graph_uses_the_plain_upsample(monkeypatch):
 
 
 def test_decoder_subpixel_matches_official_layout(tiny_pipeline_dir, monkeypatch):
-    import maskgit.vqgan as V
+    import maskgit.models.vqgan as V
     tok = Pipeline.load(tiny_pipeline_dir).tokenizer
     tokens = torch.randint(0, 32, (3, 8, 8), generator=torch.Generator().manual_seed(1))
     fast = tok.decode(tokens, clip=False)
@@ -305,7 +305,7 @@ def test_decoder_subpixel_matches_official_layout(tiny_pipeline_dir, monkeypatch
 def test_tune_malloc_is_idempotent_and_can_be_turned_off(monkeypatch):
     import platform
 
-    import maskgit.speed as S
+    import maskgit.evaluation.speed as S
     monkeypatch.setattr(S, "_malloc_tuned", None)
     monkeypatch.setenv("MASKGIT_TUNE_MALLOC", "0")
     assert S.tune_malloc() is False

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from maskgit.checkpoint import load_model, save_model
+from maskgit.storage.checkpoint import load_model, save_model
 from maskgit.config import TrainConfig, transformer_preset, vqgan_preset
 from maskgit.errors import MaskGITError
-from maskgit.masking import MaskedTokenTask
+from maskgit.training.objectives import MaskedTokenTask
 from maskgit.pipeline import Pipeline
-from maskgit.text import (
+from maskgit.models.text import (
     CachedTextEncoder,
     CaptionTable,
     TextEncoder,
@@ -24,10 +24,10 @@ from maskgit.text import (
     load_text_encoder,
     store_cache_path,
 )
-from maskgit.tokenstore import TokenStore, write_store
-from maskgit.train import StepContext
-from maskgit.transformer import MaskGITTransformer
-from maskgit.vqgan import VQGAN
+from maskgit.data.tokenstore import TokenStore, write_store
+from maskgit.training.loop import StepContext
+from maskgit.models.transformer import MaskGITTransformer
+from maskgit.models.vqgan import VQGAN
 
 CAPTION = "a small red circle left of a large blue square"
 
@@ -92,7 +92,7 @@ def test_t5_encoder_from_a_local_directory(minilm, tmp_path):
 
     import transformers
 
-    from maskgit.text import minilm_path
+    from maskgit.models.text import minilm_path
     cfg = transformers.T5Config(vocab_size=30522, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)
     transformers.T5EncoderModel(cfg).save_pretrained(tmp_path / "t5")
     for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
@@ -307,7 +307,7 @@ def _rgb_text_pipeline(root, table_path, captions):
 
 
 def test_shapes_tokenize_and_bench_binding_commands(tmp_path, capsys):
-    from maskgit import shapes
+    from maskgit.data import shapes
     from maskgit.cli import main
     caps = [s.caption for split in ("train", "test", "heldout") for s in shapes.render_split(split, 6)[1]]
     root = _rgb_text_pipeline(tmp_path / "pipe", tmp_path / "table.safetensors", caps)
@@ -338,5 +338,5 @@ def test_text_embed_command(minilm, tmp_path):
 
 
 def load_dataset_captions(spec, split):
-    from maskgit.data import load_dataset
+    from maskgit.data.datasets import load_dataset
     return load_dataset(spec, split=split).targets

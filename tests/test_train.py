@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from maskgit.tokenstore import TokenStore, write_store
+from maskgit.data.tokenstore import TokenStore, write_store
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_resume_builds_the_run_model_not_todays_preset(store, tmp_path, capsys):
         assert match in capsys.readouterr().err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ckpts  # nothing lost
     assert main([*base, "--resume", "--max-steps", "4"]) == 0
-    from maskgit.checkpoint import read_config
+    from maskgit.storage.checkpoint import read_config
     doc = read_config(out / "final")
     assert (doc["config"]["width"], doc["config"]["depth"]) == (32, 2)  # still the tiny model
     assert doc["meta"]["preset"] == "tiny"

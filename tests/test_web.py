@@ -17,7 +17,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 from PIL import Image
 
 import maskgit
-from maskgit.server import ServerConfig, create_app
+from maskgit.serving.app import ServerConfig, create_app
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

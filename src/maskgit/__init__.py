@@ -1,9 +1,9 @@
 """MaskGIT in PyTorch: VQGAN tokenizer, bidirectional transformer, iterative parallel decoding and editing."""
 
-from .config import SampleConfig, TrainConfig, TransformerConfig, VQGANConfig
-from .errors import MaskGITError
-from .pipeline import Pipeline, load
-from .sampling import decode
+from maskgit.config import SampleConfig, TrainConfig, TransformerConfig, VQGANConfig
+from maskgit.errors import MaskGITError
+from maskgit.pipeline import Pipeline, load
+from maskgit.sampling.decoding import decode
 
 __all__ = [
            "MaskGITError",

@@ -8,7 +8,7 @@ import importlib
 import shlex
 import sys
 
-from .errors import MaskGITError
+from maskgit.errors import MaskGITError
 
 # subcommand -> module in maskgit.commands (imported lazily so `maskgit --help` stays fast)
 COMMANDS = {
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .speed import tune_malloc
+    from maskgit.evaluation.speed import tune_malloc
     tune_malloc()  # faster CPU decoding, same results (see its docstring; MASKGIT_TUNE_MALLOC=0 turns it off)
     try:
         rc = args.func(args)

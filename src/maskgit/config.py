@@ -10,7 +10,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import MaskGITError
+from maskgit.errors import MaskGITError
 
 
 @dataclass(frozen=True)

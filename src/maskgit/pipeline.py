@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import editing
-from .checkpoint import load_model, read_config
-from .config import SampleConfig
-from .errors import MaskGITError
-from .sampling import NoiseSource, check_sample_config, decode, seeded
+from maskgit.sampling import editing
+from maskgit.storage.checkpoint import load_model, read_config
+from maskgit.config import SampleConfig
+from maskgit.errors import MaskGITError
+from maskgit.sampling.decoding import NoiseSource, check_sample_config, decode, seeded
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "fashion-mnist"
@@ -47,7 +47,7 @@ class Pipeline:
 
     def __init__(self, tokenizer, transformer, ar=None, features=None, class_names: list[str] | None = None,
                  device: str | torch.device = "cpu", precision: str = "fp32", text_encoder=None):
-        """``text_encoder``: a ``maskgit.text.TextEncoder`` or a spec ("minilm", "st:PATH", "t5:PATH",
+        """``text_encoder``: a ``maskgit.models.text.TextEncoder`` or a spec ("minilm", "st:PATH", "t5:PATH",
         "cache:FILE") for text-conditioned models; default: the one named in the transformer's metadata,
         loaded on first use."""
         self.tokenizer = tokenizer.to(device).eval()
@@ -56,7 +56,7 @@ class Pipeline:
         self.features = features.to(device).eval() if features is not None else None
         self.device = torch.device(device)
         if self.device.type == "cpu":
-            from .speed import tune_malloc
+            from maskgit.evaluation.speed import tune_malloc
             tune_malloc()  # large decoder activations reused rather than re-faulted; results unchanged
         c = transformer.config
         if c.codebook_size != tokenizer.codebook_size:
@@ -78,7 +78,7 @@ class Pipeline:
         if precision == "int8":
             if self.device.type != "cpu":
                 raise MaskGITError("int8 mode is for CPUs; on a GPU use bf16 or fp16")
-            from .speed import int8_dynamic
+            from maskgit.evaluation.speed import int8_dynamic
             self.transformer = int8_dynamic(self.transformer)
             if self.ar is not None:
                 self.ar = int8_dynamic(self.ar)
@@ -92,7 +92,7 @@ class Pipeline:
         needs a C++ compiler on CPU). Graphs are static per batch size, which runs faster than one graph for all
         sizes; the transformer is called on power-of-two chunks of a batch (at most 64 rows), so only those sizes
         compile, each on first use (~30 s at the ImageNet size)."""
-        from .speed import compile_frozen, pow2_chunks
+        from maskgit.evaluation.speed import compile_frozen, pow2_chunks
         self.transformer.forward = pow2_chunks(compile_frozen(self.transformer.forward))
         return self
 
@@ -147,7 +147,7 @@ class Pipeline:
         if self._text_encoder is None:
             raise MaskGITError("this model's metadata names no text encoder: pass text_encoder= (e.g. 'minilm')")
         if isinstance(self._text_encoder, str):
-            from .text import load_text_encoder
+            from maskgit.models.text import load_text_encoder
             self._text_encoder = load_text_encoder(self._text_encoder, max_len=c.text_len)
         return self._text_encoder
 
@@ -368,7 +368,7 @@ def _as_tensor(image, channels: int) -> torch.Tensor:
     """PIL image / uint8 HWC array / float (C,H,W) or (B,C,H,W) tensor -> float (B,C,H,W) in [0,1]."""
     from PIL import Image
     if isinstance(image, (str, Path)):
-        from .imageio import load_image
+        from maskgit.storage.images import load_image
         return load_image(image, channels)[None]
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("L" if channels == 1 else "RGB"))

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import MaskGITError
-from .common import device_arg, parse_ints, resolve_device
+from maskgit.errors import MaskGITError
+from maskgit.commands.common import device_arg, parse_ints, resolve_device
 
 RESULTS = Path("benchmarks/RESULTS.md")
 PLOTS = Path("benchmarks/plots")
@@ -72,11 +72,11 @@ def _plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel:
 def cmd_bench(args) -> int:
     command = args.command_line
     if args.what == "speed":
-        from ..speed import run_speed
+        from maskgit.evaluation.speed import run_speed
         return run_speed(args, command)
-    from ..evaluation import append_results, generate, markdown_table, time_per_image, uniform_labels
-    from ..pipeline import load
-    from .evaluate import evaluator_for
+    from maskgit.evaluation.samples import append_results, generate, markdown_table, time_per_image, uniform_labels
+    from maskgit.pipeline import load
+    from maskgit.commands.evaluate import evaluator_for
     pipe = load(args.model, resolve_device(args.device))
     ev = evaluator_for(pipe, None, args.data, args.split)
     C = pipe.transformer.config.num_classes
@@ -90,7 +90,7 @@ def cmd_bench(args) -> int:
         return ev(images, labels), sec / len(labels)
 
     if args.what == "table":
-        from ..evaluation import load_real
+        from maskgit.evaluation.samples import load_real
         size = pipe.grid[0] * pipe.tokenizer.config.downsample
         m = ev(load_real(args.data, "train", size, args.num), labels_of_train(args, size, args.num))
         rows.append({"model": "real train images (floor)", "steps": "-", **_pr(m)})
@@ -123,7 +123,7 @@ def cmd_bench(args) -> int:
         _plot(plots / "latency_vs_steps.png", lat, "decoding steps", "seconds per image", "latency", logy=True)
         title = f"Seed's table: MaskGIT vs AR on {args.data} ({args.num} samples per row)"
     elif args.what == "schedules":
-        from ..schedules import SCHEDULES
+        from maskgit.sampling.schedules import SCHEDULES
         series = {}
         for name in SCHEDULES:
             xs, ys = [], []
@@ -138,7 +138,7 @@ def cmd_bench(args) -> int:
               "mask schedules")
         title = f"Mask schedule ablation on {args.data} ({args.num} samples per row)"
     elif args.what == "int8":
-        from ..pipeline import Pipeline
+        from maskgit.pipeline import Pipeline
         for precision in ("fp32", "int8"):
             q = pipe if precision == "fp32" else Pipeline.load(args.model, pipe.device.type, precision="int8")
             images, _ = generate(q, labels, "maskgit", {"steps": 8}, args.seed, args.batch_size)
@@ -176,7 +176,7 @@ def _pr(m: dict) -> dict:
 
 
 def labels_of_train(args, size, num):
-    from ..data import load_dataset
+    from maskgit.data.datasets import load_dataset
     ds = load_dataset(args.data, split="train", image_size=size)
     if not hasattr(ds, "targets"):
         raise MaskGITError("the real-data floor needs a labelled dataset")

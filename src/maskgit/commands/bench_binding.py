@@ -1,7 +1,7 @@
 """`maskgit bench-binding`: attribute-binding accuracy of a text-to-image model on the shapes dataset.
 
 For each split (``test``: combinations seen in training; ``heldout``: colour-shape pairs never seen) the model draws
-one image per caption at each (steps, CFG scale); ``maskgit.shapes.check_binding`` reads colour, shape, size and
+one image per caption at each (steps, CFG scale); ``maskgit.data.shapes.check_binding`` reads colour, shape, size and
 relation back from the pixels. Real images and the tokenizer's reconstructions of them are scored too: the
 checker's and the tokenizer's ceilings."""
 
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import SampleConfig, add_dataclass_args, override
-from ..errors import MaskGITError
-from .common import device_arg, resolve_device
+from maskgit.config import SampleConfig, add_dataclass_args, override
+from maskgit.errors import MaskGITError
+from maskgit.commands.common import device_arg, resolve_device
 
 FIELDS = ("all_ok", "colour_ok", "shape_ok", "size_ok", "relation_ok")
 
@@ -80,10 +80,10 @@ def generate_for(pipe, captions: list[str], cfg: SampleConfig, seed: int, batch_
 
 
 def cmd_bench_binding(args) -> int:
-    from ..evaluation import append_results, markdown_table
-    from ..imageio import make_grid, save_png
-    from ..pipeline import load
-    from ..shapes import binding_accuracy, render_split
+    from maskgit.evaluation.samples import append_results, markdown_table
+    from maskgit.storage.images import make_grid, save_png
+    from maskgit.pipeline import load
+    from maskgit.data.shapes import binding_accuracy, render_split
 
     pipe = load(args.model, resolve_device(args.device), text_encoder=args.text_encoder)
     if not pipe.transformer.config.text_dim:
@@ -131,7 +131,7 @@ def cmd_bench_binding(args) -> int:
     print(table)
     if args.results:
         notes = (f"{args.n} captions per split; one image each, seed {args.seed}; `all_ok` = colours, shapes, sizes "
-                 f"and relation all right (read back from pixels by maskgit.shapes.check_binding). test = attribute "
+                 f"and relation all right (read back from pixels by maskgit.data.shapes.check_binding). test = attribute "
                  f"combinations seen in training, heldout = colour-shape pairs never seen in training. Best setting: "
                  f"{best[0]} steps, CFG {best[1]}.")
         append_results(args.results, "Text-to-image attribute binding (shapes)",

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from ..errors import MaskGITError
+from maskgit.errors import MaskGITError
 
 
 def device_arg(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def speed_args(p: argparse.ArgumentParser) -> None:
 
 def load_pipeline(args, **kw):
     """The pipeline named by --model on --device, with --precision and --compile applied."""
-    from ..pipeline import load
+    from maskgit.pipeline import load
     pipe = load(args.model, resolve_device(args.device), args.precision, **kw)
     return pipe.compile() if args.compile else pipe
 

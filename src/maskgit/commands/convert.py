@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from ..convert import OFFICIAL_FILES, OFFICIAL_URL
+from maskgit.storage.official import OFFICIAL_FILES, OFFICIAL_URL
 
 DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 
 
 def cmd_official(args: argparse.Namespace) -> int:
-    from ..convert import convert_official, summary
+    from maskgit.storage.official import convert_official, summary
     t0 = time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

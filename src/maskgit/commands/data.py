@@ -11,9 +11,9 @@ from collections import Counter
 import numpy as np
 import torch
 
-from ..data import DATASETS, dataset_status, load_dataset
-from ..errors import MaskGITError
-from ..imageio import make_grid, save_png
+from maskgit.data.datasets import DATASETS, dataset_status, load_dataset
+from maskgit.errors import MaskGITError
+from maskgit.storage.images import make_grid, save_png
 
 MIN_CELL_PX = 96  # small images are enlarged (nearest) until a cell is this wide, so labels fit under them
 

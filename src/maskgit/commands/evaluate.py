@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import load_model
-from ..config import SampleConfig, add_dataclass_args, override, sample_kwargs
-from ..errors import MaskGITError
-from .common import device_arg, resolve_device
+from maskgit.storage.checkpoint import load_model
+from maskgit.config import SampleConfig, add_dataclass_args, override, sample_kwargs
+from maskgit.errors import MaskGITError
+from maskgit.commands.common import device_arg, resolve_device
 
 
 def register(sub) -> None:
@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 
 def evaluator_for(pipe, features: str | None, data: str, split: str, num: int | None = None):
-    from ..evaluation import Evaluator, load_real
+    from maskgit.evaluation.samples import Evaluator, load_real
     net = load_model(features, "features") if features else pipe.features
     if net is None:
         raise MaskGITError("no feature network: pass --features DIR (made by `maskgit train-features`)")
@@ -43,8 +43,8 @@ def evaluator_for(pipe, features: str | None, data: str, split: str, num: int | 
 
 
 def cmd_eval(args) -> int:
-    from ..evaluation import generate, uniform_labels
-    from ..pipeline import load
+    from maskgit.evaluation.samples import generate, uniform_labels
+    from maskgit.pipeline import load
     if args.num < 2:
         raise MaskGITError("--num must be at least 2")
     pipe = load(args.model, resolve_device(args.device))

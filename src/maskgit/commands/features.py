@@ -6,8 +6,8 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from ..config import add_dataclass_args
-    from ..features import FeatureNetConfig
+    from maskgit.config import add_dataclass_args
+    from maskgit.models.features import FeatureNetConfig
 
     p = subparsers.add_parser(
         "train-features", help="train the feature/classifier network used by the metrics",
@@ -30,8 +30,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import override
-    from ..features import FeatureNetConfig, train_features
+    from maskgit.config import override
+    from maskgit.models.features import FeatureNetConfig, train_features
 
     metrics = train_features(dataset=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
                              lr=args.lr, seed=args.seed, device=args.device, augment=args.augment,

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import SampleConfig, add_dataclass_args, override, sample_kwargs
-from ..errors import MaskGITError
-from .common import device_arg, load_pipeline, parse_ints, speed_args
+from maskgit.config import SampleConfig, add_dataclass_args, override, sample_kwargs
+from maskgit.errors import MaskGITError
+from maskgit.commands.common import device_arg, load_pipeline, parse_ints, speed_args
 
 
 def _sample_args(p) -> None:
@@ -87,7 +87,7 @@ def _prompts(args, pipe) -> list[str] | None:
 
 
 def cmd_sample(args) -> int:
-    from ..imageio import make_grid, save_png
+    from maskgit.storage.images import make_grid, save_png
     pipe = load_pipeline(args, text_encoder=args.text_encoder)
     cfg = override(SampleConfig(), args)
     kw = sample_kwargs(cfg)
@@ -139,7 +139,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_edit(args) -> int:
-    from ..imageio import load_image, save_png
+    from maskgit.storage.images import load_image, save_png
     pipe = load_pipeline(args, text_encoder=args.text_encoder)
     cfg = override(SampleConfig(), args)
     kw = sample_kwargs(cfg)
@@ -155,7 +155,7 @@ def cmd_edit(args) -> int:
         raise MaskGITError(f"{args.image} is {image.shape[-1]}x{image.shape[-2]}; this model edits {size}x{size}"
                            f" images")
     if args.outpaint:
-        from ..editing import parse_outpaint
+        from maskgit.sampling.editing import parse_outpaint
         side, n = parse_outpaint(args.outpaint)
         out = pipe.outpaint(image, side, n, label=args.label, seed=args.seed, output="np", **kw)
     elif args.class_edit or args.start_step is not None:

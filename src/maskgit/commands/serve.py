@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..config import add_dataclass_args, override
-from .common import device_arg, resolve_device, speed_args
+from maskgit.config import add_dataclass_args, override
+from maskgit.commands.common import device_arg, resolve_device, speed_args
 
 
 def register(sub) -> None:
@@ -17,13 +17,13 @@ def register(sub) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     device_arg(p)
     speed_args(p)
-    from ..server import ServerConfig
+    from maskgit.serving.app import ServerConfig
     add_dataclass_args(p, ServerConfig)
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args) -> int:
-    from ..server import (
+    from maskgit.serving.app import (
         ServerConfig,
         serve,  # imports FastAPI; MaskGITError with the install hint when it is missing
     )

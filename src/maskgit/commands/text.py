@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from ..errors import MaskGITError
+from maskgit.errors import MaskGITError
 
 
 def register(sub) -> None:
@@ -24,8 +24,8 @@ def register(sub) -> None:
 
 
 def cmd_text_embed(args) -> int:
-    from ..data import load_dataset
-    from ..text import embed_captions, load_text_encoder
+    from maskgit.data.datasets import load_dataset
+    from maskgit.models.text import embed_captions, load_text_encoder
     captions: list[str] = []
     if args.data:
         for split in [s for s in args.splits.split(",") if s]:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import load_model
-from ..config import (
+from maskgit.storage.checkpoint import load_model
+from maskgit.config import (
     VQGAN_PRESETS,
     TokenizerTrainConfig,
     TrainConfig,
@@ -19,8 +19,8 @@ from ..config import (
     override,
     vqgan_preset,
 )
-from ..errors import MaskGITError
-from .common import device_arg, resolve_device
+from maskgit.errors import MaskGITError
+from maskgit.commands.common import device_arg, resolve_device
 
 # the tokenizer stage's own defaults (TrainConfig's are the transformer's)
 TOKENIZER_TRAIN_DEFAULTS = TrainConfig(batch_size=128, lr=2e-4, warmup_steps=500, max_steps=20_000,
@@ -74,15 +74,15 @@ def register(sub) -> None:
 
 
 def _load_images(name: str, split: str, image_size: int | None):
-    from ..data import load_dataset
+    from maskgit.data.datasets import load_dataset
     return load_dataset(name, split=split, image_size=image_size)
 
 
 def cmd_train_tokenizer(args) -> int:
-    from ..features import FeatureNet  # noqa: F401  (registers the kind)
-    from ..losses import TokenizerTask
-    from ..train import DatasetSource, train
-    from ..vqgan import VQGAN
+    from maskgit.models.features import FeatureNet  # noqa: F401  (registers the kind)
+    from maskgit.training.losses import TokenizerTask
+    from maskgit.training.loop import DatasetSource, train
+    from maskgit.models.vqgan import VQGAN
 
     device = resolve_device(args.device)
     vcfg = vqgan_preset(args.preset)
@@ -109,7 +109,7 @@ def cmd_train_tokenizer(args) -> int:
     fixed = torch.stack([show[i][0] for i in range(min(32, len(show)))])
 
     def sample_fn(task, step):
-        from ..imageio import make_grid, save_png
+        from maskgit.storage.images import make_grid, save_png
         task.model.eval()
         with torch.no_grad():
             x = fixed.to(next(task.model.parameters()).device)
@@ -159,7 +159,7 @@ def reconstruct(model, images: torch.Tensor, batch_size: int, device: str):
 
 
 def cmd_reconstruct(args) -> int:
-    from ..imageio import make_grid, save_png
+    from maskgit.storage.images import make_grid, save_png
     device = resolve_device(args.device)
     model = load_model(args.model, "vqgan", device)
     ds = _load_images(args.data, args.split, model.config.image_size)
@@ -180,8 +180,8 @@ def cmd_reconstruct(args) -> int:
                "perplexity": float(torch.exp(-(p * torch.log(p + 1e-10)).sum())),
                "seconds": round(time.time() - t0, 2)}
     if args.features:
-        from ..features import accuracy
-        from ..metrics import ProjectFeatures, extract_features, frechet_distance
+        from maskgit.models.features import accuracy
+        from maskgit.evaluation.metrics import ProjectFeatures, extract_features, frechet_distance
         net = load_model(args.features, "features", device)
         ext = ProjectFeatures(net)
         metrics["fd_recon"] = float(frechet_distance(extract_features(ext, x), extract_features(ext, rec)))
@@ -206,7 +206,7 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from ..tokenstore import model_hash, write_store
+    from maskgit.data.tokenstore import model_hash, write_store
     device = resolve_device(args.device)
     model = load_model(args.model, "vqgan", device)
     ds = _load_images(args.data, args.split, args.image_size or model.config.image_size)
@@ -232,7 +232,7 @@ def cmd_tokenize(args) -> int:
     if args.text_encoder:
         if not captioned:
             raise MaskGITError(f"--text-encoder needs a captioned dataset; {args.data} has class labels")
-        from ..text import ensure_store_text
+        from maskgit.models.text import ensure_store_text
         path = ensure_store_text(args.out, args.text_encoder)
         print(f"wrote the caption embeddings {path}")
     return 0

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_model, read_config
-from ..config import (
+from maskgit.storage.checkpoint import load_model, read_config
+from maskgit.config import (
     TRANSFORMER_PRESETS,
     SampleConfig,
     TrainConfig,
@@ -20,8 +20,8 @@ from ..config import (
     override,
     transformer_preset,
 )
-from ..errors import MaskGITError
-from .common import device_arg, resolve_device
+from maskgit.errors import MaskGITError
+from maskgit.commands.common import device_arg, resolve_device
 
 
 def register(sub) -> None:
@@ -53,8 +53,8 @@ def build_model(preset: str, arch: str, store_meta: dict, num_classes: int | Non
                 text: tuple[int, int] | None = None, text_mode: str | None = None):
     """The preset fitted to the store; ``text`` = (dim, len) of caption embeddings for a text-conditioned model
     (no classes, no "no class" id: the null text is CFG's unconditional input)."""
-    from ..autoregressive import ARTransformer
-    from ..transformer import MaskGITTransformer
+    from maskgit.models.autoregressive import ARTransformer
+    from maskgit.models.transformer import MaskGITTransformer
     cfg = transformer_preset(preset)
     grid = store_meta["grid"]
     changes = {"arch": arch, "codebook_size": store_meta["codebook_size"], "grid_size": grid[0]}
@@ -80,8 +80,8 @@ def build_model(preset: str, arch: str, store_meta: dict, num_classes: int | Non
 def model_from_run(ck: Path, args, store_meta: dict, num_classes: int, text: tuple[int, int] | None):
     """``--resume``: the model as the run built it (the config saved in its latest checkpoint ``ck``), not as the
     preset reads today; an explicit --preset/--text-mode/--arch or a store that disagrees with the run is an error."""
-    from ..autoregressive import ARTransformer
-    from ..transformer import MaskGITTransformer
+    from maskgit.models.autoregressive import ARTransformer
+    from maskgit.models.transformer import MaskGITTransformer
     doc = read_config(ck)
     kind = "ar" if args.arch == "ar" else "transformer"
     if doc.get("kind") != kind:
@@ -105,16 +105,16 @@ def model_from_run(ck: Path, args, store_meta: dict, num_classes: int, text: tup
 
 
 def cmd_train(args) -> int:
-    from ..masking import MaskedTokenTask, NextTokenTask
-    from ..tokenstore import TokenStore, model_hash
-    from ..train import latest_checkpoint, train
+    from maskgit.training.objectives import MaskedTokenTask, NextTokenTask
+    from maskgit.data.tokenstore import TokenStore, model_hash
+    from maskgit.training.loop import latest_checkpoint, train
 
     device = resolve_device(args.device)
     tokenizer = load_model(args.tokenizer, "vqgan") if args.tokenizer else None
     h = model_hash(tokenizer) if tokenizer is not None else None
     encoder = None
     if args.text_encoder:
-        from ..text import ensure_store_text, load_text_encoder, store_cache_path
+        from maskgit.models.text import ensure_store_text, load_text_encoder, store_cache_path
         for path in (args.tokens, args.val_tokens):
             if path and not store_cache_path(path, _encoder_name(args.text_encoder)).exists():
                 encoder = encoder or load_text_encoder(args.text_encoder)
@@ -128,7 +128,7 @@ def cmd_train(args) -> int:
         val = TokenStore(args.val_tokens, h) if args.val_tokens else None
     text = store.text
     if text is None and not args.text_encoder:
-        from ..text import store_caches
+        from maskgit.models.text import store_caches
         if len(store_caches(args.tokens)) > 1:
             raise MaskGITError(f"{args.tokens} has caption embeddings of several encoders: pick one with "
                                f"--text-encoder")
@@ -163,13 +163,13 @@ def cmd_train(args) -> int:
     def sample_fn(task, step):
         if tokenizer is None or not (num_classes or text is not None):
             return
-        from ..imageio import make_grid, save_png
-        from ..pipeline import Pipeline
+        from maskgit.storage.images import make_grid, save_png
+        from maskgit.pipeline import Pipeline
         m = task.model
         m.eval()
         labels = torch.arange(num_classes).repeat_interleave(4)
         if text is not None:  # 16 training captions, embedded from the store's cache
-            from ..text import CachedTextEncoder
+            from maskgit.models.text import CachedTextEncoder
             prompts = list(dict.fromkeys(store.captions))[:16]
             pipe = Pipeline(tokenizer, m, device=next(m.parameters()).device, text_encoder=CachedTextEncoder(text))
             imgs = pipe.generate(prompts=prompts, output="tensor", cfg=1.0)
@@ -193,5 +193,5 @@ def cmd_train(args) -> int:
 
 
 def _encoder_name(spec: str) -> str:
-    from ..text import encoder_name
+    from maskgit.models.text import encoder_name
     return encoder_name(spec)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import MaskGITError
+from maskgit.errors import MaskGITError
 
 OFFICIAL_FILES = {
     "tokenizer": ("tokenizer_imagenet256_checkpoint", "tokenizer_imagenet512_checkpoint"),
@@ -86,7 +86,7 @@ def _sniff(head: bytes, size: int) -> str | None:
         if head.startswith(magic):
             return what
     if len(head) >= 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") + 8 <= size:
-        return "a safetensors file (already our format? load it with maskgit.checkpoint)"
+        return "a safetensors file (already our format? load it with maskgit.storage.checkpoint)"
     return None
 
 

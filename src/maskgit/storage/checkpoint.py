@@ -18,17 +18,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import from_dict, to_dict
-from .errors import MaskGITError
+from maskgit.config import from_dict, to_dict
+from maskgit.errors import MaskGITError
 
 FORMAT_VERSION = 1
 
 # kind -> (module, config class, model class)
 KINDS = {
-    "vqgan": ("maskgit.vqgan", "VQGANConfig", "VQGAN"),
-    "transformer": ("maskgit.transformer", "TransformerConfig", "MaskGITTransformer"),
-    "ar": ("maskgit.autoregressive", "TransformerConfig", "ARTransformer"),
-    "features": ("maskgit.features", "FeatureNetConfig", "FeatureNet"),
+    "vqgan": ("maskgit.models.vqgan", "VQGANConfig", "VQGAN"),
+    "transformer": ("maskgit.models.transformer", "TransformerConfig", "MaskGITTransformer"),
+    "ar": ("maskgit.models.autoregressive", "TransformerConfig", "ARTransformer"),
+    "features": ("maskgit.models.features", "FeatureNetConfig", "FeatureNet"),
 }
 
 

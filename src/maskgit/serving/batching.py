@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import SampleConfig, sample_kwargs
-from .errors import MaskGITError
-from .sampling import RowGenerators
+from maskgit.config import SampleConfig, sample_kwargs
+from maskgit.errors import MaskGITError
+from maskgit.sampling.decoding import RowGenerators
 
-log = logging.getLogger("maskgit.server")
+log = logging.getLogger("maskgit.serving.app")
 SAMPLE_FIELDS = tuple(sample_kwargs(SampleConfig()))
 
 

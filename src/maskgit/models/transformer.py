@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TransformerConfig
-from .errors import MaskGITError
+from maskgit.config import TransformerConfig
+from maskgit.errors import MaskGITError
 
 LN_EPS = 1e-12
 _GELU_C = 1.5957691216057308  # 2 * sqrt(2 / pi)

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import (
+from maskgit.storage.checkpoint import (
     atomic_dir,
     load_train_state,
     optimizer_from_flat,
@@ -29,8 +29,8 @@ from .checkpoint import (
     save_model,
     save_train_state,
 )
-from .config import TrainConfig, to_dict
-from .errors import MaskGITError
+from maskgit.config import TrainConfig, to_dict
+from maskgit.errors import MaskGITError
 
 
 class BatchSource(Protocol):
@@ -359,7 +359,7 @@ def plot_metrics(run_dir: Path, keys: tuple[str, ...] = ("loss", "val_loss")) ->
 
 
 class DatasetSource:
-    """Adapts a ``maskgit.data`` dataset to the loop: ``batch(idx)`` -> {"images": (b,C,H,W), "labels": (b,)}.
+    """Adapts a ``maskgit.data.datasets`` dataset to the loop: ``batch(idx)`` -> {"images": (b,C,H,W), "labels": (b,)}.
     In-memory datasets (``.images`` uint8) are sliced directly; others are read item by item."""
 
     def __init__(self, dataset):

@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import torch
 
-from .config import SampleConfig
-from .errors import MaskGITError
-from .schedules import check_schedule, gamma
+from maskgit.config import SampleConfig
+from maskgit.errors import MaskGITError
+from maskgit.sampling.schedules import check_schedule, gamma
 
 LogitsFn = Callable[[torch.Tensor, bool], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .config import TokenizerTrainConfig
-from .train import StepContext
-from .vqgan import VQGAN
+from maskgit.config import TokenizerTrainConfig
+from maskgit.training.loop import StepContext
+from maskgit.models.vqgan import VQGAN
 
 
 class PatchDiscriminator(nn.Module):
@@ -67,7 +67,7 @@ class TokenizerTask(nn.Module):
         nll = rec_loss
         net = self._percep.net
         if net is not None and cfg.perceptual_weight > 0:
-            from .features import perceptual_loss
+            from maskgit.models.features import perceptual_loss
             p = perceptual_loss(net.to(x.device), rec, x)
             logs["perceptual"] = p.detach()
             nll = nll + cfg.perceptual_weight * p

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from .errors import MaskGITError
+from maskgit.errors import MaskGITError
 
 
 def _cosine(r, n):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import MaskGITError
+from maskgit.errors import MaskGITError
 
 
 def box_to_mask(box: tuple[int, int, int, int], height: int, width: int) -> torch.Tensor:

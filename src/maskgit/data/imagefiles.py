@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import IMAGE_EXTENSIONS, SPLIT_FOLDERS, _atomic_write, cache_dir
-from .errors import MaskGITError
-from .imageio import check_image, crop_square, open_image, pil_to_tensor, resize_shorter, to_rgb
+from maskgit.data.datasets import IMAGE_EXTENSIONS, SPLIT_FOLDERS, _atomic_write, cache_dir
+from maskgit.errors import MaskGITError
+from maskgit.storage.images import check_image, crop_square, open_image, pil_to_tensor, resize_shorter, to_rgb
 
 
 class FileImageDataset(torch.utils.data.Dataset):

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import VQGANConfig
-from .errors import MaskGITError
+from maskgit.config import VQGANConfig
+from maskgit.errors import MaskGITError
 
 DECODE_CHUNK_BYTES = 32 * 2 ** 20
 # compute "nearest 2x upsample -> 3x3 conv" in its sub-pixel form when autograd is off (see upsample_conv);

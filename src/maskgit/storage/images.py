@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .errors import MaskGITError
+from maskgit.errors import MaskGITError
 
 WHITE = (255, 255, 255)
 

@@ -1,6 +1,6 @@
 """Sample generation for evaluation, timing, and the benchmark tables (the seed's claim, schedules, trade-offs).
 
-Everything here drives the pipeline; metrics come from ``maskgit.metrics``."""
+Everything here drives the pipeline; metrics come from ``maskgit.evaluation.metrics``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import MaskGITError
-from .pipeline import Pipeline
+from maskgit.errors import MaskGITError
+from maskgit.pipeline import Pipeline
 
 
 def machine_description() -> str:
@@ -69,19 +69,19 @@ class Evaluator:
     """Real reference statistics + feature network + classifier, reused across many evaluations."""
 
     def __init__(self, features_net, real_images: torch.Tensor, cache: str | Path | None = None):
-        from .metrics import ProjectFeatures, reference_stats
+        from maskgit.evaluation.metrics import ProjectFeatures, reference_stats
         self.net = features_net.eval()
         self.extractor = ProjectFeatures(self.net)
         self.real = reference_stats(self.extractor, real_images, cache)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict:
-        from .metrics import iter_metrics
+        from maskgit.evaluation.metrics import iter_metrics
         lab = labels if labels is not None and (labels >= 0).all() else None
         return dict(iter_metrics(images, lab, self.real, self.extractor, self.net))
 
 
 def load_real(dataset: str, split: str, image_size: int, limit: int | None = None) -> torch.Tensor:
-    from .data import load_dataset
+    from maskgit.data.datasets import load_dataset
     ds = load_dataset(dataset, split=split, image_size=image_size)
     n = len(ds) if limit is None else min(limit, len(ds))
     if hasattr(ds, "images"):

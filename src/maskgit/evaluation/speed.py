@@ -10,11 +10,11 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .autoregressive import ARTransformer
-from .config import SampleConfig, transformer_preset, vqgan_preset
-from .sampling import decode
-from .transformer import MaskGITTransformer
-from .vqgan import VQGAN
+from maskgit.models.autoregressive import ARTransformer
+from maskgit.config import SampleConfig, transformer_preset, vqgan_preset
+from maskgit.sampling.decoding import decode
+from maskgit.models.transformer import MaskGITTransformer
+from maskgit.models.vqgan import VQGAN
 
 MALLOC_THRESHOLD = 1 << 30  # bytes
 _malloc_tuned: bool | None = None
@@ -141,7 +141,7 @@ def flops_of(fn) -> int:
 
 def _official_flops(fn) -> int:
     """FLOPs of ``fn()`` with the decoder's upsampling convs in their plain (official-layout) form."""
-    from . import vqgan
+    from maskgit.models import vqgan
     saved, vqgan.SUBPIXEL = vqgan.SUBPIXEL, False
     try:
         return flops_of(fn)
@@ -219,8 +219,8 @@ def timed(fn, repeats: int, device: str, flops: float) -> dict:
 
 @torch.inference_mode()
 def run_speed(args, command: str) -> int:
-    from .commands.common import parse_ints, resolve_device
-    from .evaluation import append_results, markdown_table
+    from maskgit.commands.common import parse_ints, resolve_device
+    from maskgit.evaluation.samples import append_results, markdown_table
     device = resolve_device(args.device)
     torch.manual_seed(0)
     cfg = transformer_preset(args.config)

@@ -45,18 +45,18 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from .config import SampleConfig
-from .errors import MaskGITError
-from .imageio import to_rgb
-from .schedules import SCHEDULES
+from maskgit.config import SampleConfig
+from maskgit.errors import MaskGITError
+from maskgit.storage.images import to_rgb
+from maskgit.sampling.schedules import SCHEDULES
 
-log = logging.getLogger("maskgit.server")
+log = logging.getLogger("maskgit.serving.app")
 WEB_DIR = Path(__file__).parent / "web"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MAX_PROMPT_CHARS = 1000
 
 
-from .batching import SAMPLE_FIELDS, APIError, Batcher, GenResult, Job, ServerConfig, to_u8  # noqa: F401  (re-exported)
+from maskgit.serving.batching import SAMPLE_FIELDS, APIError, Batcher, GenResult, Job, ServerConfig, to_u8  # noqa: F401  (re-exported)
 
 
 def png_bytes(a: np.ndarray) -> bytes:
@@ -223,9 +223,9 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
         finally:
             await asyncio.to_thread(batcher.close)
 
-    from . import __version__
+    from maskgit import __version__
     app = FastAPI(title="MaskGIT", version=__version__, lifespan=lifespan,
-                  description="Generation and editing with a MaskGIT pipeline. See maskgit.server for the "
+                  description="Generation and editing with a MaskGIT pipeline. See maskgit.serving.app for the "
                               "batching and seed semantics.")
     app.state.batcher, app.state.pipe, app.state.config = batcher, pipe, config
     app.add_middleware(BodyLimit, max_bytes=int(config.max_body_mb * 2 ** 20))
@@ -460,7 +460,7 @@ def serve(model: str | None, host: str = "127.0.0.1", port: int = 8000, device: 
     require_server()  # before the model loads
     import uvicorn
 
-    from .pipeline import load, resolve
+    from maskgit.pipeline import load, resolve
     pipe = load(model, device, precision)
     if compile:
         pipe.compile()

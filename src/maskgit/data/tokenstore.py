@@ -3,7 +3,7 @@
 Layout of the directory: ``tokens.u16`` (or ``.i32`` when K > 65536) raw (N,h,w) array, ``labels.npy`` (int64)
 or ``captions.json``, ``meta.json`` (shape, dtype, codebook size, dataset, the tokenizer's hash), and for
 captioned stores optionally ``text_<encoder>.safetensors``: the captions' embeddings by a frozen text encoder
-(``maskgit.text.CaptionTable``; written by ``maskgit tokenize/train --text-encoder``)."""
+(``maskgit.models.text.CaptionTable``; written by ``maskgit tokenize/train --text-encoder``)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_dir
-from .errors import MaskGITError
+from maskgit.storage.checkpoint import atomic_dir
+from maskgit.errors import MaskGITError
 
 
 def model_hash(model: torch.nn.Module) -> str:
@@ -69,14 +69,14 @@ class TokenStore:
         self.captions = json.loads(cap.read_text()) if cap.exists() else None
         self.text = None  # cached caption embeddings (text.CaptionTable): batches gain "text" and "text_mask"
         self.text_encoder = None
-        from .text import store_cache_path, store_caches
+        from maskgit.models.text import store_cache_path, store_caches
         caches = [store_cache_path(self.path, text_encoder)] if text_encoder else store_caches(self.path)
         if len(caches) == 1:
             self.load_text(caches[0])
 
     def load_text(self, file: str | Path) -> None:
         """Load a caption-embedding cache (one row per example) into ``.text``."""
-        from .text import CaptionTable
+        from maskgit.models.text import CaptionTable
         table = CaptionTable.load(file)
         if table.index is None or len(table.index) != len(self.tokens):
             raise MaskGITError(f"{file} does not match {self.path} ({len(self.tokens)} examples): delete it and "

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TrainConfig
-from .schedules import check_schedule, gamma
-from .train import StepContext
+from maskgit.config import TrainConfig
+from maskgit.sampling.schedules import check_schedule, gamma
+from maskgit.training.loop import StepContext
 
 
 def num_masked(r: torch.Tensor, n: int, schedule: str) -> torch.Tensor:

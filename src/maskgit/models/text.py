@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import MaskGITError
+from maskgit.errors import MaskGITError
 
 DEFAULT_MAX_LEN = 16
 INSTALL_HINT = "pip install 'maskgit[text]'"

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import MaskGITError
+from maskgit.errors import MaskGITError
 
 
 @dataclass(frozen=True)
@@ -170,8 +170,8 @@ def train_features(dataset: str = "fashion-mnist", out: str | Path = "runs/featu
     ``augment`` adds random +/-2 px shifts: off by default, since in a 4-epoch run they cost a point of test
     accuracy (92.05% vs 93.05%); they may pay off in longer runs.
     ``max_steps`` / ``max_train`` / ``max_test`` cut the run short (smoke tests)."""
-    from .checkpoint import save_model
-    from .data import load_dataset
+    from maskgit.storage.checkpoint import save_model
+    from maskgit.data.datasets import load_dataset
 
     t0 = time.time()
     dev = _resolve_device(device)

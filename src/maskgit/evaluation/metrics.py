@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import MaskGITError
+from maskgit.errors import MaskGITError
 
 BATCH_SIZE = 500
 STATS_VERSION = 1

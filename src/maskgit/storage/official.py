@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import TransformerConfig, VQGANConfig
-from .errors import MaskGITError
-from .flaxio import OFFICIAL_FILES, OFFICIAL_URL, load_flax_msgpack, write_flax_msgpack  # noqa: F401  (re-exported)
+from maskgit.config import TransformerConfig, VQGANConfig
+from maskgit.errors import MaskGITError
+from maskgit.storage.flax import OFFICIAL_FILES, OFFICIAL_URL, load_flax_msgpack, write_flax_msgpack  # noqa: F401  (re-exported)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -324,7 +324,7 @@ def _build(model_cls, cfg, entries: list[Entry], flat: dict[str, np.ndarray]) ->
 
 def tokenizer_from_flax(tree: dict, image_size: int = 256, num_groups: int = 32):
     """Official tokenizer variables (with or without {"params": ...}) -> our ``VQGAN``."""
-    from .vqgan import VQGAN
+    from maskgit.models.vqgan import VQGAN
     params = params_of(tree)
     cfg = infer_tokenizer_config(params, image_size, num_groups)
     entries = tokenizer_mapping(cfg)
@@ -335,7 +335,7 @@ def tokenizer_from_flax(tree: dict, image_size: int = 256, num_groups: int = 32)
 
 def transformer_from_flax(tree: dict, codebook_size: int = 1024):
     """Official transformer variables (with or without {"params": ...}) -> our ``MaskGITTransformer``."""
-    from .transformer import MaskGITTransformer
+    from maskgit.models.transformer import MaskGITTransformer
     params = params_of(tree)
     cfg = infer_transformer_config(params, codebook_size)
     entries = transformer_mapping(cfg)
@@ -356,7 +356,7 @@ def convert_official(tokenizer: str | Path, transformer: str | Path, out: str | 
     """Official tokenizer + transformer files -> ``out/tokenizer`` + ``out/maskgit`` (our format), atomically.
 
     Returns ``(tokenizer model, transformer model, out path)``."""
-    from .checkpoint import atomic_dir, save_model
+    from maskgit.storage.checkpoint import atomic_dir, save_model
     tokenizer, transformer, out = Path(tokenizer), Path(transformer), Path(out)
     for p in (tokenizer, transformer):
         if not p.exists():

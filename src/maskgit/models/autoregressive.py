@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from .config import SampleConfig
-from .errors import MaskGITError
-from .sampling import filter_logits, gumbel
-from .transformer import TokenTransformer
+from maskgit.config import SampleConfig
+from maskgit.errors import MaskGITError
+from maskgit.sampling.decoding import filter_logits, gumbel
+from maskgit.models.transformer import TokenTransformer
 
 
 class ARTransformer(TokenTransformer):
