@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from maskgit.config import transformer_preset
-from maskgit.evaluation.speed import ab_table, between_probes, tune_malloc
+from maskgit.accel import tune_malloc
+from maskgit.evaluation.speed import ab_table, between_probes
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ def worker(conn, config: str, batch: int, dynamic) -> None:
     import torch
 
     from maskgit.config import transformer_preset
-    from maskgit.evaluation.speed import between_probes, compile_frozen, flops_of, tune_malloc
+    from maskgit.accel import compile_frozen, tune_malloc
+    from maskgit.evaluation.speed import between_probes, flops_of
     from maskgit.models.transformer import MaskGITTransformer
     tune_malloc()
     torch.manual_seed(0)

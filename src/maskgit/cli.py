@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from maskgit.evaluation.speed import tune_malloc
+    from maskgit.accel import tune_malloc
     tune_malloc()  # faster CPU decoding, same results (see its docstring; MASKGIT_TUNE_MALLOC=0 turns it off)
     try:
         rc = args.func(args)

@@ -55,9 +55,6 @@ class Pipeline:
         self.ar = ar.to(device).eval() if ar is not None else None
         self.features = features.to(device).eval() if features is not None else None
         self.device = torch.device(device)
-        if self.device.type == "cpu":
-            from maskgit.evaluation.speed import tune_malloc
-            tune_malloc()  # large decoder activations reused rather than re-faulted; results unchanged
         c = transformer.config
         if c.codebook_size != tokenizer.codebook_size:
             raise MaskGITError(f"transformer expects {c.codebook_size} codes, the tokenizer has "
@@ -78,7 +75,7 @@ class Pipeline:
         if precision == "int8":
             if self.device.type != "cpu":
                 raise MaskGITError("int8 mode is for CPUs; on a GPU use bf16 or fp16")
-            from maskgit.evaluation.speed import int8_dynamic
+            from maskgit.accel import int8_dynamic
             self.transformer = int8_dynamic(self.transformer)
             if self.ar is not None:
                 self.ar = int8_dynamic(self.ar)
@@ -92,7 +89,7 @@ class Pipeline:
         needs a C++ compiler on CPU). Graphs are static per batch size, which runs faster than one graph for all
         sizes; the transformer is called on power-of-two chunks of a batch (at most 64 rows), so only those sizes
         compile, each on first use (~30 s at the ImageNet size)."""
-        from maskgit.evaluation.speed import compile_frozen, pow2_chunks
+        from maskgit.accel import compile_frozen, pow2_chunks
         self.transformer.forward = pow2_chunks(compile_frozen(self.transformer.forward))
         return self
 

@@ -73,7 +73,7 @@ def cmd_bench(args) -> int:
     command = args.command_line
     if args.what == "speed":
         from maskgit.evaluation.speed import run_speed
-        return run_speed(args, command)
+        return run_speed(args, command, resolve_device(args.device), parse_ints(args.batches, "--batches"))
     from maskgit.evaluation.samples import append_results, generate, markdown_table, time_per_image, uniform_labels
     from maskgit.pipeline import load
     from maskgit.commands.evaluate import evaluator_for

@@ -31,7 +31,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from maskgit.config import override
-    from maskgit.models.features import FeatureNetConfig, train_features
+    from maskgit.models.features import FeatureNetConfig
+    from maskgit.training.features import train_features
 
     metrics = train_features(dataset=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
                              lr=args.lr, seed=args.seed, device=args.device, augment=args.augment,

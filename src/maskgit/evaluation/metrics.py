@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from maskgit.errors import MaskGITError
+from maskgit.storage.files import atomic_write
 
 BATCH_SIZE = 500
 STATS_VERSION = 1
@@ -327,12 +328,10 @@ def save_stats(path: str | Path, stats: dict) -> Path:
     """Write reference statistics to a ``.npz`` (arrays and strings only; written atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, version=np.asarray(STATS_VERSION), mu=np.asarray(stats["mu"], np.float64),
+    atomic_write(path, lambda f: np.savez(f, version=np.asarray(STATS_VERSION), mu=np.asarray(stats["mu"], np.float64),
              sigma=np.asarray(stats["sigma"], np.float64), features=np.asarray(stats["features"], np.float64),
              name=np.asarray(str(stats["name"])), fingerprint=np.asarray(str(stats["fingerprint"])),
-             images=np.asarray(str(stats.get("images", ""))))
-    tmp.replace(path)
+             images=np.asarray(str(stats.get("images", "")))))
     return path
 
 

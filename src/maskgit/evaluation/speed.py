@@ -15,103 +15,7 @@ from maskgit.config import SampleConfig, transformer_preset, vqgan_preset
 from maskgit.sampling.decoding import decode
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
-
-MALLOC_THRESHOLD = 1 << 30  # bytes
-_malloc_tuned: bool | None = None
-
-
-def tune_malloc() -> bool:
-    """Keep large freed blocks for reuse instead of returning them to the OS (glibc ``mallopt``; process-wide).
-
-    glibc serves every allocation above its mmap threshold, which it never raises past 32 MiB, with a fresh
-    ``mmap`` and gives it back on free; each use then pays a page fault per 4 KiB. One 256 px activation of the
-    VQGAN decoder (128 channels, fp32) is 33.5 MiB, just over, so every layer there re-faulted its output: about a
-    tenth of a decode's time. Raising the mmap and trim thresholds to ``MALLOC_THRESHOLD`` keeps those blocks in the
-    heap. Results do not change; the process keeps up to that much freed memory for reuse. Called by the CLI and by
-    CPU pipelines; ``MASKGIT_TUNE_MALLOC=0`` turns it off. Returns whether the thresholds are set (False off glibc)."""
-    import os
-    global _malloc_tuned
-    if _malloc_tuned is not None:
-        return _malloc_tuned
-    _malloc_tuned = False
-    if os.environ.get("MASKGIT_TUNE_MALLOC", "1") == "0":
-        return False
-    _malloc_tuned = set_malloc_thresholds(MALLOC_THRESHOLD, MALLOC_THRESHOLD)
-    return _malloc_tuned
-
-
-def set_malloc_thresholds(mmap: int, trim: int) -> bool:
-    """glibc's ``mallopt(M_MMAP_THRESHOLD, mmap)`` and ``mallopt(M_TRIM_THRESHOLD, trim)``; False where there is no
-    glibc (macOS, Windows, musl) or it refuses."""
-    import ctypes
-    import ctypes.util
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(mallopt(M_MMAP_THRESHOLD, mmap)) and bool(mallopt(M_TRIM_THRESHOLD, trim))
-
-
-def compile_frozen(fn, backend="inductor", dynamic: bool | None = False):
-    """``torch.compile(fn)`` with inductor's weight freezing: parameters become constants, so the linear layers run
-    on pre-packed MKL weights and the pointwise ops around them fuse (see `maskgit bench speed --compile`). Inference
-    only: the compiled code ignores later changes to the weights. (Freezing is read when a call compiles, and
-    ``torch.compile(options={"freezing": True})`` does not reach it, hence the config patch around every call.)
-
-    Shapes are static (``dynamic=False``): each new batch size compiles its own graph. With torch's default
-    (``dynamic=None``) a second shape recompiles the graph with a symbolic batch dimension, and that graph ran the
-    ImageNet-size batch-8 forward at 73.7% of the matmul peak against 87.0% static (``benchmarks/compile_ab.py``)."""
-    import torch._inductor.config as inductor_config
-    compiled = torch.compile(fn, dynamic=dynamic, backend=backend)
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        with inductor_config.patch(freezing=True):
-            return compiled(*args, **kwargs)
-    return run
-
-
-MAX_CHUNK = 64  # rows per call of a batch-chunked function (chunk sizes: powers of two up to this)
-
-
-def pow2_chunks(fn, max_chunk: int = MAX_CHUNK):
-    """``fn`` over its batch in power-of-two chunks, largest first (13 rows -> 8 + 4 + 1; 150 -> 64 + 64 + 16 +
-    4 + 2), concatenated along the batch. Every tensor argument whose first dimension is the batch (that of the
-    first argument, positional or keyword) is sliced alike; ``fn`` must treat rows independently. A static-shape compiled ``fn`` then
-    meets at most log2(max_chunk) + 1 batch sizes, whatever batches a server forms, so it compiles a few graphs
-    once and stays under dynamo's recompile limit (8) instead of falling back to eager."""
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        first = args[0] if args else next(iter(kwargs.values()), None)
-        if not isinstance(first, torch.Tensor) or first.ndim == 0:
-            return fn(*args, **kwargs)
-        B = first.shape[0]
-        if B <= max_chunk and B & (B - 1) == 0:
-            return fn(*args, **kwargs)
-
-        def part(x, sl):
-            return x[sl] if isinstance(x, torch.Tensor) and x.ndim and x.shape[0] == B else x
-        outs, i = [], 0
-        while i < B:
-            n = min(max_chunk, 1 << ((B - i).bit_length() - 1))
-            sl = slice(i, i + n)
-            outs.append(fn(*(part(a, sl) for a in args), **{k: part(v, sl) for k, v in kwargs.items()}))
-            i += n
-        return torch.cat(outs)
-    return run
-
-
-def int8_dynamic(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``module`` with every nn.Linear dynamically quantised to int8 (CPU; VNNI makes it fast)."""
-    import warnings
-
-    from torch.ao.quantization import quantize_dynamic
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
-        return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
-
+from maskgit.accel import compile_frozen, int8_dynamic
 
 def matmul_peak(device: str = "cpu", n: int = 2048, repeats: int = 10, warmup: int = 3) -> float:
     """Best fp32 GFLOP/s of an n x n x n matrix product over ``repeats`` runs (after ``warmup`` runs): a peak, so
@@ -218,13 +122,10 @@ def timed(fn, repeats: int, device: str, flops: float) -> dict:
 
 
 @torch.inference_mode()
-def run_speed(args, command: str) -> int:
-    from maskgit.commands.common import parse_ints, resolve_device
+def run_speed(args, command: str, device: str, batches: list[int]) -> int:
     from maskgit.evaluation.samples import append_results, markdown_table
-    device = resolve_device(args.device)
     torch.manual_seed(0)
     cfg = transformer_preset(args.config)
-    batches = parse_ints(args.batches, "--batches")
     print(f"matmul peak at start: {matmul_peak(device):.1f} GFLOP/s")
     model = MaskGITTransformer(cfg).to(device).eval()
     variants = [("", model)]

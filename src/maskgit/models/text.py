@@ -192,25 +192,16 @@ class CaptionTable:
         return {"text": self.emb[rows].float(), "text_mask": self.mask[rows]}
 
     def save(self, path: str | Path) -> Path:
-        import os
+        from safetensors.torch import save
 
-        from safetensors.torch import save_file
+        from maskgit.storage.files import atomic_write
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"emb": self.emb.to(torch.float16).contiguous(), "mask": self.mask.bool().contiguous()}
         if self.index is not None:
             tensors["index"] = self.index.long().contiguous()
         meta = {"encoder": self.encoder, "spec": self.spec, "captions": json.dumps(self.captions)}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            save_file(tensors, str(tmp), metadata=meta)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # as an ordinary file (a shared cache stays readable)
-            os.replace(tmp, path)  # atomic: a reader never sees half a file
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return atomic_write(path, lambda f: f.write(save(tensors, metadata=meta)))
 
     @classmethod
     def load(cls, path: str | Path) -> CaptionTable:

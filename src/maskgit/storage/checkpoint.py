@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from maskgit.config import from_dict, to_dict
 from maskgit.errors import MaskGITError
+from maskgit.storage.files import atomic_dir
 
 FORMAT_VERSION = 1
 
@@ -48,29 +46,6 @@ def kind_of(model: torch.nn.Module) -> str:
     raise MaskGITError(f"cannot save a {type(model).__name__}: not a known model kind")
 
 
-def atomic_dir(path: Path):
-    """Context manager: yields a temporary directory that replaces ``path`` on success."""
-
-    class _Ctx:
-        def __enter__(self):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
-            return self.tmp
-
-        def __exit__(self, exc_type, exc, tb):
-            if exc_type is not None:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-                return False
-            old = None
-            if path.exists():
-                old = path.parent / f".{path.name}.old{os.getpid()}"
-                os.replace(path, old)
-            os.replace(self.tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-            return False
-
-    return _Ctx()
 
 
 def save_model(model: torch.nn.Module, path: str | Path, meta: dict | None = None,

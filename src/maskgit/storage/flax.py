@@ -4,7 +4,6 @@ nested maps of numpy arrays, arrays as msgpack extension types (and flax's chunk
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from maskgit.errors import MaskGITError
+from maskgit.storage.files import atomic_write
 
 OFFICIAL_FILES = {
     "tokenizer": ("tokenizer_imagenet256_checkpoint", "tokenizer_imagenet512_checkpoint"),
@@ -157,10 +157,7 @@ def write_flax_msgpack(tree: dict, path: str | Path) -> Path:
 
     path = Path(path)
     data = msgpack.packb(tree, default=default, use_bin_type=True, strict_types=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: f.write(data))
 
 
 # ================================================================ tree helpers

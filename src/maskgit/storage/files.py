@@ -1,0 +1,49 @@
+"""Atomic file and folder writes: a reader never sees half a file, and files follow the umask."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # unlike mkstemp, honours the umask (a shared cache stays readable)
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_dir(path: Path):
+    """Context manager: yields a temporary directory that replaces ``path`` on success."""
+
+    class _Ctx:
+        def __enter__(self):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+            return self.tmp
+
+        def __exit__(self, exc_type, exc, tb):
+            if exc_type is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return False
+            old = None
+            if path.exists():
+                old = path.parent / f".{path.name}.old{os.getpid()}"
+                os.replace(path, old)
+            os.replace(self.tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            return False
+
+    return _Ctx()

@@ -1,0 +1,113 @@
+"""The package's import graph: arrows point down the data flow, and no module imports its way back into itself."""
+
+import ast
+from pathlib import Path
+
+import maskgit
+
+PKG = Path(maskgit.__file__).parent
+
+# lower layers first; a module may import only from its own layer or below
+LAYERS = [
+    ["maskgit.errors", "maskgit.config", "maskgit.storage.files", "maskgit.accel"],
+    ["maskgit.sampling"],
+    ["maskgit.models"],
+    ["maskgit.storage"],
+    ["maskgit.data"],
+    ["maskgit.training"],
+    ["maskgit.pipeline"],
+    ["maskgit.evaluation"],
+    ["maskgit.serving"],
+    ["maskgit.commands", "maskgit.cli", "maskgit.__main__", "maskgit"],
+]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer_of(mod: str) -> int:
+    best, best_len = None, -1
+    for i, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if (mod == p or mod.startswith(p + ".")) and len(p) > best_len:
+                best, best_len = i, len(p)
+    assert best is not None, f"{mod} belongs to no layer: add it to LAYERS"
+    return best
+
+
+def imports_of(path: Path, mod: str, modules: set[str]) -> set[str]:
+    """maskgit modules that ``path`` imports, at any depth (function-level imports included)."""
+    is_pkg = path.name == "__init__.py"
+    package = mod if is_pkg else mod.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = package.split(".")
+                pkg = pkg[: len(pkg) - node.level + 1]
+                base = ".".join(pkg + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        for n in names:
+            while n and n not in modules:
+                n = n.rpartition(".")[0]
+            if n and n != mod:
+                out.add(n)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PKG.rglob("*.py")}
+    return {m: imports_of(p, m, set(files)) for m, p in files.items()}
+
+
+def test_every_import_points_down_the_layers():
+    bad = [f"{m} (layer {layer_of(m)}) imports {d} (layer {layer_of(d)})"
+           for m, deps in graph().items() for d in deps
+           if layer_of(d) > layer_of(m) and not (m.startswith(d + ".") or m == d)]  # a package's own __init__
+    assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_no_import_cycles():
+    g = graph()
+    # the package __init__s re-export their children; a child importing its parent package is not a cycle
+    g = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in g.items()}
+    state, stack, cycles = {}, [], []
+
+    def visit(m):
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(g.get(m, ())):
+            if state.get(d) == 1:
+                cycles.append(" -> ".join(stack[stack.index(d):] + [d]))
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+    for m in sorted(g):
+        if m not in state:
+            visit(m)
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    """The walk must catch a function-level import of the CLI from a model (else the tests above prove nothing)."""
+    f = PKG / "models" / "vqgan.py"
+    fake = tmp_path / "vqgan.py"
+    fake.write_text(f.read_text() + "\n\ndef _bad():\n    from maskgit.commands.common import resolve_device\n")
+    deps = imports_of(fake, "maskgit.models.vqgan", set(graph()))
+    assert "maskgit.commands.common" in deps and layer_of("maskgit.commands.common") > layer_of("maskgit.models.vqgan")
+
+
+def test_public_api_stays_importable_from_the_top():
+    for name in ("load", "Pipeline", "decode", "SampleConfig", "TransformerConfig", "VQGANConfig", "TrainConfig",
+                 "MaskGITError"):
+        assert hasattr(maskgit, name), name
