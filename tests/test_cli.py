@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,5 +57,12 @@ def test_sample_writes_npz_and_steps(tiny_pipeline_dir, tmp_path):
 
 
 def test_python_dash_m_and_console_script_work():
+    import shutil
+
+    import maskgit
     r = subprocess.run([sys.executable, "-m", "maskgit", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "sample" in r.stdout
+    script = shutil.which("maskgit") or str(Path(sys.executable).parent / "maskgit")
+    assert Path(script).exists(), "the `maskgit` console script is not installed (pip install -e .)"
+    r = subprocess.run([script, "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == f"maskgit {maskgit.__version__}"

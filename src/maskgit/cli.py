@@ -30,18 +30,12 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from maskgit import __version__
     parser = argparse.ArgumentParser(prog="maskgit", description="MaskGIT: masked generative image transformer.")
+    parser.add_argument("--version", action="version", version=f"maskgit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    seen = set()
     for mod_name in dict.fromkeys(COMMANDS.values()):
-        try:
-            mod = importlib.import_module(f"maskgit.commands.{mod_name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"maskgit.commands.{mod_name}":
-                continue  # not built yet
-            raise
-        mod.register(sub)
-        seen.add(mod_name)
+        importlib.import_module(f"maskgit.commands.{mod_name}").register(sub)
     return parser
 
 

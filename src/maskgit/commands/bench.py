@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from pathlib import Path
 
 from maskgit.errors import MaskGITError
@@ -20,7 +22,7 @@ PLOTS = Path("benchmarks/plots")
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks (appends to benchmarks/RESULTS.md, draws plots)",
-                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["table", "schedules", "tradeoff", "speed", "int8"])
     p.add_argument("--model", default=None, help="shipped model name or pipeline directory")
     p.add_argument("--num", type=int, default=1000, help="samples per quality row")
