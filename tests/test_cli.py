@@ -51,8 +51,8 @@ def test_sample_writes_npz_and_steps(tiny_pipeline_dir, tmp_path):
     assert main(["sample", "--model", str(tiny_pipeline_dir), "--labels", "0,1", "--num", "3", "--steps", "3",
                  "--out", str(out), "--show-steps", str(tmp_path / "steps.png")]) == 0
     z = np.load(out)
-    assert z["images"].shape == (6, 16, 16, 1) and z["images"].dtype == np.uint8
-    assert z["labels"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert z["arr_0"].shape == (6, 16, 16, 3) and z["arr_0"].dtype == np.uint8
+    assert z["arr_1"].tolist() == [0, 0, 0, 1, 1, 1]
     assert (tmp_path / "steps.png").exists()
 
 

@@ -231,7 +231,7 @@ def test_sample_command_takes_precision_and_compile_flags(tiny_pipeline_dir, tmp
     from maskgit.cli import main
     rc = main(["sample", "--model", str(tiny_pipeline_dir), "--labels", "0,1", "--steps", "2", "--precision", "int8",
                "--out", str(tmp_path / "q.npz")])
-    assert rc == 0 and np.load(tmp_path / "q.npz")["images"].shape == (2, 16, 16, 1)
+    assert rc == 0 and np.load(tmp_path / "q.npz")["arr_0"].shape == (2, 16, 16, 3)
     assert main(["sample", "--model", str(tiny_pipeline_dir), "--precision", "bf16", "--device", "cpu",
                  "--out", str(tmp_path / "x.png")]) == 2  # bf16 autocast is for GPUs: a clear error
 

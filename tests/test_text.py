@@ -282,7 +282,7 @@ def test_train_and_sample_from_the_command_line(tmp_path, capsys):
                "--num", "2", "--cfg", "2", "--steps", "3", "--out", str(tmp_path / "s.npz")])
     assert rc == 0
     z = np.load(tmp_path / "s.npz")
-    assert z["images"].shape == (4, 16, 16, 1) and list(z["prompts"]) == ["word1 thing2 extra"] * 2 + [""] * 2
+    assert z["arr_0"].shape == (4, 16, 16, 3) and list(z["prompts"]) == ["word1 thing2 extra"] * 2 + [""] * 2
     assert main(["sample", "--model", str(root), "--labels", "1"]) == 2  # a text model takes no class labels
     # the prefix variant from the same command line: no cross-attention layers, text positions instead
     rc = main(["train", "--tokens", str(tmp_path / "store"), "--preset", "tiny", "--out", str(tmp_path / "pre"),

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from maskgit.storage.checkpoint import load_model
+from maskgit.commands.common import device_arg, resolve_device
 from maskgit.config import SampleConfig, add_dataclass_args, override, sample_kwargs
 from maskgit.errors import MaskGITError
-from maskgit.commands.common import device_arg, resolve_device
+from maskgit.storage.checkpoint import load_model
 
 
 def register(sub) -> None:
@@ -27,33 +28,72 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="AR only: no KV cache")
     p.add_argument("--json", default=None, help="write the metrics here")
-    p.add_argument("--save-samples", default=None, help="also write the samples as .npz (uint8 images + labels)")
+    p.add_argument("--save-samples", default=None, help="also write the samples: X.npz (ADM layout) or DIR/ (PNGs)")
+    p.add_argument("--samples", default=None,
+                   help="evaluate these samples instead of generating: an ADM .npz (arr_0 uint8 (N,H,W,3), arr_1 "
+                        "labels) or a folder of PNGs (+ labels.txt)")
+    p.add_argument("--ref", default=None,
+                   help="reference instead of --data/--split: an ADM .npz with arr_0 images and/or mu/sigma (FD "
+                        "uses mu/sigma when they are in the feature network's space), or a PNG folder")
     device_arg(p)
     add_dataclass_args(p, SampleConfig, skip=("start_step",))
     p.set_defaults(func=cmd_eval)
 
 
-def evaluator_for(pipe, features: str | None, data: str, split: str, num: int | None = None):
+def evaluator_for(pipe, features: str | None, data: str, split: str, num: int | None = None,
+                  size: int | None = None):
     from maskgit.evaluation.samples import Evaluator, load_real
-    net = load_model(features, "features") if features else pipe.features
-    if net is None:
-        raise MaskGITError("no feature network: pass --features DIR (made by `maskgit train-features`)")
-    size = pipe.grid[0] * pipe.tokenizer.config.downsample
+    net = _feature_net(pipe, features)
+    size = size or pipe.grid[0] * pipe.tokenizer.config.downsample
     return Evaluator(net, load_real(data, split, size, num))
 
 
-def cmd_eval(args) -> int:
+def _feature_net(pipe, features: str | None):
+    net = load_model(features, "features") if features else (pipe.features if pipe is not None else None)
+    if net is None:
+        raise MaskGITError("no feature network: pass --features DIR (made by `maskgit train-features`)")
+    return net
+
+
+def _samples(args, pipe) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """uint8 samples (N,H,W,C), their labels and the seconds per image (None when read from --samples)."""
     from maskgit.evaluation.samples import generate, uniform_labels
-    from maskgit.pipeline import load
+    from maskgit.storage.samples import read_samples
+    if args.samples:
+        s = read_samples(args.samples)
+        return s["images"], s["labels"], None
     if args.num < 2:
         raise MaskGITError("--num must be at least 2")
-    pipe = load(args.model, resolve_device(args.device))
-    ev = evaluator_for(pipe, args.features, args.data, args.split)
     kw = sample_kwargs(override(SampleConfig(), args))
     labels = uniform_labels(args.num, pipe.transformer.config.num_classes)
     images, seconds = generate(pipe, labels, args.arch, kw, args.seed, args.batch_size, not args.no_cache)
-    metrics = {"num": args.num, "arch": args.arch, **kw, "seconds_per_image": seconds / args.num,
-               **ev(images, labels)}
+    # metrics see the uint8 images a file would hold, so evaluating the saved file gives the same numbers
+    u8 = (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return u8, labels.numpy(), seconds / args.num
+
+
+def cmd_eval(args) -> int:
+    from maskgit.evaluation.reference import evaluate_samples
+    from maskgit.pipeline import load
+    from maskgit.storage.samples import is_png_folder, read_samples, to_channels, write_npz, write_png_folder
+    if args.samples and args.save_samples:
+        raise MaskGITError("--save-samples writes generated samples; with --samples nothing is generated")
+    ref = read_samples(args.ref, need_images=False) if args.ref else None  # bad files fail before any work
+    pipe = None if (args.samples and args.features) else load(args.model, resolve_device(args.device))
+    u8, labels, per_image = _samples(args, pipe)
+    if len(u8) < 2:
+        raise MaskGITError(f"need at least 2 samples, got {len(u8)}")
+    net = _feature_net(pipe, args.features)
+    if ref is not None:
+        values = evaluate_samples(net, u8, labels, ref)
+    else:
+        ev = evaluator_for(pipe, args.features, args.data, args.split, size=u8.shape[1])
+        lab = None if labels is None else torch.as_tensor(labels)
+        values = ev(torch.from_numpy(to_channels(u8, net.config.channels)).permute(0, 3, 1, 2), lab)
+    kw = {} if args.samples else sample_kwargs(override(SampleConfig(), args))
+    source = {"samples": str(args.samples)} if args.samples else {"arch": args.arch}
+    metrics = {"num": len(u8), **source, **kw,
+               **({"seconds_per_image": per_image} if per_image is not None else {}), **values}
     width = max(len(k) for k in metrics)
     for k, v in metrics.items():
         print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
@@ -62,6 +102,5 @@ def cmd_eval(args) -> int:
         Path(args.json).write_text(json.dumps({**metrics, "command": args.command_line},
                                               indent=1) + "\n")
     if args.save_samples:
-        u8 = (images.clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).numpy()
-        np.savez(args.save_samples, images=u8, labels=labels.numpy())
+        (write_png_folder if is_png_folder(args.save_samples) else write_npz)(args.save_samples, u8, labels)
     return 0

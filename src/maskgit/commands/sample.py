@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from maskgit.config import SampleConfig, add_dataclass_args, override, sample_kwargs
@@ -35,7 +34,8 @@ def register(sub) -> None:
     p.add_argument("--labels", default=None, help="comma-separated class ids, e.g. 0,3,7")
     p.add_argument("--num", type=int, default=None, help="number of samples (with --labels or --prompt: per "
                    "label or prompt)")
-    p.add_argument("--out", default="samples.png", help="grid.png, or samples.npz (uint8 images + labels)")
+    p.add_argument("--out", default="samples.png", help="grid.png; samples.npz (ADM layout: arr_0 uint8 (N,H,W,3), "
+                   "arr_1 labels); or DIR/ (numbered PNGs + labels.txt)")
     p.add_argument("--show-steps", default=None, help="also write a strip of the intermediate images here")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--arch", default="maskgit", choices=["maskgit", "ar"])
@@ -119,10 +119,11 @@ def cmd_sample(args) -> int:
     dt = time.time() - t0
     out = Path(args.out)
     u8 = (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    if out.suffix == ".npz":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        extra = {"prompts": np.asarray(prompts)} if prompts is not None else {}
-        np.savez(out, images=u8, labels=np.asarray(labels if labels is not None else [-1] * n), **extra)
+    from maskgit.storage.samples import is_png_folder, write_npz, write_png_folder
+    if out.suffix == ".npz":  # the ADM layout: arr_0 uint8 (N,H,W,3), arr_1 labels
+        write_npz(out, u8, labels, prompts)
+    elif is_png_folder(args.out):
+        write_png_folder(out, u8, labels)
     else:
         names = pipe.class_names
         captions = [names[l] for l in labels] if (labels is not None and names) else prompts
