@@ -1,5 +1,9 @@
-"""The server's batching worker: one inference thread, a bounded queue, and requests with equal sampling
-settings coalesced into one batched decode (no FastAPI here; see server.py for the HTTP side)."""
+"""The server's batching worker: one inference thread, a bounded queue (counted in images), and requests with
+equal sampling settings coalesced into one batched decode (no FastAPI here; see app.py for the HTTP side).
+
+Requests whose client went away are taken out of the queue before they are decoded (``Batcher.abandon``); a
+shutdown refuses new work, and after its deadline answers every request still waiting with 503
+(``begin_shutdown``)."""
 
 from __future__ import annotations
 
@@ -31,15 +35,21 @@ class ServerConfig:
 
     max_batch: int = 32  # images in one batched decode
     max_wait_ms: float = 10.0  # how long the oldest request may wait for company
-    queue_size: int = 256  # requests waiting (beyond: 503)
+    queue_size: int = 256  # images waiting to be decoded (beyond: 503); an empty queue takes any request
     max_num: int = 64  # images per request
     max_steps: int = 64  # decoding steps per request
     max_body_mb: float = 8.0  # request body (beyond: 413)
+    body_timeout: float = 30.0  # seconds to wait for the next part of a request body (beyond: 408)
+    shutdown_timeout: float = 30.0  # SIGTERM/SIGINT: requests still waiting after this many seconds get 503
 
     def __post_init__(self):
-        if min(self.max_batch, self.queue_size, self.max_num, self.max_steps) < 1 or self.max_wait_ms < 0 \
-                or self.max_body_mb <= 0:
-            raise MaskGITError(f"server limits must be positive (max_wait_ms may be 0), got {self}")
+        numbers = (self.max_batch, self.queue_size, self.max_num, self.max_steps, self.max_wait_ms,
+                   self.max_body_mb, self.body_timeout, self.shutdown_timeout)
+        if not all(math.isfinite(v) for v in numbers) or min(self.max_batch, self.queue_size, self.max_num,
+                                                             self.max_steps) < 1 or self.max_wait_ms < 0 \
+                or min(self.max_body_mb, self.body_timeout) <= 0 or self.shutdown_timeout < 0:
+            raise MaskGITError(f"server limits must be positive and finite (max_wait_ms and shutdown_timeout may "
+                               f"be 0), got {self}")
 
 
 class APIError(Exception):
@@ -66,6 +76,7 @@ class Job:
     fn: Callable[[], Any] | None = None
     future: concurrent.futures.Future = dataclasses.field(default_factory=concurrent.futures.Future)
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
+    abandoned: bool = False  # the client went away while this job was being decoded
 
     @property
     def size(self) -> int:
@@ -94,9 +105,12 @@ class Batcher:
         self._cv = threading.Condition()
         self._queue: deque[Job] = deque()
         self._closing = self._held = False
+        self._deadline: threading.Timer | None = None
         self._thread = threading.Thread(target=self._loop, name="maskgit-worker", daemon=True)
+        # errors: requests answered with an error; abandoned: requests whose client left before decoding
+        # (never decoded); abandoned_images_decoded: images of clients that left while their batch ran
         self.stats = {"requests": 0, "images": 0, "batches": 0, "edits": 0, "rejected": 0, "errors": 0,
-                      "busy_seconds": 0.0}  # errors: requests answered with an error
+                      "abandoned": 0, "abandoned_images_decoded": 0, "shutdown_refused": 0, "busy_seconds": 0.0}
 
     # ---------------------------------------------------------- control
     def start(self) -> None:
@@ -109,22 +123,61 @@ class Batcher:
             if self._closing:
                 self.stats["rejected"] += 1
                 raise APIError(503, "the server is shutting down", {"Retry-After": "5"})
-            if len(self._queue) >= self.queue_size:
+            waiting = sum(j.size for j in self._queue)
+            if self._queue and waiting + job.size > self.queue_size:
                 self.stats["rejected"] += 1
-                raise APIError(503, f"the queue is full ({self.queue_size} requests waiting): retry later",
-                               {"Retry-After": str(self._retry_after())})
+                raise APIError(503, f"the queue is full ({waiting} images waiting, the limit is {self.queue_size}):"
+                                    f" retry later", {"Retry-After": str(self._retry_after())})
             job.enqueued = time.monotonic()
             self._queue.append(job)
             self._cv.notify_all()
         return job.future
 
+    def abandon(self, job: Job) -> bool:
+        """The client of ``job`` went away: drop it if it is still waiting (True), else mark it (False)."""
+        with self._cv:
+            if job in self._queue and job.future.cancel():
+                self._queue.remove(job)
+                self.stats["abandoned"] += 1
+                self._cv.notify_all()
+                return True
+            job.abandoned = True
+            return False
+
+    def begin_shutdown(self, deadline_s: float) -> None:
+        """Refuse new requests now; requests still waiting ``deadline_s`` seconds later are answered 503."""
+        with self._cv:
+            self._closing, self._held = True, False
+            self._cv.notify_all()
+            if self._deadline is None:
+                self._deadline = threading.Timer(deadline_s, self.refuse_waiting)
+                self._deadline.daemon = True
+                self._deadline.start()
+
+    def refuse_waiting(self) -> int:
+        """Answer every request still in the queue with 503 (the shutdown deadline passed); returns how many."""
+        with self._cv:
+            jobs, self._queue = list(self._queue), deque()
+            self._cv.notify_all()
+        error = APIError(503, "the server shut down before this request was decoded", {"Retry-After": "5"})
+        refused = 0
+        for j in jobs:
+            if j.future.set_running_or_notify_cancel():  # False: its client had already gone
+                j.future.set_exception(error)
+                refused += 1
+        with self._cv:
+            self.stats["shutdown_refused"] += refused
+        return refused
+
     def close(self, timeout: float | None = None) -> None:
-        """Refuse new requests, finish every accepted one, stop the thread."""
+        """Refuse new requests, finish every accepted one (within ``timeout`` seconds if given), stop the thread."""
         with self._cv:
             self._closing, self._held = True, False
             self._cv.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._deadline is not None:
+            self._deadline.cancel()
 
     def hold(self) -> None:
         """Pause the worker between batches (requests keep queueing); for tests and maintenance."""
@@ -150,6 +203,10 @@ class Batcher:
         s["mean_batch_size"] = s["requests"] / s["batches"] if s["batches"] else 0.0
         s["mean_batch_images"] = s["images"] / s["batches"] if s["batches"] else 0.0
         return s
+
+    def queued_images(self) -> int:
+        with self._cv:
+            return sum(j.size for j in self._queue)
 
     def _retry_after(self) -> int:
         per_image = self.stats["busy_seconds"] / max(self.stats["images"] + self.stats["edits"], 1)
@@ -228,11 +285,13 @@ class Batcher:
                                  return_steps=return_steps, **{f: getattr(cfg, f) for f in SAMPLE_FIELDS})
         images, steps = out if return_steps else (out, None)
         images = to_u8(images)
+        abandoned = sum(len(j.labels) for j in jobs if j.abandoned)
         steps = [to_u8(s) for s in steps] if steps is not None else None
         with self._cv:
             self.stats["requests"] += len(jobs)
             self.stats["images"] += len(labels)
             self.stats["batches"] += 1
+            self.stats["abandoned_images_decoded"] += abandoned
         a = 0
         for j in jobs:
             b = a + len(j.labels)
