@@ -25,6 +25,7 @@ COMMANDS = {
     "bench-binding": "bench_binding",
     "text-embed": "text",
     "convert": "convert",
+    "export": "export",
     "serve": "serve",
 }
 

@@ -1,0 +1,172 @@
+"""ONNX export: a pipeline's transformer step, VQGAN decoder and encoder as three graphs plus a model card, so that
+``maskgit.runtime`` (numpy + onnxruntime) can generate and edit without PyTorch.
+
+Graphs (batch dimension dynamic everywhere):
+
+- ``transformer.onnx``: ``tokens`` int64 (B, N) with mask ids, ``labels`` int64 (B,) (-1 = no class)
+  -> ``logits`` float32 (B, N, K). One decoding step; classifier-free guidance runs it on a doubled batch
+  (conditional rows, then the same tokens with label -1), as the PyTorch pipeline does.
+- ``decoder.onnx``: ``tokens`` int64 (B, h, w) -> ``images`` float32 (B, C, H, W) in [0, 1].
+- ``encoder.onnx``: ``images`` float32 (B, C, H, W) in [0, 1] -> ``tokens`` int64 (B, h, w) (for editing).
+
+``model_card.json`` records the configs, the sampling defaults, the opset, the graphs' inputs and outputs and the
+SHA-256 of every file."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from maskgit.config import SampleConfig
+from maskgit.errors import MaskGITError
+from maskgit.models.transformer import MaskGITTransformer
+from maskgit.models.vqgan import VQGAN, upsample_conv
+from maskgit.storage.files import atomic_write
+
+OPSET = 18
+CARD = "model_card.json"
+CARD_VERSION = 1
+
+
+class TransformerStep(nn.Module):
+    """tokens (B,N), labels (B,) -> logits (B,N,K): the transformer's forward without its Python-side checks
+    (the runtime validates labels and tokens before calling the graph)."""
+
+    def __init__(self, model: MaskGITTransformer):
+        super().__init__()
+        self.model = model
+        c = model.config
+        self.codebook_size = c.codebook_size
+        self.null_id = c.codebook_size + c.num_classes if c.null_class else c.mask_id
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        null = torch.full_like(labels, self.null_id)
+        cond = torch.where(labels >= 0, labels + self.codebook_size, null)  # (B,)
+        ids = torch.cat([cond[:, None], tokens], 1)  # (B, 1+N)
+        x = self.model.run_blocks(self.model.embed(ids))[:, 1:]  # (B, N, W)
+        return self.model.head(x)  # (B, N, K)
+
+
+class _Decoder(nn.Module):
+    """The VQGAN decoder with its upsampling convolutions in the plain form (nearest resize + conv), which every
+    ONNX runtime executes; the values equal the sub-pixel form's up to float rounding."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.d = decoder
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        d = self.d
+        x = d.conv_in(z)
+        for block in d.mid:
+            x = block(x)
+        for i, level in enumerate(d.levels):
+            for block in level:
+                x = block(x)
+            if i < len(d.upconvs):
+                x = upsample_conv(x, d.upconvs[i], subpixel=False)
+        return d.conv_out(torch.nn.functional.silu(d.norm_out(x)))
+
+
+class DecoderGraph(nn.Module):
+    """tokens (B,h,w) -> images (B,C,H,W) in [0,1]."""
+
+    def __init__(self, vqgan: VQGAN):
+        super().__init__()
+        self.codebook = vqgan.quantizer.codebook
+        self.decoder = _Decoder(vqgan.decoder)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        z = self.codebook[tokens].permute(0, 3, 1, 2)  # (B, D, h, w)
+        return self.decoder(z).clamp(0, 1)
+
+
+class EncoderGraph(nn.Module):
+    """images (B,C,H,W) in [0,1] -> tokens (B,h,w): nearest codebook entry by squared L2."""
+
+    def __init__(self, vqgan: VQGAN):
+        super().__init__()
+        self.encoder = vqgan.encoder
+        self.codebook = vqgan.quantizer.codebook
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(images)
+        B, D, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(B, h * w, D)  # (B, h*w, D)
+        d = (flat * flat).sum(-1, keepdim=True) - 2 * flat @ self.codebook.t() + (self.codebook ** 2).sum(1)
+        return d.argmin(-1).reshape(B, h, w)
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+            dynamic: dict[str, dict[int, str]]) -> None:
+    try:
+        import onnx  # noqa: F401  (torch.onnx needs it)
+    except ImportError:
+        raise MaskGITError("ONNX export needs the onnx package: pip install onnx onnxruntime") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_pipeline(pipe, out: str | Path, encoder: bool = True) -> dict:
+    """Write the graphs and ``model_card.json`` of a loaded ``Pipeline`` (fp32, CPU) to ``out``; returns the card."""
+    tr, tok = pipe.transformer, pipe.tokenizer
+    c = tr.config
+    if c.text_dim:
+        raise MaskGITError("ONNX export supports class-conditional and unconditional models; this one is "
+                           "text-conditioned (its text encoder is not exported yet)")
+    if not isinstance(tr, MaskGITTransformer) or pipe.precision != "fp32":
+        raise MaskGITError("export a plain fp32 pipeline (load it without --precision or --compile)")
+    out = Path(out)
+    tr, tok = tr.float().cpu().eval(), tok.float().cpu().eval()
+    h, w = pipe.grid
+    size = h * tok.config.downsample
+    B = 2
+    tokens = torch.full((B, h * w), c.mask_id, dtype=torch.long)
+    tokens[:, ::3] = 1
+    labels = torch.tensor([0 if c.num_classes else -1, -1][:B])
+    files = {"transformer": "transformer.onnx", "decoder": "decoder.onnx"}
+    _export(TransformerStep(tr), (tokens, labels), out / files["transformer"], ["tokens", "labels"], ["logits"],
+            {"tokens": {0: "batch"}, "labels": {0: "batch"}, "logits": {0: "batch"}})
+    grid = torch.zeros(B, h, w, dtype=torch.long)
+    _export(DecoderGraph(tok), (grid,), out / files["decoder"], ["tokens"], ["images"],
+            {"tokens": {0: "batch"}, "images": {0: "batch"}})
+    if encoder:
+        files["encoder"] = "encoder.onnx"
+        _export(EncoderGraph(tok), (torch.rand(B, tok.config.channels, size, size),), out / files["encoder"],
+                ["images"], ["tokens"], {"images": {0: "batch"}, "tokens": {0: "batch"}})
+    card = {
+        "format": "maskgit-onnx", "format_version": CARD_VERSION, "opset": OPSET,
+        "files": {k: {"path": v, "sha256": sha256(out / v)} for k, v in files.items()},
+        "transformer": dataclasses.asdict(c), "tokenizer": dataclasses.asdict(tok.config),
+        "mask_id": c.mask_id, "codebook_size": c.codebook_size, "num_classes": c.num_classes,
+        "null_class": c.null_class, "grid": [h, w], "image_size": size, "channels": tok.config.channels,
+        "class_names": pipe.class_names, "sampling": dataclasses.asdict(SampleConfig()),
+        "graphs": {
+            "transformer": {"inputs": {"tokens": "int64 (B, N)", "labels": "int64 (B,), -1 = no class"},
+                            "outputs": {"logits": "float32 (B, N, K)"},
+                            "cfg": "run on 2B rows: conditional, then label -1; logits = c + s * (c - u)"},
+            "decoder": {"inputs": {"tokens": "int64 (B, h, w)"}, "outputs": {"images": "float32 (B, C, H, W)"}},
+            **({"encoder": {"inputs": {"images": "float32 (B, C, H, W) in [0, 1]"},
+                            "outputs": {"tokens": "int64 (B, h, w)"}}} if encoder else {}),
+        },
+        "exported_with": {"torch": torch.__version__},
+    }
+    atomic_write(out / CARD, lambda f: f.write((json.dumps(card, indent=1) + "\n").encode()))
+    return card
