@@ -232,8 +232,37 @@ def test_sample_command_takes_precision_and_compile_flags(tiny_pipeline_dir, tmp
     rc = main(["sample", "--model", str(tiny_pipeline_dir), "--labels", "0,1", "--steps", "2", "--precision", "int8",
                "--out", str(tmp_path / "q.npz")])
     assert rc == 0 and np.load(tmp_path / "q.npz")["arr_0"].shape == (2, 16, 16, 3)
-    assert main(["sample", "--model", str(tiny_pipeline_dir), "--precision", "bf16", "--device", "cpu",
-                 "--out", str(tmp_path / "x.png")]) == 2  # bf16 autocast is for GPUs: a clear error
+    assert main(["sample", "--model", str(tiny_pipeline_dir), "--precision", "fp16", "--device", "cpu",
+                 "--out", str(tmp_path / "x.png")]) == 2  # fp16 autocast is for GPUs: a clear error
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("flags,expected", [({"avx512_bf16": True}, "bf16"), ({"amx_bf16": True}, "bf16"),
+                                            ({}, "fp32")])
+def test_auto_precision_follows_the_cpus_bf16_hardware(monkeypatch, tiny_pipeline_dir, flags, expected):
+    import maskgit.accel as accel
+    caps = {"model": "test CPU", "avx512": True, "avx512_bf16": False, "amx_bf16": False, "torch_isa": "AVX512"}
+    monkeypatch.setattr(accel, "cpu_capabilities", lambda: {**caps, **flags})
+    pipe = Pipeline.load(tiny_pipeline_dir, precision="auto")
+    assert pipe.precision == expected
+    linear = pipe.transformer.blocks[0].fc1
+    assert linear.weight.dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
+    assert Pipeline.load(tiny_pipeline_dir).precision == "fp32"  # the Python API's default stays the exact one
+
+
+def test_cpu_bf16_pipeline_stays_close_to_fp32(tiny_pipeline_dir):
+    """bf16 on CPU: linear weights stored in bf16 under autocast, fp32 logits out; the fp32 weights are untouched."""
+    exact = Pipeline.load(tiny_pipeline_dir)
+    fast = Pipeline.load(tiny_pipeline_dir, precision="bf16")
+    c = exact.transformer.config
+    tokens = torch.randint(0, c.codebook_size, (3, c.num_tokens), generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2])
+    a = exact.logits_fn(labels)(tokens, False)
+    b = fast.logits_fn(labels)(tokens, False)
+    assert b.dtype == torch.float32 and a.shape == b.shape
+    assert exact.transformer.blocks[0].fc1.weight.dtype == torch.float32
+    err = (a - b).abs().max().item()
+    assert 0 < err < 0.1 * a.abs().max().item()  # rounded (so bf16 really ran), but close
 
 
 @pytest.mark.slow
@@ -242,13 +271,13 @@ def test_bench_speed_command_writes_its_table(tmp_path):
     from maskgit.cli import main
     out = tmp_path / "RESULTS.md"
     assert main(["bench", "speed", "--config", "tiny", "--batches", "1", "--repeats", "1", "--no-ar-nocache",
-                 "--int8", "--results", str(out), "--device", "cpu"]) == 0
+                 "--int8", "--precisions", "fp32,bf16", "--results", str(out), "--device", "cpu"]) == 0
     text = out.read_text()
     for row in ("MaskGIT transformer, 8 steps | 1", "MaskGIT transformer, 1 forward | 1", "MaskGIT transformer, 8 steps (int8) | 1",
                 "VQGAN decoder 256 px | 1", "VQGAN decoder 256 px, at official-layout FLOPs | 1",
-                "AR, 16 steps, KV cache | 1"):
+                "AR, 16 steps, KV cache | 1", "MaskGIT transformer, 8 steps (bf16) | 1"):
         assert row in text
-    assert "peak GFLOP/s" in text and "maskgit bench speed --config tiny" in text
+    assert "peak GFLOP/s" in text and "maskgit bench speed --config tiny" in text and "avx512_bf16" in text
     # the decoder's two FLOP counts, as measured: the sub-pixel form executes fewer than the official layout
     import re
     executed, official = map(float, re.search(r"([\d.]+) GFLOP per 256 px image executed.*?layout's ([\d.]+) GFLOP",

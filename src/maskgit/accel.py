@@ -102,3 +102,54 @@ def int8_dynamic(module: torch.nn.Module) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
         return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def cpu_capabilities() -> dict:
+    """The CPU's model and the instruction sets that decide the fast paths (Linux: /proc/cpuinfo; elsewhere only
+    what torch reports)."""
+    import platform
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {"model": model, "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "amx_bf16": "amx_bf16" in flags, "torch_isa": torch.backends.cpu.get_cpu_capability()}
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware (CPU: avx512_bf16 or AMX; GPU: torch says so).
+    Without it bf16 is emulated and runs slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    caps = cpu_capabilities()
+    return device.type == "cpu" and (caps["avx512_bf16"] or caps["amx_bf16"])
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """``auto`` -> bf16 where the device has native bf16 matmul, fp32 elsewhere; other names pass through."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def bf16_linears(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose nn.Linear weights are stored in bf16, for running under CPU bf16 autocast: the
+    weights are cast once instead of on every call; norms, embeddings and softmax stay fp32."""
+    import copy
+    module = copy.deepcopy(module)
+    for m in module.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.to(torch.bfloat16)
+    return module

@@ -63,15 +63,19 @@ class Pipeline:
         self.class_names = class_names
         self._text_encoder = text_encoder or getattr(transformer, "meta", {}).get("text_encoder")
         self.precision = "fp32"
-        if precision != "fp32":
+        if precision != "fp32":  # "auto" resolves there
             self.set_precision(precision)
 
     # ------------------------------------------------------------ speed options (opt-in, change results)
     def set_precision(self, precision: str) -> Pipeline:
-        """"fp32" (exact), "int8" (CPU: dynamic int8 quantisation of the transformers' linear layers),
-        "bf16"/"fp16" (GPU: autocast). The non-fp32 modes trade a little quality for speed (see RESULTS.md)."""
-        if precision not in ("fp32", "int8", "bf16", "fp16"):
-            raise MaskGITError(f"precision must be fp32, int8, bf16 or fp16, not {precision!r}")
+        """"fp32" (exact), "int8" (CPU: dynamic int8 quantisation of the transformers' linear layers), "bf16" (the
+        transformers under bf16 autocast; on CPU with bf16 linear weights), "fp16" (GPU autocast), "auto" (bf16
+        where the device multiplies bf16 in hardware, else fp32). The VQGAN always runs in fp32. The non-fp32
+        modes trade a little quality for speed (see RESULTS.md); ``self.precision`` is the one chosen."""
+        from maskgit.accel import PRECISIONS, resolve_precision
+        if precision not in PRECISIONS:
+            raise MaskGITError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        precision = resolve_precision(precision, self.device)
         if precision == "int8":
             if self.device.type != "cpu":
                 raise MaskGITError("int8 mode is for CPUs; on a GPU use bf16 or fp16")
@@ -79,8 +83,11 @@ class Pipeline:
             self.transformer = int8_dynamic(self.transformer)
             if self.ar is not None:
                 self.ar = int8_dynamic(self.ar)
-        elif precision in ("bf16", "fp16") and self.device.type != "cuda":
-            raise MaskGITError(f"{precision} autocast is for GPUs (bf16 is slower than fp32 on most CPUs)")
+        elif precision == "fp16" and self.device.type != "cuda":
+            raise MaskGITError("fp16 autocast is for GPUs; on a CPU use bf16 (fast with avx512_bf16 or AMX) or int8")
+        elif precision == "bf16" and self.device.type == "cpu":
+            from maskgit.accel import bf16_linears
+            self.transformer = bf16_linears(self.transformer)  # the AR baseline stays fp32
         self.precision = precision
         return self
 
@@ -95,7 +102,7 @@ class Pipeline:
 
     def _autocast(self):
         if self.precision in ("bf16", "fp16"):
-            return torch.autocast("cuda", dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
         import contextlib
         return contextlib.nullcontext()
 
@@ -200,9 +207,10 @@ class Pipeline:
             B = len(tokens)
             with self._autocast():
                 if not guided:
-                    return model(tokens, labels, text=text.emb, text_mask=text.mask)
+                    return model(tokens, labels, text=text.emb, text_mask=text.mask).float()
                 t, m = text.both(model, B)
                 out = model(torch.cat([tokens, tokens]), torch.cat([labels, null]), text=t, text_mask=m)  # (2B,N,K)
+            out = out.float()  # sampling reads fp32 logits whatever the precision
             return out[:B], out[B:]
 
         return fn

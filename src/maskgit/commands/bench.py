@@ -1,4 +1,4 @@
-"""`maskgit bench`: the benchmark tables of benchmarks/RESULTS.md, each appended with the command that made it.
+"""`maskgit bench`: the benchmark tables of benchmarks/RESULTS.md, each written with the command that made it.
 
   table      MaskGIT at T=4,8,12,16 vs the AR baseline (with/without KV cache): FD, class agreement, speed
   schedules  FD vs T for every mask schedule (the paper's Table 3)
@@ -16,12 +16,12 @@ from pathlib import Path
 from maskgit.errors import MaskGITError
 from maskgit.commands.common import device_arg, parse_ints, resolve_device
 
-RESULTS = Path("benchmarks/RESULTS.md")
+
 PLOTS = Path("benchmarks/plots")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (appends to benchmarks/RESULTS.md, draws plots)",
+    p = sub.add_parser("bench", help="benchmarks (print a table; --results FILE writes it there; draws plots)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["table", "schedules", "tradeoff", "speed", "int8"])
     p.add_argument("--model", default=None, help="shipped model name or pipeline directory")
@@ -31,11 +31,15 @@ def register(sub) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--results", default=None,
+                   help="write the table into this Markdown file (its section of the same title is replaced), e.g. "
+                        "benchmarks/RESULTS.md; default: print only")
     p.add_argument("--plots", default=str(PLOTS))
     p.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     p.add_argument("--config", default="maskgit-imagenet256", help="speed: transformer preset")
     p.add_argument("--batches", default="1,8", help="speed: batch sizes")
+    p.add_argument("--precisions", default="auto",
+                   help="speed: comma-separated fp32,bf16; auto = fp32, plus bf16 where the hardware has it")
     p.add_argument("--no-ar-nocache", action="store_true", help="speed: skip the slow AR run without cache")
     p.add_argument("--int8", action="store_true",
                    help="speed: also time the transformer with int8 dynamic quantisation (CPU; nominal FLOPs)")

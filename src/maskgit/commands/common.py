@@ -15,9 +15,11 @@ def device_arg(p: argparse.ArgumentParser) -> None:
 
 def speed_args(p: argparse.ArgumentParser) -> None:
     """--precision and --compile: the opt-in speed modes of a pipeline (see Pipeline.set_precision / compile)."""
-    p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "bf16", "fp16"],
-                   help="fp32 (exact, default); int8: CPU dynamic quantisation of the linear layers; bf16/fp16: GPU "
-                        "autocast. The non-fp32 modes change results slightly (see benchmarks/RESULTS.md)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8", "bf16", "fp16"],
+                   help="auto (default): bf16 where the CPU (avx512_bf16, AMX) or GPU multiplies bf16 in hardware, "
+                        "else fp32; fp32: the exact reference; int8: CPU dynamic quantisation of the linear layers; "
+                        "bf16: the transformer under bf16 autocast; fp16: GPU autocast. The non-fp32 modes change "
+                        "results slightly (see benchmarks/RESULTS.md)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer with frozen weights (faster after a ~30 s first call per "
                         "batch size; needs a C++ compiler)")
@@ -26,7 +28,10 @@ def speed_args(p: argparse.ArgumentParser) -> None:
 def load_pipeline(args, **kw):
     """The pipeline named by --model on --device, with --precision and --compile applied."""
     from maskgit.pipeline import load
+    import sys
     pipe = load(args.model, resolve_device(args.device), args.precision, **kw)
+    if args.precision == "auto":
+        print(f"precision: {pipe.precision} (auto on {pipe.device.type})", file=sys.stderr)
     return pipe.compile() if args.compile else pipe
 
 

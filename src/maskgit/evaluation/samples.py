@@ -14,6 +14,7 @@ import torch
 
 from maskgit.errors import MaskGITError
 from maskgit.pipeline import Pipeline
+from maskgit.storage.files import atomic_write
 
 
 def machine_description() -> str:
@@ -89,15 +90,25 @@ def load_real(dataset: str, split: str, image_size: int, limit: int | None = Non
     return torch.stack([ds[i][0] for i in range(n)])
 
 
-def append_results(path: str | Path, title: str, command: str, table: str, notes: str = "") -> None:
-    """Append one section (title, command, machine, date, table) to RESULTS.md."""
+def append_results(path: str | Path | None, title: str, command: str, table: str, notes: str = "") -> None:
+    """Write one section (title, command, machine, date, table) into a results file: it replaces the section of the
+    same title (a file holds each claim's latest table; git keeps the history), or is appended. No path: nothing
+    is written (the table was printed)."""
+    if path is None:
+        return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = (f"\n## {title}\n\nCommand: `{command}`  \nMachine: {machine_description()}  \nDate: {date}\n\n"
+    text = (f"## {title}\n\nCommand: `{command}`  \nMachine: {machine_description()}  \nDate: {date}\n\n"
             f"{table}\n" + (f"\n{notes}\n" if notes else ""))
-    with open(path, "a") as f:
-        f.write(text)
+    old = path.read_text() if path.exists() else ""
+    head = f"## {title}\n"
+    start = 0 if old.startswith(head) else old.find("\n" + head) + 1  # 0 when absent too: checked below
+    if old[start:].startswith(head):
+        end = old.find("\n## ", start + len(head))
+        new = old[:start] + text + (old[end:] if end >= 0 else "")
+    else:
+        new = old.rstrip("\n") + "\n\n" + text if old else text
+    atomic_write(path, lambda f: f.write(new.encode()))
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

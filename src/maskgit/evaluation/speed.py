@@ -15,13 +15,40 @@ from maskgit.config import SampleConfig, transformer_preset, vqgan_preset
 from maskgit.sampling.decoding import decode
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
-from maskgit.accel import compile_frozen, int8_dynamic
+from maskgit.accel import bf16_linears, compile_frozen, cpu_capabilities, int8_dynamic, native_bf16
 
-def matmul_peak(device: str = "cpu", n: int = 2048, repeats: int = 10, warmup: int = 3) -> float:
-    """Best fp32 GFLOP/s of an n x n x n matrix product over ``repeats`` runs (after ``warmup`` runs): a peak, so
-    the fastest run counts, as for the workloads it is compared with."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    out = torch.empty(n, n, device=device)
+
+def _under_bf16(model, device: str):
+    """``model``'s forward under bf16 autocast (what ``Pipeline(precision="bf16")`` runs), fp32 logits out."""
+    def run(tokens, labels):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            return model(tokens, labels).float()
+    return run
+
+
+def machine_line(device: str, cfg, batch: int) -> str:
+    """The CPU (or GPU) model, its bf16-relevant instruction sets, torch's version and threads, and the fp32 and
+    bf16 matmul peaks: square 2048^3 and at the transformer's largest GEMM (its MLP, batch x tokens rows)."""
+    shape = (batch * cfg.num_tokens, cfg.width, cfg.mlp_dim)
+    peaks = {name: (matmul_peak(device, dtype=dt), matmul_peak(device, dtype=dt, shape=shape))
+             for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    if device == "cpu":
+        c = cpu_capabilities()
+        what = (f"{c['model']}, {torch.get_num_threads()} threads, AVX-512 {'yes' if c['avx512'] else 'no'}, "
+                f"avx512_bf16 {'yes' if c['avx512_bf16'] else 'no'}, AMX {'yes' if c['amx_bf16'] else 'no'}")
+    else:
+        what = torch.cuda.get_device_name(device)
+    return (f"{what}; torch {torch.__version__}; matmul peak GFLOP/s, 2048^3 / {shape[0]}x{shape[1]}x{shape[2]}: "
+            + ", ".join(f"{k} {a:.0f} / {b:.0f}" for k, (a, b) in peaks.items()))
+
+def matmul_peak(device: str = "cpu", n: int = 2048, repeats: int = 10, warmup: int = 3,
+                dtype: torch.dtype = torch.float32, shape: tuple[int, int, int] | None = None) -> float:
+    """Best GFLOP/s of an n x n x n matrix product (or an (m,k) x (k,n) one for ``shape=(m, k, n)``) in ``dtype``
+    over ``repeats`` runs (after ``warmup`` runs): a peak, so the fastest run counts, as for the workloads it is
+    compared with."""
+    m, k, n = shape or (n, n, n)
+    a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
+    out = torch.empty(m, n, device=device, dtype=dtype)
     for _ in range(warmup):
         torch.mm(a, b, out=out)
     times = []
@@ -31,7 +58,7 @@ def matmul_peak(device: str = "cpu", n: int = 2048, repeats: int = 10, warmup: i
         if device != "cpu":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / min(times) / 1e9
+    return 2 * m * k * n / min(times) / 1e9
 
 
 def flops_of(fn) -> int:
@@ -85,18 +112,18 @@ class PeakProbe:
     This VM's matmul rate drifts by +-15% within seconds, so a workload is compared with the machine's speed at
     its own moments: ``probe()`` before and after each run, and between the decode steps of a sampling run."""
 
-    def __init__(self, device: str):
-        self.device, self.peaks, self.spent = device, [], 0.0
+    def __init__(self, device: str, dtype: torch.dtype = torch.float32):
+        self.device, self.dtype, self.peaks, self.spent = device, dtype, [], 0.0
 
     def probe(self) -> None:
         if self.device != "cpu":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        self.peaks.append(matmul_peak(self.device, repeats=3, warmup=1))
+        self.peaks.append(matmul_peak(self.device, repeats=3, warmup=1, dtype=self.dtype))
         self.spent += time.perf_counter() - t
 
 
-def timed(fn, repeats: int, device: str, flops: float) -> dict:
+def timed(fn, repeats: int, device: str, flops: float, dtype: torch.dtype = torch.float32) -> dict:
     """Run ``fn(probe)`` once to warm up, then ``repeats`` times; ``fn`` may call ``probe()`` in its pauses.
 
     Returns the median seconds (probes excluded), the median over repeats of each repeat's mean peak, and the
@@ -104,7 +131,7 @@ def timed(fn, repeats: int, device: str, flops: float) -> dict:
     fn(lambda: None)
     times, peaks, fractions = [], [], []
     for _ in range(repeats):
-        pp = PeakProbe(device)
+        pp = PeakProbe(device, dtype)
         pp.probe()
         before = pp.spent
         t = time.perf_counter()
@@ -126,22 +153,34 @@ def run_speed(args, command: str, device: str, batches: list[int]) -> int:
     from maskgit.evaluation.samples import append_results, markdown_table
     torch.manual_seed(0)
     cfg = transformer_preset(args.config)
-    print(f"matmul peak at start: {matmul_peak(device):.1f} GFLOP/s")
+    precisions = [p for p in args.precisions.split(",") if p]
+    if "auto" in precisions:
+        precisions = ["fp32"] + (["bf16"] if native_bf16(device) else [])
+    machine = machine_line(device, cfg, max(batches))
+    print(machine)
     model = MaskGITTransformer(cfg).to(device).eval()
-    variants = [("", model)]
-    if args.compile:
-        variants.append((" (compiled)", compile_frozen(model)))
+    variants = []  # (tag, forward(tokens, labels), the dtype whose peak it is compared with)
+    for prec in precisions:
+        if prec == "fp32":
+            variants.append(("", model, torch.float32))
+            if args.compile:
+                variants.append((" (compiled)", compile_frozen(model), torch.float32))
+        elif prec == "bf16":
+            bm = bf16_linears(model) if device == "cpu" else model
+            variants.append((" (bf16)", _under_bf16(bm, device), torch.bfloat16))
+            if args.compile:
+                variants.append((" (bf16, compiled)", _under_bf16(compile_frozen(bm), device), torch.bfloat16))
     if args.int8 and device == "cpu":
-        variants.append((" (int8)", int8_dynamic(model)))
+        variants.append((" (int8)", int8_dynamic(model), torch.float32))
     rows = []
     for b in batches:
         labels = torch.randint(0, cfg.num_classes, (b,), device=device)
         start = torch.full((b, cfg.num_tokens), cfg.mask_id, device=device)
         fwd_flops = flops_of(lambda: model(start, labels))
-        for tag, m in variants:
+        for tag, m, dtype in variants:
             # one forward pass alone: the gap to the 8-step row is the decoding loop's own cost
             rows.append(_row(f"MaskGIT transformer, 1 forward{tag}", b, fwd_flops,
-                             timed(lambda probe, m=m: m(start, labels), args.repeats, device, fwd_flops)))
+                             timed(lambda probe, m=m: m(start, labels), args.repeats, device, fwd_flops, dtype)))
             print(rows[-1])
             for steps in (8, 12) if not tag else (8,):
                 sc = SampleConfig(steps=steps)
@@ -152,7 +191,7 @@ def run_speed(args, command: str, device: str, batches: list[int]) -> int:
                         return m(t, labels)
                     decode(logits, start, sc, cfg.mask_id, torch.Generator().manual_seed(0))
                 rows.append(_row(f"MaskGIT transformer, {steps} steps{tag}", b, steps * fwd_flops,
-                                 timed(run, args.repeats, device, steps * fwd_flops)))
+                                 timed(run, args.repeats, device, steps * fwd_flops, dtype)))
                 print(rows[-1])
     # the VQGAN decoder with the official layout at 256 px
     with torch.inference_mode(False):  # ordinary weights, as a loaded pipeline has (their derived kernels cache)
@@ -198,9 +237,12 @@ def run_speed(args, command: str, device: str, batches: list[int]) -> int:
     cols = ["what", "batch", "s/image", "images/s", "GFLOP/s", "peak GFLOP/s", "% of peak"]
     table = markdown_table(rows, cols)
     print(table)
-    append_results(args.results, f"Sampling speed, {args.config} (random weights, fp32)", command, table,
-                   notes="s/image: median of the repeats, with the peak probes taken out. peak: the fp32 2048^3 matmul "
-                         "rate (best of 3) probed before and after each repeat and, for the MaskGIT transformer, "
+    append_results(args.results, f"Sampling speed, {args.config} (random weights, {', '.join(precisions)})", command,
+                   table,
+                   notes=f"Machine: {machine}. "
+                         "s/image: median of the repeats, with the peak probes taken out. peak: the 2048^3 matmul "
+                         "rate (best of 3) in the row's precision (fp32; bf16 for bf16 rows) probed before and "
+                         "after each repeat and, for the MaskGIT transformer, "
                          "between its decode steps; a repeat's peak is the mean of its probes (median over "
                          "repeats shown). % of peak: median over repeats of each repeat's achieved GFLOP/s over its "
                          "own peak. FLOPs: torch's counter with attention included. The VQGAN decoder computes "
