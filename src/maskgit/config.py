@@ -252,15 +252,23 @@ def _coerce(tp: Any, v: Any, where: str) -> Any:
     return v
 
 
-def add_dataclass_args(parser, cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--flag`` per dataclass field (defaults None = keep the config's value)."""
+def add_dataclass_args(parser, cls: type | Any, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per dataclass field (defaults None = keep the config's value). ``cls`` may be an
+    instance: its values are then the defaults shown, so pass the very config the command overrides. What help
+    shows is kept in ``parser.config_defaults`` ({dest: value}) for the test that checks it against the run."""
+    defaults = None if isinstance(cls, type) else cls
+    cls = type(cls) if defaults is not None else cls
     hints = typing.get_type_hints(cls)
+    if not hasattr(parser, "config_defaults"):
+        parser.config_defaults = {}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + (prefix + f.name).replace("_", "-")
         tp = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else None
+        default = getattr(defaults, f.name) if defaults is not None else (
+            f.default if f.default is not dataclasses.MISSING else None)
+        parser.config_defaults[prefix + f.name] = default
         if tp is bool:
             parser.add_argument(flag, dest=prefix + f.name, default=None,
                                 type=lambda s: s.lower() in ("1", "true", "yes", "on"),

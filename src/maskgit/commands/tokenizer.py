@@ -21,26 +21,33 @@ from maskgit.config import (
 )
 from maskgit.errors import MaskGITError
 from maskgit.commands.common import device_arg, resolve_device
+from maskgit.commands.train_setup import finetune_args, first_examples, load_sized, memory_args, report_and_check
 
 # the tokenizer stage's own defaults (TrainConfig's are the transformer's)
 TOKENIZER_TRAIN_DEFAULTS = TrainConfig(batch_size=128, lr=2e-4, warmup_steps=500, max_steps=20_000,
                                        weight_decay=0.0, beta1=0.5, beta2=0.9, grad_clip=1.0, save_every=1000,
                                        label_smoothing=0.0, cond_dropout=0.0, val_batches=4)
+DEFAULT_TOKENIZER_PRESET = "fmnist-f4"
 
 
 def register(sub) -> None:
     p = sub.add_parser("train-tokenizer", help="train a VQGAN tokenizer",
                        description="Train a VQGAN tokenizer (reconstruction + perceptual + VQ + adversarial losses).")
     p.add_argument("--data", required=True, help="dataset name (see `maskgit data list`)")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--preset", default="fmnist-f4", help=f"one of {', '.join(VQGAN_PRESETS)}")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="train at this size (default: the preset's; image folders are resized / cropped to it, a "
+                        "dataset of another size is an error unless this is given)")
+    p.add_argument("--preset", default=None, help=f"one of {', '.join(VQGAN_PRESETS)} (default "
+                                                  f"{DEFAULT_TOKENIZER_PRESET}; sizes: `maskgit presets`)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, logs, final/)")
     p.add_argument("--perceptual", default="none", help="none | features:PATH (a `maskgit train-features` model)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    finetune_args(p, "tokenizer")
+    memory_args(p)
     device_arg(p)
-    add_dataclass_args(p, TrainConfig, skip=("label_smoothing", "mask_schedule", "loss_on_all_tokens",
-                                             "cond_dropout"))
-    add_dataclass_args(p, TokenizerTrainConfig)
+    add_dataclass_args(p, TOKENIZER_TRAIN_DEFAULTS, skip=("label_smoothing", "mask_schedule", "loss_on_all_tokens",
+                                                          "cond_dropout"))
+    add_dataclass_args(p, TokenizerTrainConfig())
     p.set_defaults(func=cmd_train_tokenizer)
 
     r = sub.add_parser("reconstruct", help="encode + decode images; tokenizer metrics",
@@ -84,17 +91,30 @@ def cmd_train_tokenizer(args) -> int:
     from maskgit.training.loop import DatasetSource, train
     from maskgit.models.vqgan import VQGAN
 
+    from maskgit.storage.checkpoint import read_config
+    from maskgit.config import VQGANConfig, from_dict
+    from maskgit.training import finetune
+
     device = resolve_device(args.device)
-    vcfg = vqgan_preset(args.preset)
-    train_ds = _load_images(args.data, "train", args.image_size)
-    if train_ds[0][0].shape[0] != vcfg.channels:
-        vcfg = dataclasses.replace(vcfg, channels=train_ds[0][0].shape[0])
-    size = train_ds[0][0].shape[-1]
+    init_dir, init_ck = finetune.resolve_init(args.init) if args.init else (None, None)
+    if init_dir is not None:
+        if args.preset:
+            raise MaskGITError("--init decides the tokenizer's shape: leave out --preset")
+        vcfg = from_dict(VQGANConfig, read_config(init_dir).get("config", {}), what=f"{init_dir}/config.json")
+        preset = f"--init {args.init}"
+    else:
+        preset = args.preset or DEFAULT_TOKENIZER_PRESET
+        vcfg = vqgan_preset(preset)
+    train_ds, val_ds, size = load_sized(args.data, preset, vcfg.image_size, args.image_size, _load_images)
+    channels = train_ds[0][0].shape[0]
+    if channels != vcfg.channels:
+        if init_dir is not None:
+            raise MaskGITError(f"the --init tokenizer takes {vcfg.channels}-channel images; {args.data} has "
+                               f"{channels}")
+        print(f"{args.data} has {channels}-channel images: the {preset} tokenizer is built for {channels} "
+              f"channels (the preset has {vcfg.channels})")
+        vcfg = dataclasses.replace(vcfg, channels=channels)
     vcfg = dataclasses.replace(vcfg, image_size=size)
-    try:
-        val_ds = _load_images(args.data, "test", args.image_size)
-    except MaskGITError:
-        val_ds = None
     tcfg = override(TOKENIZER_TRAIN_DEFAULTS, args)
     lcfg = override(TokenizerTrainConfig(), args)
     percep = None
@@ -104,6 +124,19 @@ def cmd_train_tokenizer(args) -> int:
         percep = load_model(args.perceptual.split(":", 1)[1], "features")
     torch.manual_seed(tcfg.seed)  # the CLI owns the process: the initial weights follow --seed
     task = TokenizerTask(VQGAN(vcfg), lcfg, percep)
+    init_opt = None
+    if init_dir is not None:
+        report, opt_state = finetune.init_tokenizer(task, init_dir, init_ck)
+        init_opt = finetune.optimizer_loader(opt_state)
+        print(f"init from {init_dir}: {report}")
+    if args.freeze:
+        print(f"frozen: {', '.join(finetune.freeze(task.model, 'vqgan', args.freeze))}")
+    source = DatasetSource(train_ds)
+    g = vcfg.grid_shape(size)
+    report_and_check(task, first_examples(source), tcfg.batch_size, device, ema=tcfg.ema > 0,
+                     skip=args.skip_memory_check,
+                     describe_model=f"tokenizer {preset}: {size}x{size}x{channels} images -> {g[0]}x{g[1]} tokens "
+                                    f"of {vcfg.codebook_size} codes")
     out = Path(args.out)
     show = val_ds if val_ds is not None else train_ds
     fixed = torch.stack([show[i][0] for i in range(min(32, len(show)))])
@@ -118,11 +151,13 @@ def cmd_train_tokenizer(args) -> int:
         both = torch.stack([x.cpu(), rec.cpu()], 1).flatten(0, 1)  # original, reconstruction, ...
         save_png(make_grid(both, ncol=16, scale=2), out / f"recon_{step:08d}.png")
 
-    meta = {"dataset": args.data, "preset": args.preset, "command": args.command_line,
+    meta = {"dataset": args.data, "preset": args.preset or DEFAULT_TOKENIZER_PRESET, "command": args.command_line,
             "perceptual": args.perceptual, "losses": dataclasses.asdict(lcfg)}
+    if init_dir is not None:
+        meta.update(preset=None, init=str(init_dir.resolve()))
     t0 = time.time()
-    res = train(task, DatasetSource(train_ds), tcfg, out, val_data=DatasetSource(val_ds) if val_ds else None,
-                resume=args.resume, device=device, sample_fn=sample_fn, meta=meta)
+    res = train(task, source, tcfg, out, val_data=DatasetSource(val_ds) if val_ds else None,
+                resume=args.resume, device=device, sample_fn=sample_fn, meta=meta, init_optimizer=init_opt)
     print(json.dumps({"step": res.step, "wall_s": round(time.time() - t0, 1),
                       **{k: round(v, 5) for k, v in res.metrics.items() if isinstance(v, float)}}))
     print(f"tokenizer written to {out / 'final'}")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from maskgit.storage.checkpoint import load_model, read_config
+from maskgit.commands.common import device_arg, resolve_device
+from maskgit.commands.train_setup import finetune_args, first_examples, memory_args, report_and_check
 from maskgit.config import (
     TRANSFORMER_PRESETS,
     SampleConfig,
@@ -21,7 +22,10 @@ from maskgit.config import (
     transformer_preset,
 )
 from maskgit.errors import MaskGITError
-from maskgit.commands.common import device_arg, resolve_device
+from maskgit.storage.checkpoint import load_model, read_config
+
+# the transformer stage's defaults: what --help shows and what the command runs with
+TRANSFORMER_TRAIN_DEFAULTS = TrainConfig()
 
 
 def register(sub) -> None:
@@ -43,9 +47,11 @@ def register(sub) -> None:
                         "(as Muse)")
     p.add_argument("--arch", default="maskgit", choices=["maskgit", "ar"])
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    finetune_args(p, "transformer")
+    memory_args(p)
     device_arg(p)
-    add_dataclass_args(p, TrainConfig)
+    add_dataclass_args(p, TRANSFORMER_TRAIN_DEFAULTS)
     p.set_defaults(func=cmd_train)
 
 
@@ -104,10 +110,38 @@ def model_from_run(ck: Path, args, store_meta: dict, num_classes: int, text: tup
     return (ARTransformer if args.arch == "ar" else MaskGITTransformer)(cfg), saved or args.preset
 
 
+def model_from_init(args, store_meta: dict, num_classes: int, text: tuple[int, int] | None):
+    """``--init DIR``: the model in DIR fitted to this store's classes (see training.finetune.adapt_classes)."""
+    from maskgit.models.autoregressive import ARTransformer
+    from maskgit.models.transformer import MaskGITTransformer
+    from maskgit.training.finetune import init_transformer, resolve_init
+    if args.preset or args.text_mode:
+        raise MaskGITError("--init decides the model's shape: leave out --preset and --text-mode")
+    init_dir, _ = resolve_init(args.init)
+    doc = read_config(init_dir)
+    if doc.get("kind") not in ("transformer", "ar"):
+        raise MaskGITError(f"--init {args.init} holds a {doc.get('kind')!r} model, not a transformer")
+    cfg = from_dict(TransformerConfig, doc.get("config", {}), what=f"{init_dir}/config.json")
+    grid = store_meta["grid"]
+    if (cfg.codebook_size, cfg.grid_size) != (store_meta["codebook_size"], grid[0]):
+        raise MaskGITError(f"--init {args.init} reads {cfg.grid_size}x{cfg.grid_size} grids of {cfg.codebook_size} "
+                           f"codes, the store has {grid[0]}x{grid[1]} of {store_meta['codebook_size']}: tokenize "
+                           "the images with the tokenizer that model was trained with")
+    if bool(cfg.text_dim) != (text is not None):
+        raise MaskGITError("--init: a text-conditioned model needs a captioned store (and a class model a labelled "
+                           "one)")
+    if not text:
+        cfg = dataclasses.replace(cfg, num_classes=num_classes)
+    model = (ARTransformer if args.arch == "ar" else MaskGITTransformer)(cfg)
+    report = init_transformer(model, init_dir)
+    print(f"init from {init_dir}: {report}")
+    return model, (doc.get("meta") or {}).get("preset"), init_dir
+
+
 def cmd_train(args) -> int:
-    from maskgit.training.objectives import MaskedTokenTask, NextTokenTask
     from maskgit.data.tokenstore import TokenStore, model_hash
     from maskgit.training.loop import latest_checkpoint, train
+    from maskgit.training.objectives import MaskedTokenTask, NextTokenTask
 
     device = resolve_device(args.device)
     tokenizer = load_model(args.tokenizer, "vqgan") if args.tokenizer else None
@@ -140,21 +174,36 @@ def cmd_train(args) -> int:
     num_classes = int(store.labels.max()) + 1 if store.labels is not None else 0
     if classes:
         num_classes = len(classes)
-    cfg = override(TrainConfig(), args)
+    cfg = override(TRANSFORMER_TRAIN_DEFAULTS, args)
     torch.manual_seed(cfg.seed)  # the CLI owns the process: the initial weights follow --seed
     text_shape = None if text is None else (text.dim, text.max_len)
     ck = latest_checkpoint(Path(args.out)) if args.resume else None
+    init_dir = None
     if ck is not None:
         model, preset = model_from_run(ck, args, store.meta, num_classes, text_shape)
+    elif args.init:
+        model, preset, init_dir = model_from_init(args, store.meta, num_classes, text_shape)
     else:
         preset = args.preset or ("muse-small-8x8" if text is not None else "maskgit-small-8x8")
         model = build_model(preset, args.arch, store.meta, num_classes, text_shape, args.text_mode)
+    if args.freeze:
+        from maskgit.training.finetune import freeze
+        print(f"frozen: {', '.join(freeze(model, 'transformer', args.freeze))}")
     if len(store) < cfg.batch_size:
         raise MaskGITError(f"{args.tokens} holds {len(store)} examples, fewer than --batch-size {cfg.batch_size}")
     task = (NextTokenTask if args.arch == "ar" else MaskedTokenTask)(model, cfg)
+    mc = model.config
+    size = f", {tokenizer.config.image_size} px images" if tokenizer is not None else ""
+    cond = f"{mc.num_classes} classes" if not mc.text_dim else f"text {mc.text_len} x {mc.text_dim}"
+    report_and_check(task, first_examples(store), cfg.batch_size, device, ema=cfg.ema > 0,
+                     skip=args.skip_memory_check,
+                     describe_model=f"{args.arch} {preset}: {mc.grid_size}x{mc.grid_size} tokens of "
+                                    f"{mc.codebook_size} codes{size}, {cond}")
     out = Path(args.out)
     meta = {"command": args.command_line, "tokens": str(Path(args.tokens).resolve()),
             "class_names": classes, "arch": args.arch, "preset": preset}
+    if init_dir is not None:
+        meta["init"] = str(init_dir.resolve())
     if text is not None:
         meta["text_encoder"] = text.spec  # what Pipeline loads to embed prompts
     if args.tokenizer:
@@ -163,8 +212,8 @@ def cmd_train(args) -> int:
     def sample_fn(task, step):
         if tokenizer is None or not (num_classes or text is not None):
             return
-        from maskgit.storage.images import make_grid, save_png
         from maskgit.pipeline import Pipeline
+        from maskgit.storage.images import make_grid, save_png
         m = task.model
         m.eval()
         labels = torch.arange(num_classes).repeat_interleave(4)

@@ -8,7 +8,6 @@ the data position is the step), SIGTERM/SIGINT handling, a metrics log, a loss c
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import time
@@ -31,6 +30,7 @@ from maskgit.storage.checkpoint import (
 )
 from maskgit.config import TrainConfig, to_dict
 from maskgit.errors import MaskGITError
+from maskgit.training.schedule import BudgetSchedule, lr_factor  # noqa: F401  (lr_factor: re-exported)
 
 
 class BatchSource(Protocol):
@@ -67,17 +67,6 @@ class Task(Protocol):
     def __call__(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]: ...
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return 1.0
-    if cfg.lr_schedule != "cosine":
-        raise MaskGITError(f"lr_schedule must be 'cosine' or 'constant', got {cfg.lr_schedule!r}")
-    done = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-
-
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
     """Global indices of step ``step``: epochs of a seeded permutation, the last partial batch dropped."""
     if n < batch_size:
@@ -96,10 +85,12 @@ def dist_info() -> tuple[int, int]:
 
 def init_distributed(device: str) -> tuple[int, int, torch.device]:
     """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
+    global _OWN_GROUP
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         dist.init_process_group(backend)
+        _OWN_GROUP = True
     rank, world = dist_info()
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -107,6 +98,20 @@ def init_distributed(device: str) -> tuple[int, int, torch.device]:
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     return rank, world, dev
+
+
+_OWN_GROUP = False  # init_distributed created the process group (so the trainer also ends it)
+
+
+def shutdown_distributed() -> None:
+    """After a successful run: wait for every rank (rank 0 exports last), then destroy the process group that
+    init_distributed created, so that no gloo/nccl thread is left running when the interpreter exits (which
+    aborted ranks with "terminate called without an active exception")."""
+    global _OWN_GROUP
+    if _OWN_GROUP and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+        _OWN_GROUP = False
 
 
 class EMA:
@@ -144,8 +149,11 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
           val_data: BatchSource | None = None, resume: bool = False, device: str = "cpu",
           param_groups: Callable[[nn.Module], list] | None = None,
           sample_fn: Callable[[nn.Module, int], None] | None = None,
-          meta: dict | None = None, progress: bool = True) -> TrainResult:
-    """Run (or resume) training of ``task`` until ``cfg.max_steps``; returns the last metrics."""
+          meta: dict | None = None, progress: bool = True,
+          init_optimizer: Callable[[torch.optim.Optimizer], str] | None = None,
+          clock: Callable[[], float] = time.monotonic) -> TrainResult:
+    """Run (or resume) training of ``task`` until ``cfg.max_steps``; returns the last metrics. ``init_optimizer``
+    loads a fine-tuning start's optimizer state (not on resume); ``clock`` times ``cfg.max_minutes``."""
     run_dir = Path(run_dir)
     rank, world, dev = init_distributed(device)
     if cfg.batch_size % world:
@@ -154,7 +162,12 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
     task.to(dev)
     groups = param_groups(task) if param_groups else _default_groups(task, cfg)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    if init_optimizer is not None and not (resume and latest_checkpoint(run_dir)):
+        note = init_optimizer(opt)
+        if rank == 0 and note:
+            print(note)
+    budget = BudgetSchedule(cfg, clock)  # fits warmup + decay into --max-minutes
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: budget.factor(s))
     ema = EMA(task.model, cfg.ema) if cfg.ema > 0 else None
     step = 0
     if resume:
@@ -193,6 +206,7 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
     stopped_early = False
     try:
         task.train()
+        budget.start(step)
         while step < cfg.max_steps:
             idx = batch_indices(step, len(data), cfg.batch_size, cfg.seed)
             batch = {k: v[rank::world].to(dev, non_blocking=True) for k, v in data.batch(idx).items()}
@@ -213,7 +227,8 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
-            over_time = cfg.max_minutes > 0 and (time.time() - t0) / 60 > cfg.max_minutes
+            budget.observe(step)
+            over_time = budget.over_time()
             if world > 1:  # every rank must agree to stop
                 f = torch.tensor([float(stop["flag"] or over_time)], device=dev)
                 dist.all_reduce(f)
@@ -250,6 +265,7 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
         if sample_fn:
             sample_fn(task, step)
         plot_metrics(run_dir)
+    shutdown_distributed()
     return TrainResult(step, last, run_dir, stopped_early)
 
 
