@@ -91,7 +91,8 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
                   description="Generation and editing with a MaskGIT pipeline. See maskgit.serving.app for the "
                               "batching and seed semantics.")
     app.state.batcher, app.state.pipe, app.state.config = batcher, pipe, config
-    app.add_middleware(BodyLimit, max_bytes=int(config.max_body_mb * 2 ** 20), timeout_s=config.body_timeout)
+    app.add_middleware(BodyLimit, max_bytes=int(config.max_body_mb * 2 ** 20), timeout_s=config.body_timeout,
+                       stop_at=lambda: batcher.stop_at)
 
     @app.exception_handler(APIError)
     async def _api_error(request, exc: APIError):

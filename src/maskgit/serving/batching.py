@@ -106,6 +106,7 @@ class Batcher:
         self._queue: deque[Job] = deque()
         self._closing = self._held = False
         self._deadline: threading.Timer | None = None
+        self.stop_at: float | None = None  # time.monotonic() of the shutdown deadline, once one is set
         self._thread = threading.Thread(target=self._loop, name="maskgit-worker", daemon=True)
         # errors: requests answered with an error; abandoned: requests whose client left before decoding
         # (never decoded); abandoned_images_decoded: images of clients that left while their batch ran
@@ -150,6 +151,7 @@ class Batcher:
             self._closing, self._held = True, False
             self._cv.notify_all()
             if self._deadline is None:
+                self.stop_at = time.monotonic() + deadline_s
                 self._deadline = threading.Timer(deadline_s, self.refuse_waiting)
                 self._deadline.daemon = True
                 self._deadline.start()

@@ -12,6 +12,7 @@ import functools
 import io
 import json
 import re
+import time
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -225,16 +226,36 @@ def read_png(data: bytes, what: str, size: int, channels: int) -> np.ndarray:
 # ================================================================ middleware
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body above ``max_bytes`` (by Content-Length, or counted while streaming), and
-    408 when the next part of a body takes longer than ``timeout_s`` to arrive (a stalled upload)."""
+    """ASGI middleware: 413 for a body above ``max_bytes`` (by Content-Length, or counted while streaming); 408
+    when the next part of a body takes longer than ``timeout_s`` to arrive (a stalled upload); 503 for a body
+    still arriving when ``stop_at()`` (a ``time.monotonic()`` shutdown deadline, or None) has passed."""
 
-    def __init__(self, app, max_bytes: int, timeout_s: float = 30.0):
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+    def __init__(self, app, max_bytes: int, timeout_s: float = 30.0, stop_at=lambda: None):
+        self.app, self.max_bytes, self.timeout_s, self.stop_at = app, max_bytes, timeout_s, stop_at
+
+    async def _next(self, receive):
+        """``await receive()`` within the body timeout and the shutdown deadline."""
+        from starlette.exceptions import HTTPException  # FastAPI passes it through while reading the body
+        task = asyncio.ensure_future(receive())
+        give_up = time.monotonic() + self.timeout_s
+        while True:
+            stop = self.stop_at()
+            left = min(give_up, stop if stop is not None else give_up) - time.monotonic()
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, min(left, 0.25)))
+            if done:
+                return task.result()
+            if time.monotonic() >= give_up:
+                task.cancel()
+                raise HTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s")
+            if stop is not None and time.monotonic() >= stop:
+                task.cancel()
+                raise HTTPException(503, "the server shut down before this request's body arrived",
+                                    headers={"Retry-After": "5"})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        from starlette.exceptions import HTTPException  # FastAPI passes it through while reading the body
+        from starlette.exceptions import HTTPException
         from starlette.responses import JSONResponse
         message = f"the request body is larger than this server's limit of {self.max_bytes / 2 ** 20:.3g} MB"
         length = dict(scope["headers"]).get(b"content-length")
@@ -248,10 +269,7 @@ class BodyLimit:
             nonlocal seen, complete
             if complete:  # the body is in: what follows is the disconnect (waited for without a deadline)
                 return await receive()
-            try:
-                msg = await asyncio.wait_for(receive(), self.timeout_s)
-            except asyncio.TimeoutError:
-                raise HTTPException(408, f"the request body did not arrive within {self.timeout_s:g} s") from None
+            msg = await self._next(receive)
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 complete = not msg.get("more_body", False)
