@@ -5,6 +5,7 @@
   tradeoff   FD / precision / recall vs choice temperature and vs CFG scale at T=8
   speed      random-weight speed at the ImageNet-256 configuration (24x768, 256 tokens) + VQGAN decoder
   int8       the opt-in CPU int8 mode vs fp32: quality (FD, class agreement) and speed on the shipped model
+  precision  bf16 and int8 vs fp32 with the same seeds: FD, class agreement, tokens equal to fp32, speed
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ PLOTS = Path("benchmarks/plots")
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks (print a table; --results FILE writes it there; draws plots)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["table", "schedules", "tradeoff", "speed", "int8"])
+    p.add_argument("what", choices=["table", "schedules", "tradeoff", "speed", "int8", "precision"])
     p.add_argument("--model", default=None, help="shipped model name or pipeline directory")
     p.add_argument("--num", type=int, default=1000, help="samples per quality row")
     p.add_argument("--steps", default="4,8,12,16", help="T values (table, schedules)")
@@ -143,17 +144,16 @@ def cmd_bench(args) -> int:
         _plot(plots / "fd_vs_steps_per_schedule.png", series, "decoding steps T", "FD (project features)",
               "mask schedules")
         title = f"Mask schedule ablation on {args.data} ({args.num} samples per row)"
-    elif args.what == "int8":
-        from maskgit.pipeline import Pipeline
-        for precision in ("fp32", "int8"):
-            q = pipe if precision == "fp32" else Pipeline.load(args.model, pipe.device.type, precision="int8")
-            images, _ = generate(q, labels, "maskgit", {"steps": 8}, args.seed, args.batch_size)
-            m = ev(images, labels)
-            rows.append({"mode": precision, **_pr(m),
-                         "s/img (batch 1)": time_per_image(q, "maskgit", 1, {"steps": 8}, args.repeats),
-                         "img/s (batch 32)": 1 / time_per_image(q, "maskgit", 32, {"steps": 8}, args.repeats)})
-        cols = ["mode", "FD", "class agreement", "precision", "recall", "s/img (batch 1)", "img/s (batch 32)"]
-        title = f"int8 (dynamic quantisation of linear layers) vs fp32, T=8, {args.data} ({args.num} samples)"
+    elif args.what in ("int8", "precision"):
+        from maskgit.evaluation.precision import compare_precisions
+        precs = ["int8"] if args.what == "int8" else ["bf16", "int8"]
+        for r in compare_precisions(args.model, pipe.device.type, precs, labels, ev, 8, args.seed, args.batch_size,
+                                    args.repeats):
+            rows.append({"mode": r.pop("precision"), **_pr(r.pop("metrics")), **r})
+        cols = ["mode", "FD", "class agreement", "precision", "recall", "tokens equal to fp32", "s/img (batch 1)",
+                "img/s (batch 32)"]
+        title = (f"Reduced precision ({', '.join(precs)}) vs fp32, same seeds, T=8, {args.data} "
+                 f"({args.num} samples)")
     else:  # tradeoff
         s1, s2 = {}, {}
         for ct in (0.0, 1.0, 2.0, 4.5, 8.0):
