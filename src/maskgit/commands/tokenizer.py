@@ -20,6 +20,7 @@ from maskgit.config import (
     vqgan_preset,
 )
 from maskgit.errors import MaskGITError
+from maskgit.data.loader import default_workers
 from maskgit.commands.common import device_arg, resolve_device
 from maskgit.commands.train_setup import finetune_args, first_examples, load_sized, memory_args, report_and_check
 
@@ -71,8 +72,14 @@ def register(sub) -> None:
     t.add_argument("--split", default="train")
     t.add_argument("--image-size", type=int, default=None)
     t.add_argument("--out", required=True, help="token store directory")
-    t.add_argument("--batch-size", type=int, default=500)
+    t.add_argument("--batch-size", type=int, default=500, help="images per encoder call (default: %(default)s)")
     t.add_argument("--flip", action="store_true", help="also store horizontally flipped copies")
+    t.add_argument("--workers", type=int, default=default_workers(),
+                   help="loader processes that decode and resize images (0: in this process; default: %(default)s "
+                        "= min(4, CPUs))")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run with the same arguments (its work is kept in .OUT.partial "
+                        "beside --out); without it an unfinished run starts again")
     t.add_argument("--text-encoder", default=None,
                    help="captioned datasets: also cache the captions' embeddings (minilm, st:PATH, t5:PATH, "
                         "cache:FILE) for text-conditioned training")
@@ -241,32 +248,36 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from maskgit.data.tokenstore import model_hash, write_store
-    device = resolve_device(args.device)
-    model = load_model(args.model, "vqgan", device)
-    ds = _load_images(args.data, args.split, args.image_size or model.config.image_size)
-    t0 = time.time()
-    if hasattr(ds, "images"):
-        images = ds.images
-        targets = ds.targets.numpy() if torch.is_tensor(ds.targets) else ds.targets
-    else:
-        items = [ds[i] for i in range(len(ds))]
-        images, targets = torch.stack([a for a, _ in items]), [b for _, b in items]
-    tokens = encode_all(model, images, args.batch_size, device)
-    if args.flip:
-        ft = encode_all(model, images.flip(-1), args.batch_size, device)
-        tokens = torch.cat([tokens, ft])
-        targets = list(targets) * 2 if not isinstance(targets, np.ndarray) else np.concatenate([targets, targets])
-    captioned = len(targets) and isinstance(targets[0], str)
-    meta = {"dataset": args.data, "split": args.split, "codebook_size": model.codebook_size,
-            "tokenizer": str(Path(args.model).resolve()), "tokenizer_hash": model_hash(model),
-            "classes": getattr(ds, "classes", None)}
-    write_store(args.out, tokens.numpy(), labels=None if captioned else np.asarray(targets),
-                captions=list(targets) if captioned else None, meta=meta)
-    print(f"wrote {len(tokens)} token grids {tuple(tokens.shape[1:])} to {args.out} in {time.time() - t0:.1f}s")
-    if args.text_encoder:
-        if not captioned:
+    """Stream the dataset through the tokenizer into the store (one store also under torchrun)."""
+    import torch.distributed as dist
+
+    from maskgit.data.encode import tokenize_stream
+    from maskgit.data.tokenstore import model_hash
+    from maskgit.training.loop import init_distributed
+    if args.workers < 0:
+        raise MaskGITError(f"--workers must be >= 0, not {args.workers}")
+    if args.batch_size < 1:
+        raise MaskGITError(f"--batch-size must be >= 1, not {args.batch_size}")
+    rank, world, dev = init_distributed(resolve_device(args.device))
+    try:
+        model = load_model(args.model, "vqgan", str(dev))
+        ds = _load_images(args.data, args.split, args.image_size or model.config.image_size)
+        if args.text_encoder and getattr(ds, "classes", None) is not None:
             raise MaskGITError(f"--text-encoder needs a captioned dataset; {args.data} has class labels")
+        meta = {"dataset": args.data, "split": args.split, "codebook_size": model.codebook_size,
+                "tokenizer": str(Path(args.model).resolve()), "tokenizer_hash": model_hash(model),
+                "classes": getattr(ds, "classes", None)}
+        stats = tokenize_stream(model, ds, Path(args.out), batch_size=args.batch_size, flip=args.flip,
+                                resume=args.resume, workers=args.workers, device=dev, meta=meta, rank=rank,
+                                world=world)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    if rank != 0:
+        return 0
+    print(f"wrote {stats['rows']} token grids to {args.out}; this process encoded {stats['encoded']} images in "
+          f"{stats['seconds']:.1f}s ({stats['images_per_s']:.1f} images/s)")
+    if args.text_encoder:
         from maskgit.models.text import ensure_store_text
         path = ensure_store_text(args.out, args.text_encoder)
         print(f"wrote the caption embeddings {path}")

@@ -12,12 +12,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from maskgit.data.base import IMAGE_EXTENSIONS, SPLIT_FOLDERS, cache_dir
 from maskgit.errors import MaskGITError
 from maskgit.storage.files import atomic_write
-from maskgit.storage.images import check_image, crop_square, open_image, pil_to_tensor, resize_shorter, to_rgb
+from maskgit.storage.images import check_image, crop_square, resize_shorter, to_rgb
+
+
+def open_scaled(path: Path, size: int) -> Image.Image:
+    """Decode ``path`` to RGB with its shorter side >= ``size``: JPEGs are decoded at 1/2, 1/4 or 1/8 scale in
+    the DCT when that still leaves ``size`` pixels (``Image.draft``), which makes large photos cheap; other
+    formats decode in full. EXIF rotation is applied."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                if im.format == "JPEG":
+                    im.draft("RGB", (size, size))  # largest DCT scale that keeps both sides >= size
+                im.load()
+                out = ImageOps.exif_transpose(im)
+                img = im.copy() if out is None or out is im else out
+    except FileNotFoundError:
+        raise MaskGITError(f"image file {path} does not exist") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise MaskGITError(f"{path} is not a readable image ({e}): re-save it as PNG or JPEG") from None
+    return to_rgb(img)
+
+
+def u8_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL (L or RGB) -> uint8 tensor (C,H,W)."""
+    a = np.asarray(img, dtype=np.uint8)
+    a = a[..., None] if a.ndim == 2 else a
+    return torch.from_numpy(a.copy()).permute(2, 0, 1)  # (C,H,W)
 
 
 class FileImageDataset(torch.utils.data.Dataset):
@@ -37,20 +64,29 @@ class FileImageDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index])
+        return self.item_rng(index, self.epoch)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load(self, index: int, rng: np.random.Generator | None = None) -> torch.Tensor:
-        img = resize_shorter(to_rgb(open_image(self.paths[index])), self.image_size)
+        """Float (C,H,W) in [0,1]: centre crop, or with ``rng`` a random crop + random horizontal flip."""
+        return self.load_u8(index, rng).float().div_(255.0)
+
+    def load_u8(self, index: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """uint8 (C,H,W): what ``load`` returns before scaling (the streaming loader ships these)."""
         s = self.image_size
+        img = resize_shorter(open_scaled(self.paths[index], s), s)
         if rng is None:
-            return pil_to_tensor(crop_square(img, s))
+            return u8_tensor(crop_square(img, s))
         img = crop_square(img, s, int(rng.integers(0, img.width - s + 1)), int(rng.integers(0, img.height - s + 1)))
         if rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return pil_to_tensor(img)
+        return u8_tensor(img)
+
+    def item_rng(self, index: int, epoch: int) -> np.random.Generator:
+        """The augmentation RNG of item ``index`` in ``epoch``: the same in any process or worker."""
+        return np.random.default_rng([self.seed, int(epoch), index])
 
     def _drop_unreadable(self, root: Path, paths: list[Path], strict: bool, verify: bool,
                          missing: list[Path] = ()) -> list[bool]:

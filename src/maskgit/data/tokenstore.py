@@ -36,15 +36,24 @@ def write_store(path: str | Path, tokens: np.ndarray, labels: np.ndarray | None 
         raise MaskGITError(f"token store expects tokens (N,h,w), got {tokens.shape}")
     dtype = np.uint16 if tokens.max(initial=0) < 65536 else np.int32
     with atomic_dir(path) as tmp:
-        tokens.astype(dtype).tofile(tmp / ("tokens.u16" if dtype == np.uint16 else "tokens.i32"))
-        if labels is not None:
-            np.save(tmp / "labels.npy", np.asarray(labels, dtype=np.int64))
-        if captions is not None:
-            (tmp / "captions.json").write_text(json.dumps(list(captions)))
-        m = {"count": int(tokens.shape[0]), "grid": list(tokens.shape[1:]), "dtype": np.dtype(dtype).name,
-             **(meta or {})}
-        (tmp / "meta.json").write_text(json.dumps(m, indent=1) + "\n")
+        tokens.astype(dtype).tofile(tmp / token_file_name(dtype))
+        write_sidecars(tmp, tokens.shape, dtype, labels, captions, meta)
     return path
+
+
+def token_file_name(dtype) -> str:
+    return "tokens.u16" if np.dtype(dtype) == np.uint16 else "tokens.i32"
+
+
+def write_sidecars(folder: Path, shape: tuple[int, ...], dtype, labels: np.ndarray | None = None,
+                   captions: list[str] | None = None, meta: dict | None = None) -> None:
+    """Everything of a store but its token file: labels.npy or captions.json, and meta.json."""
+    if labels is not None:
+        np.save(folder / "labels.npy", np.asarray(labels, dtype=np.int64))
+    if captions is not None:
+        (folder / "captions.json").write_text(json.dumps(list(captions)))
+    m = {"count": int(shape[0]), "grid": list(shape[1:]), "dtype": np.dtype(dtype).name, **(meta or {})}
+    (folder / "meta.json").write_text(json.dumps(m, indent=1) + "\n")
 
 
 class TokenStore:

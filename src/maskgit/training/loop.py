@@ -29,6 +29,7 @@ from maskgit.storage.checkpoint import (
     save_train_state,
 )
 from maskgit.config import TrainConfig, to_dict
+from maskgit.data.loader import DatasetSource, batch_indices  # noqa: F401  (DatasetSource: re-exported)
 from maskgit.errors import MaskGITError
 from maskgit.training.schedule import BudgetSchedule, lr_factor  # noqa: F401  (lr_factor: re-exported)
 
@@ -65,16 +66,6 @@ class StepContext:
 class Task(Protocol):
     model: nn.Module
     def __call__(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]: ...
-
-
-def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
-    """Global indices of step ``step``: epochs of a seeded permutation, the last partial batch dropped."""
-    if n < batch_size:
-        raise MaskGITError(f"the training set has {n} examples, fewer than the batch size {batch_size}")
-    per_epoch = n // batch_size
-    epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1009 + epoch))
-    return perm[k * batch_size:(k + 1) * batch_size]
 
 
 def dist_info() -> tuple[int, int]:
@@ -208,8 +199,7 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
         task.train()
         budget.start(step)
         while step < cfg.max_steps:
-            idx = batch_indices(step, len(data), cfg.batch_size, cfg.seed)
-            batch = {k: v[rank::world].to(dev, non_blocking=True) for k, v in data.batch(idx).items()}
+            batch = rank_batch(data, step, cfg, rank, world, dev)
             ctx = StepContext(step, cfg.seed, cfg.batch_size, rank, world, dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss, metrics = model_for_ddp(batch, ctx)
@@ -374,25 +364,12 @@ def plot_metrics(run_dir: Path, keys: tuple[str, ...] = ("loss", "val_loss")) ->
     return out
 
 
-class DatasetSource:
-    """Adapts a ``maskgit.data.datasets`` dataset to the loop: ``batch(idx)`` -> {"images": (b,C,H,W), "labels": (b,)}.
-    In-memory datasets (``.images`` uint8) are sliced directly; others are read item by item."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        ds = self.dataset
-        if hasattr(ds, "images") and torch.is_tensor(ds.images):
-            out = {"images": ds.images[indices].float() / 255.0}
-            if torch.is_tensor(getattr(ds, "targets", None)):
-                out["labels"] = ds.targets[indices]
-            return out
-        items = [ds[int(i)] for i in indices]
-        out = {"images": torch.stack([im for im, _ in items])}
-        if isinstance(items[0][1], int):
-            out["labels"] = torch.tensor([t for _, t in items])
-        return out
+def rank_batch(data: BatchSource, step: int, cfg: TrainConfig, rank: int, world: int, dev) -> dict:
+    """This rank's rows ``[rank::world]`` of the global batch of ``step`` (``batch_indices``): a streaming
+    source loads only them; any other source loads the global batch and keeps them. On ``dev``."""
+    if hasattr(data, "rank_batch"):
+        batch = data.rank_batch(step, cfg.batch_size, cfg.seed, rank, world, dev)
+    else:
+        batch = {k: v[rank::world] for k, v in data.batch(batch_indices(step, len(data), cfg.batch_size,
+                                                                        cfg.seed)).items()}
+    return {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
