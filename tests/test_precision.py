@@ -22,3 +22,13 @@ def test_compare_precisions_rows(tiny_pipeline_dir):
     pipe = Pipeline.load(tiny_pipeline_dir)
     toks = decode_same_seeds(pipe, labels, 3, 0, 2)
     torch.testing.assert_close(seen[0], pipe.to_images(toks))
+
+
+def test_scaling_rows_cover_every_point_and_the_ar_baseline(tmp_path):
+    from maskgit.evaluation.scaling import measure_scaling, plot_scaling
+    rows = measure_scaling("tiny", [4, 8], [2, 4], [1, 2], "fp32", "cpu", max_batch_tokens=100, log=lambda r: None)
+    mg = [(r["tokens"], r["steps"], r["batch"]) for r in rows if r["model"] == "MaskGIT"]
+    assert mg == [(16, 2, 1), (16, 4, 1), (16, 2, 2), (16, 4, 2), (64, 2, 1), (64, 4, 1)]  # 2 x 64 > 100 skipped
+    assert [(r["tokens"], r["steps"]) for r in rows if r["model"].startswith("AR")] == [(16, 16), (64, 64)]
+    plot_scaling(rows, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000

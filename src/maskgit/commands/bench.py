@@ -5,6 +5,7 @@
   tradeoff   FD / precision / recall vs choice temperature and vs CFG scale at T=8
   speed      random-weight speed at the ImageNet-256 configuration (24x768, 256 tokens) + VQGAN decoder
   int8       the opt-in CPU int8 mode vs fp32: quality (FD, class agreement) and speed on the shipped model
+  scaling    s/image vs token grid (16x16, 32x32), steps and batch, with the AR baseline (random weights)
   precision  bf16 and int8 vs fp32 with the same seeds: FD, class agreement, tokens equal to fp32, speed
 """
 
@@ -24,7 +25,7 @@ PLOTS = Path("benchmarks/plots")
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks (print a table; --results FILE writes it there; draws plots)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["table", "schedules", "tradeoff", "speed", "int8", "precision"])
+    p.add_argument("what", choices=["table", "schedules", "tradeoff", "speed", "int8", "precision", "scaling"])
     p.add_argument("--model", default=None, help="shipped model name or pipeline directory")
     p.add_argument("--num", type=int, default=1000, help="samples per quality row")
     p.add_argument("--steps", default="4,8,12,16", help="T values (table, schedules)")
@@ -39,6 +40,10 @@ def register(sub) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     p.add_argument("--config", default="maskgit-imagenet256", help="speed: transformer preset")
     p.add_argument("--batches", default="1,8", help="speed: batch sizes")
+    p.add_argument("--grids", default="16,32", help="scaling: token grid sides")
+    p.add_argument("--max-batch-tokens", type=int, default=None,
+                   help="scaling: skip points whose batch x tokens exceed this")
+    p.add_argument("--precision", default="auto", help="scaling: auto, fp32 or bf16")
     p.add_argument("--precisions", default="auto",
                    help="speed: comma-separated fp32,bf16; auto = fp32, plus bf16 where the hardware has it")
     p.add_argument("--no-ar-nocache", action="store_true", help="speed: skip the slow AR run without cache")
@@ -81,6 +86,8 @@ def cmd_bench(args) -> int:
     if args.what == "speed":
         from maskgit.evaluation.speed import run_speed
         return run_speed(args, command, resolve_device(args.device), parse_ints(args.batches, "--batches"))
+    if args.what == "scaling":
+        return _scaling(args, command)
     from maskgit.evaluation.samples import append_results, generate, markdown_table, time_per_image, uniform_labels
     from maskgit.pipeline import load
     from maskgit.commands.evaluate import evaluator_for
@@ -187,3 +194,24 @@ def labels_of_train(args, size, num):
     if not hasattr(ds, "targets"):
         raise MaskGITError("the real-data floor needs a labelled dataset")
     return ds.targets[:num]
+
+
+def _scaling(args, command: str) -> int:
+    from maskgit.evaluation.samples import append_results, markdown_table
+    from maskgit.evaluation.scaling import measure_scaling, plot_scaling
+    from maskgit.evaluation.speed import machine_line
+    from maskgit.config import transformer_preset
+    device = resolve_device(args.device)
+    batches = parse_ints(args.batches, "--batches")
+    machine = machine_line(device, transformer_preset(args.config), 1)
+    print(machine)
+    rows = measure_scaling(args.config, parse_ints(args.grids, "--grids"), parse_ints(args.steps, "--steps"),
+                           batches, args.precision, device, max_batch_tokens=args.max_batch_tokens)
+    plot_scaling(rows, Path(args.plots) / "scaling_s_per_image.png")
+    table = markdown_table(rows, ["model", "grid", "tokens", "steps", "batch", "precision", "s/image"])
+    print(table)
+    skipped = f" Points with batch x tokens > {args.max_batch_tokens} were not run." if args.max_batch_tokens else ""
+    append_results(args.results, f"How sampling cost grows ({args.config}, random weights)", command, table,
+                   notes=f"Machine: {machine}. One timed decode per point (transformer only), after one warm-up "
+                         f"forward per grid and batch; plot: benchmarks/plots/scaling_s_per_image.png.{skipped}")
+    return 0
