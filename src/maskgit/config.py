@@ -96,6 +96,8 @@ class SampleConfig:
     cfg: float = 0.0  # classifier-free guidance scale (0 = off)
     cfg_schedule: str = "constant"  # "constant" or "linear" (ramps 0 -> cfg over the steps)
     start_step: int = 0  # >0 starts later in the schedule (class-conditional editing)
+    order: str = "confidence"  # which tokens each step reveals: "confidence" | "halton" | "random"
+    candidates: int = 1  # >1: decode this many per image, keep the one the classifier finds most on-class
 
 
 def sample_kwargs(cfg: SampleConfig) -> dict:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
-from maskgit.sampling.schedules import check_schedule, gamma
+from maskgit.sampling.orders import check_order, priority
+from maskgit.sampling.schedules import check_schedule, decode_mask_counts
 
 LogitsFn = Callable[[torch.Tensor, bool], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 
@@ -29,6 +31,9 @@ def check_sample_config(cfg: SampleConfig) -> None:
     if cfg.cfg_schedule not in ("constant", "linear"):
         raise MaskGITError(f"cfg_schedule must be 'constant' or 'linear', got {cfg.cfg_schedule!r}")
     check_schedule(cfg.schedule)
+    check_order(cfg.order)
+    if cfg.candidates < 1:
+        raise MaskGITError(f"candidates must be >= 1, got {cfg.candidates}")
 
 
 class RowGenerators:
@@ -104,12 +109,16 @@ def guidance_scale(cfg: SampleConfig, step: int) -> float:
     return cfg.cfg
 
 
-def mask_counts(n0: torch.Tensor, unknown: torch.Tensor, cfg: SampleConfig, step: int, n: int) -> torch.Tensor:
-    """How many tokens stay masked after ``step``: floor(N0 * gamma((t+1)/T)), clamped to [1, unknown - 1]."""
-    ratio = (step + 1) / cfg.steps
-    keep = torch.floor(n0.double() * gamma(cfg.schedule, ratio, n)).long()
-    keep = torch.minimum(keep, unknown - 1).clamp_min(1)
-    return torch.where(unknown > 0, keep, torch.zeros_like(keep))
+def mask_counts(n0: torch.Tensor, unknown: torch.Tensor, cfg: SampleConfig, step: int) -> torch.Tensor:
+    """How many tokens stay masked after ``step``: floor(N0 * gamma((t+1)/T)) in the official float32
+    arithmetic, clamped to [1, unknown - 1] (see schedules.decode_mask_counts)."""
+    return decode_mask_counts(cfg.schedule, step, cfg.steps, n0, unknown)
+
+
+def choice_noise_scale(cfg: SampleConfig, step: int) -> float:
+    """choice_temperature * (1 - (t+1)/T), in float32 as the official decoder computes it."""
+    ratio = np.float32(step + 1) / np.float32(cfg.steps)
+    return float(np.float32(cfg.choice_temperature) * (np.float32(1) - ratio))
 
 
 @torch.inference_mode()
@@ -128,6 +137,8 @@ def decode(logits_fn: LogitsFn, tokens: torch.Tensor, config: SampleConfig, mask
     B, N = cur.shape
     n0 = (cur == mask_id).sum(1)  # (B,)
     guided = config.cfg != 0
+    # a fixed order (halton / random) replaces the confidence ranking; None = rank by confidence
+    fixed = priority(config.order, (B, N), lambda shape: _rand(shape, generator, cur.device), cur.device)
     for step in range(config.start_step, config.steps):
         unknown_map = cur == mask_id
         if not unknown_map.any():
@@ -147,14 +158,15 @@ def decode(logits_fn: LogitsFn, tokens: torch.Tensor, config: SampleConfig, mask
             if callback:
                 callback(step, cur, sampled)
             break
-        # confidence: the model's own probability of the chosen token (unmodified logits), +inf where known
-        logp = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]  # (B, N)
-        logp = torch.where(unknown_map, logp, torch.full_like(logp, math.inf))
-        ratio = (step + 1) / config.steps
-        if config.choice_temperature > 0:
-            logp = logp + config.choice_temperature * (1 - ratio) * gumbel(logp.shape, generator, logp.device)
-        keep_masked = mask_counts(n0, unknown_map.sum(1), config, step, N)  # (B,)
-        rank = logp.argsort(-1).argsort(-1)  # 0 = least confident
+        if fixed is None:  # confidence: the model's own probability of the chosen token (unmodified logits)
+            score = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]  # (B, N)
+            if config.choice_temperature > 0:
+                score = score + choice_noise_scale(config, step) * gumbel(score.shape, generator, score.device)
+        else:
+            score = fixed
+        score = torch.where(unknown_map, score, torch.full_like(score, math.inf))  # known tokens stay
+        keep_masked = mask_counts(n0, unknown_map.sum(1), config, step)  # (B,)
+        rank = score.argsort(-1).argsort(-1)  # 0 = lowest score: stays masked first
         remask = rank < keep_masked[:, None]
         cur = torch.where(remask, torch.full_like(sampled, mask_id), sampled)
         if callback:
