@@ -195,3 +195,24 @@ def test_torchrun_two_process_tokenize_equals_one_process(photos, rgb_tokenizer,
     r = subprocess.run(two, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert _files(tmp_path / "two") == _files(tmp_path / "one")
+
+
+def test_tokenizer_training_does_not_depend_on_the_worker_count(photos, tmp_path, capsys):
+    """train-tokenizer on an image folder: crop-flip augmentation by default, the same weights with 2 loader
+    workers as in-process; in-memory sets refuse crop-flip."""
+    from safetensors.torch import load_file
+
+    from maskgit.cli import main
+    from maskgit.data.loader import resolve_augment
+    run = ["train-tokenizer", "--data", f"imagefolder:{photos}", "--image-size", "16", "--preset", "tiny",
+           "--batch-size", "4", "--max-steps", "3", "--disc-start", "1", "--save-every", "0", "--device", "cpu"]
+    for w in ("0", "2"):
+        assert main(run + ["--out", str(tmp_path / w), "--workers", w]) == 0
+    a, b = (load_file(tmp_path / w / "final" / "model.safetensors") for w in ("0", "2"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ds = ImageFolderDataset(photos, image_size=16)
+    assert resolve_augment("auto", ds) and not resolve_augment("none", ds)
+    toy = ArrayDataset(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.zeros(2), ["a"], "toy")
+    assert not resolve_augment("auto", toy)
+    with pytest.raises(MaskGITError, match="image files"):
+        resolve_augment("crop-flip", toy)

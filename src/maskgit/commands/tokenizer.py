@@ -20,7 +20,7 @@ from maskgit.config import (
     vqgan_preset,
 )
 from maskgit.errors import MaskGITError
-from maskgit.data.loader import default_workers
+from maskgit.data.loader import AUGMENT_CHOICES, default_workers, resolve_augment
 from maskgit.commands.common import device_arg, resolve_device
 from maskgit.commands.train_setup import finetune_args, first_examples, load_sized, memory_args, report_and_check
 
@@ -43,6 +43,13 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="run directory (checkpoints, logs, final/)")
     p.add_argument("--perceptual", default="none", help="none | features:PATH (a `maskgit train-features` model)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="loader processes that decode, resize and augment images (0: in this process; default: "
+                        "%(default)s = min(4, CPUs))")
+    p.add_argument("--augment", default="auto", choices=AUGMENT_CHOICES,
+                   help="crop-flip: resize the shorter side, random square crop, random horizontal flip (the "
+                        "official recipe); auto (default): crop-flip for image files (imagefolder:, coco:), none "
+                        "for in-memory sets")
     finetune_args(p, "tokenizer")
     memory_args(p)
     device_arg(p)
@@ -138,7 +145,7 @@ def cmd_train_tokenizer(args) -> int:
         print(f"init from {init_dir}: {report}")
     if args.freeze:
         print(f"frozen: {', '.join(finetune.freeze(task.model, 'vqgan', args.freeze))}")
-    source = DatasetSource(train_ds)
+    source = DatasetSource(train_ds, workers=args.workers, augment=resolve_augment(args.augment, train_ds))
     g = vcfg.grid_shape(size)
     report_and_check(task, first_examples(source), tcfg.batch_size, device, ema=tcfg.ema > 0,
                      skip=args.skip_memory_check,

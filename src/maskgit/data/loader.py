@@ -189,3 +189,18 @@ class DatasetSource:
     def close(self) -> None:
         """Stop the worker processes (they also stop when this source is garbage-collected)."""
         self._stream, self._plan, self._next = None, None, -1
+
+
+AUGMENT_CHOICES = ("auto", "crop-flip", "none")
+
+
+def resolve_augment(choice: str, dataset) -> bool:
+    """``--augment``: crop-flip (resize the shorter side, random square crop, random horizontal flip: the official
+    tokenizer recipe), none, or auto = crop-flip for datasets read from image files, none for in-memory sets."""
+    if choice not in AUGMENT_CHOICES:
+        raise MaskGITError(f"--augment must be one of {', '.join(AUGMENT_CHOICES)}, not {choice!r}")
+    files = hasattr(dataset, "load_u8") and not in_memory(dataset)
+    if choice == "crop-flip" and not files:
+        raise MaskGITError("--augment crop-flip applies to datasets read from image files (imagefolder:, coco:); "
+                           f"{getattr(dataset, 'name', 'this dataset')} is held in memory at its final size")
+    return choice == "crop-flip" or (choice == "auto" and files)
