@@ -26,7 +26,7 @@ from maskgit.storage.onnx import sha256  # noqa: E402
 @pytest.fixture(scope="module")
 def exported(tiny_pipeline_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "tiny"
-    assert main(["export", "onnx", "--model", str(tiny_pipeline_dir), "--out", str(out)]) == 0
+    assert main(["export", "onnx", "--model", str(tiny_pipeline_dir), "--out", str(out), "--int8"]) == 0
     return out
 
 
@@ -42,7 +42,7 @@ class TorchNoise:
 
 def test_model_card_lists_graphs_with_their_hashes(exported):
     card = json.loads((exported / "model_card.json").read_text())
-    assert set(card["files"]) == {"transformer", "decoder", "encoder"}
+    assert set(card["files"]) == {"transformer", "decoder", "encoder", "transformer_int8"}
     for f in card["files"].values():
         assert sha256(exported / f["path"]) == f["sha256"]
     assert card["opset"] >= 17 and card["grid"] == [8, 8]
@@ -105,6 +105,18 @@ def test_runtime_generates_and_inpaints_with_numpy_seeds(exported):
     keep = np.ones((16, 16), bool)
     keep[4:10, 4:10] = False  # cells are 2x2 px: the box touches exactly these
     assert out.shape == (16, 16, 1) and np.array_equal(out[keep], a[0][keep])
+
+
+def test_int8_transformer_stays_close_to_fp32(exported):
+    tokens = np.full((4, 64), 37)
+    tokens[:, ::2] = np.arange(32)
+    feed = {"tokens": tokens, "labels": np.array([0, 1, 2, -1])}
+    fp32 = runtime.load(exported).session("transformer").run(None, feed)[0]
+    rt8 = runtime.load(exported, int8=True)
+    int8 = rt8.session("transformer_int8").run(None, feed)[0]
+    assert (fp32.argmax(-1) == int8.argmax(-1)).mean() > 0.8
+    assert 0 < np.abs(fp32 - int8).max() < 0.2 * np.abs(fp32).max()  # quantised: close, not equal
+    assert rt8.generate([0, 1], steps=3).shape == (2, 16, 16, 1)
 
 
 def test_runtime_rejects_bad_input(exported, tmp_path):

@@ -16,6 +16,9 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, help="shipped model name or pipeline directory (default: fashion-mnist)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--no-encoder", action="store_true", help="skip encoder.onnx (editing needs it)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write transformer.int8.onnx (onnxruntime dynamic int8 quantisation; load it with "
+                        "maskgit.runtime.load(DIR, int8=True))")
     p.set_defaults(func=cmd_export)
 
 
@@ -26,9 +29,9 @@ def cmd_export(args) -> int:
     if out.exists() and not out.is_dir():
         raise MaskGITError(f"--out {out} is a file: give a directory")
     pipe = load(args.model, "cpu")
-    card = export_pipeline(pipe, out, encoder=not args.no_encoder)
+    card = export_pipeline(pipe, out, encoder=not args.no_encoder, int8=args.int8)
     for name, f in card["files"].items():
         size = (out / f["path"]).stat().st_size / 2 ** 20
-        print(f"{name:<12} {out / f['path']}  {size:.1f} MiB  sha256 {f['sha256'][:16]}...")
+        print(f"{name:<16} {out / f['path']}  {size:.1f} MiB  sha256 {f['sha256'][:16]}...")
     print(f"wrote {out / 'model_card.json'} (opset {card['opset']})")
     return 0

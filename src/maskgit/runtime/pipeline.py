@@ -28,8 +28,9 @@ class OnnxPipeline:
     """The graphs of an export directory behind ``generate`` / ``inpaint`` (numpy in, numpy out)."""
 
     def __init__(self, root: str | Path, providers: list[str] | None = None, threads: int | None = None,
-                 verify: bool = True):
-        """``verify`` checks every graph against the SHA-256 in the model card; ``threads``: intra-op threads."""
+                 verify: bool = True, int8: bool = False):
+        """``verify`` checks every graph against the SHA-256 in the model card; ``threads``: intra-op threads;
+        ``int8``: use the int8 transformer (``maskgit export onnx --int8``)."""
         try:
             import onnxruntime as ort
         except ImportError:
@@ -56,7 +57,10 @@ class OnnxPipeline:
         self.class_names = c.get("class_names")
         fields = {f.name for f in dataclasses.fields(SampleConfig)}
         self.defaults = SampleConfig(**{k: v for k, v in c.get("sampling", {}).items() if k in fields})
-        self.session("transformer"), self.session("decoder")  # fail now, not mid-generation
+        self.transformer_graph = "transformer_int8" if int8 else "transformer"
+        if int8 and "transformer_int8" not in c.get("files", {}):
+            raise MaskGITError(f"{self.root} has no int8 transformer: export with `maskgit export onnx --int8`")
+        self.session(self.transformer_graph), self.session("decoder")  # fail now, not mid-generation
 
     def session(self, name: str):
         """The onnxruntime session of graph ``name`` (transformer, decoder, encoder), opened on first use."""
@@ -99,7 +103,7 @@ class OnnxPipeline:
     # ------------------------------------------------------------ graphs
     def logits_fn(self, labels: np.ndarray):
         """The closure ``decode`` needs; with guidance both passes run as one batch (label -1 for the second)."""
-        sess = self.session("transformer")
+        sess = self.session(self.transformer_graph)
         null = np.full_like(labels, -1)
 
         def fn(tokens: np.ndarray, guided: bool):
@@ -203,6 +207,6 @@ F255, F05 = np.float32(255), np.float32(0.5)
 
 
 def load(root: str | Path, providers: list[str] | None = None, threads: int | None = None,
-         verify: bool = True) -> OnnxPipeline:
+         verify: bool = True, int8: bool = False) -> OnnxPipeline:
     """``maskgit.runtime.load("exported/")``: an ``OnnxPipeline`` over the graphs of ``maskgit export onnx``."""
-    return OnnxPipeline(root, providers, threads, verify)
+    return OnnxPipeline(root, providers, threads, verify, int8)

@@ -8,6 +8,8 @@ Graphs (batch dimension dynamic everywhere):
   (conditional rows, then the same tokens with label -1), as the PyTorch pipeline does.
 - ``decoder.onnx``: ``tokens`` int64 (B, h, w) -> ``images`` float32 (B, C, H, W) in [0, 1].
 - ``encoder.onnx``: ``images`` float32 (B, C, H, W) in [0, 1] -> ``tokens`` int64 (B, h, w) (for editing).
+- ``transformer.int8.onnx`` (optional): the transformer with onnxruntime's dynamic int8 quantisation of its
+  matmuls (weights int8, activations quantised per call), the ONNX counterpart of ``--precision int8``.
 
 ``model_card.json`` records the configs, the sampling defaults, the opset, the graphs' inputs and outputs and the
 SHA-256 of every file."""
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -124,7 +127,25 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def export_pipeline(pipe, out: str | Path, encoder: bool = True) -> dict:
+def quantize_int8(src: Path, dst: Path) -> None:
+    """onnxruntime dynamic quantisation: int8 weights for MatMul/Gemm, activations quantised at run time."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        raise MaskGITError("int8 export needs onnxruntime: pip install onnxruntime") from None
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs a pre-processing hint on the root logger
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.setLevel(level)
+
+
+def export_pipeline(pipe, out: str | Path, encoder: bool = True, int8: bool = False) -> dict:
     """Write the graphs and ``model_card.json`` of a loaded ``Pipeline`` (fp32, CPU) to ``out``; returns the card."""
     tr, tok = pipe.transformer, pipe.tokenizer
     c = tr.config
@@ -151,6 +172,9 @@ def export_pipeline(pipe, out: str | Path, encoder: bool = True) -> dict:
         files["encoder"] = "encoder.onnx"
         _export(EncoderGraph(tok), (torch.rand(B, tok.config.channels, size, size),), out / files["encoder"],
                 ["images"], ["tokens"], {"images": {0: "batch"}, "tokens": {0: "batch"}})
+    if int8:
+        files["transformer_int8"] = "transformer.int8.onnx"
+        quantize_int8(out / files["transformer"], out / files["transformer_int8"])
     card = {
         "format": "maskgit-onnx", "format_version": CARD_VERSION, "opset": OPSET,
         "files": {k: {"path": v, "sha256": sha256(out / v)} for k, v in files.items()},
