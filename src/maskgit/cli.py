@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     from maskgit import __version__
     parser = argparse.ArgumentParser(prog="maskgit", description="MaskGIT: masked generative image transformer.")
     parser.add_argument("--version", action="version", version=f"maskgit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from maskgit.commands.parser import CommandParser  # --help shows every option's default
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
     for mod_name in dict.fromkeys(COMMANDS.values()):
         importlib.import_module(f"maskgit.commands.{mod_name}").register(sub)
     return parser
