@@ -65,16 +65,20 @@ def test_resume_after_sigkill_is_bit_identical(store, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_sigterm_saves_and_exits_cleanly(store, tmp_path):
-    proc = subprocess.Popen(_cmd(store, tmp_path / "c", 100000), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+def test_sigterm_saves_a_resumable_checkpoint_and_exits_130_without_final(store, tmp_path):
+    proc = subprocess.Popen(_cmd(store, tmp_path / "c", 100000), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     ck = tmp_path / "c" / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not (ck.exists() and any(ck.iterdir())):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0
-    assert (tmp_path / "c" / "final" / "model.safetensors").exists()
+    assert proc.wait(timeout=60) == 130  # interrupted: distinct from success (0) and bad input (2)
+    out = proc.stdout.read()
+    assert "--resume" in out and "Traceback" not in out, out
+    assert not (tmp_path / "c" / "final").exists()  # an interrupted run does not look finished
+    from maskgit.training.resume import latest_checkpoint
+    assert latest_checkpoint(tmp_path / "c") is not None
 
 
 @pytest.mark.slow

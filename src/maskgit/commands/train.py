@@ -47,7 +47,8 @@ def register(sub) -> None:
                         "(as Muse)")
     p.add_argument("--arch", default="maskgit", choices=["maskgit", "ar"])
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue from the newest checkpoint in --out that verifies (or from CHECKPOINT)")
     finetune_args(p, "transformer")
     memory_args(p)
     device_arg(p)
@@ -140,7 +141,7 @@ def model_from_init(args, store_meta: dict, num_classes: int, text: tuple[int, i
 
 def cmd_train(args) -> int:
     from maskgit.data.tokenstore import TokenStore, model_hash
-    from maskgit.training.loop import latest_checkpoint, train
+    from maskgit.training.loop import find_checkpoint, train
     from maskgit.training.objectives import MaskedTokenTask, NextTokenTask
 
     device = resolve_device(args.device)
@@ -177,7 +178,7 @@ def cmd_train(args) -> int:
     cfg = override(TRANSFORMER_TRAIN_DEFAULTS, args)
     torch.manual_seed(cfg.seed)  # the CLI owns the process: the initial weights follow --seed
     text_shape = None if text is None else (text.dim, text.max_len)
-    ck = latest_checkpoint(Path(args.out)) if args.resume else None
+    ck = find_checkpoint(Path(args.out), args.resume) if args.resume else None
     init_dir = None
     if ck is not None:
         model, preset = model_from_run(ck, args, store.meta, num_classes, text_shape)
@@ -232,7 +233,7 @@ def cmd_train(args) -> int:
         save_png(make_grid(imgs.cpu(), ncol=8, scale=2), out / f"samples_{step:08d}.png")
 
     t0 = time.time()
-    res = train(task, store, cfg, out, val_data=val, resume=args.resume, device=device, sample_fn=sample_fn,
+    res = train(task, store, cfg, out, val_data=val, resume=ck or args.resume, device=device, sample_fn=sample_fn,
                 meta=meta)
     if res.step and (out / "final").exists():
         print(json.dumps({"step": res.step, "wall_s": round(time.time() - t0, 1),

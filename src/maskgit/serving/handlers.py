@@ -45,7 +45,7 @@ class Handlers:
             raise APIError(422, f"steps={req.steps} is above this server's limit of {self.config.max_steps}")
         if req.schedule is not None and req.schedule not in SCHEDULES:
             raise APIError(422, f"schedule: unknown mask schedule {req.schedule[:40]!r}; known: {', '.join(SCHEDULES)}")
-        return self.pipe.sample_config(**{f: getattr(req, f) for f in SAMPLE_FIELDS})  # MaskGITError -> 422
+        return self.pipe.sample_config(**{f: getattr(req, f, None) for f in SAMPLE_FIELDS})  # MaskGITError -> 422
 
     def class_hint(self) -> str:
         names = f" ({', '.join(self.pipe.class_names)})" if self.pipe.class_names else ""

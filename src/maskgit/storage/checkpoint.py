@@ -2,12 +2,19 @@
 
 ``config.json`` = {"format": "maskgit", "format_version": 1, "kind": ..., "config": {...}, "meta": {...}}.
 Training state (optimizer, scheduler, RNG, data position) goes in ``train_state.safetensors`` +
-``train_state.json`` beside it. Writes are atomic: a temporary directory renamed into place."""
+``train_state.json`` beside it. Writes are atomic: a temporary directory renamed into place.
+
+``manifest.json`` lists the size and SHA-256 of every file the directory was written with (and a SHA-256 of its
+own list); ``load_model`` and resuming verify it, so a truncated or bit-flipped file is an error naming the file
+instead of silently wrong weights. Directories written before manifests existed load unverified, except the
+shipped weights, which must verify."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,8 @@ from maskgit.errors import MaskGITError
 from maskgit.storage.files import atomic_dir
 
 FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 # kind -> (module, config class, model class)
 KINDS = {
@@ -48,6 +57,87 @@ def kind_of(model: torch.nn.Module) -> str:
 
 
 
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask would, briefly, for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
+    """``safetensors.save_file`` with the file's mode following the umask (safetensors itself writes 0600)."""
+    save_file(tensors, str(file))
+    os.chmod(file, 0o666 & ~_umask())
+
+
+# ---------------------------------------------------------------- manifests
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _list_digest(files: dict) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(path: Path, names: list[str] | None = None) -> Path:
+    """``path/manifest.json`` with the size and SHA-256 of ``names`` (default: every file in ``path``)."""
+    path = Path(path)
+    names = sorted(names if names is not None else
+                   (f.name for f in path.iterdir() if f.is_file() and f.name != MANIFEST and not f.name.startswith(".")))
+    files = {n: {"bytes": (path / n).stat().st_size, "sha256": _sha256(path / n)} for n in names}
+    doc = {"format": "maskgit-manifest", "version": 1, "files": files, "files_sha256": _list_digest(files)}
+    (path / MANIFEST).write_text(json.dumps(doc, indent=1) + "\n")
+    return path / MANIFEST
+
+
+def verify_manifest(path: Path, required: bool = False) -> bool:
+    """Check every file listed in ``path/manifest.json``; MaskGITError naming the first file that is missing,
+    truncated or altered (or the manifest itself). Returns False when there is no manifest (and not ``required``)."""
+    path = Path(path)
+    mf = path / MANIFEST
+    if not mf.is_file():
+        if required:
+            raise MaskGITError(f"{mf} is missing: these weights cannot be verified (reinstall maskgit)")
+        return False
+    try:
+        doc = json.loads(mf.read_text())
+        files = doc["files"]
+        ok = (doc.get("format") == "maskgit-manifest" and isinstance(files, dict)
+              and doc.get("files_sha256") == _list_digest(files)
+              and all(isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
+                      and "/" not in k and "\\" not in k and k not in ("", ".", "..") for k, v in files.items()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise MaskGITError(f"{mf} is corrupt (unreadable, or its file list does not match its own checksum)")
+    for name, want in files.items():
+        f = path / name
+        if not f.is_file():
+            raise MaskGITError(f"{f} is missing (listed in {MANIFEST})")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            raise MaskGITError(f"{f} is truncated or altered: {size} bytes, the manifest says {want['bytes']}")
+        if _sha256(f) != want["sha256"]:
+            raise MaskGITError(f"{f} is corrupt: its SHA-256 does not match {MANIFEST} (a flipped or altered byte)")
+    return True
+
+
+def is_shipped(path: Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(SHIPPED_DIR)
+    except OSError:
+        return False
+
+
 def save_model(model: torch.nn.Module, path: str | Path, meta: dict | None = None,
                dtype: torch.dtype | None = None, extra_files: dict[str, str] | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` for ``model`` (which has a ``.config`` dataclass)."""
@@ -59,10 +149,11 @@ def save_model(model: torch.nn.Module, path: str | Path, meta: dict | None = Non
     doc = {"format": "maskgit", "format_version": FORMAT_VERSION, "kind": kind,
            "config": to_dict(model.config), "meta": meta or {}}
     with atomic_dir(path) as tmp:
-        save_file(state, str(tmp / "model.safetensors"))
+        save_tensors(state, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        write_manifest(tmp, ["config.json", "model.safetensors", *(extra_files or {})])
     return path
 
 
@@ -89,6 +180,8 @@ def load_model(path: str | Path, expect: str | tuple[str, ...] | None = None,
                device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build the model described by ``path/config.json`` and load its weights (in eval mode, fp32)."""
     path = Path(path)
+    if path.is_dir():
+        verify_manifest(path, required=is_shipped(path))
     doc = read_config(path)
     kind = doc.get("kind")
     if expect is not None and kind not in ((expect,) if isinstance(expect, str) else expect):
@@ -125,15 +218,16 @@ def load_weights(model: torch.nn.Module, file: str | Path, assign: bool = False)
 
 # ---------------------------------------------------------------- training state (no pickle)
 def save_train_state(path: Path, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path / "train_state.safetensors"))
+    save_tensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path / "train_state.safetensors")
     (path / "train_state.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
 def load_train_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    verify_manifest(path)
     try:
         tensors = load_file(str(path / "train_state.safetensors"))
         info = json.loads((path / "train_state.json").read_text())
-    except (OSError, SafetensorError, json.JSONDecodeError) as e:
+    except (OSError, SafetensorError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MaskGITError(f"{path}: unreadable training state ({e}); resume from an earlier checkpoint") from None
     return tensors, info
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -30,7 +29,9 @@ def atomic_dir(path: Path):
     class _Ctx:
         def __enter__(self):
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+            # a plain mkdir, unlike mkdtemp (always 0700), honours the umask
+            self.tmp = path.parent / f".{path.name}.tmp{os.getpid()}.{uuid.uuid4().hex[:8]}"
+            self.tmp.mkdir()
             return self.tmp
 
         def __exit__(self, exc_type, exc, tb):

@@ -21,13 +21,16 @@ import torch.distributed as dist
 from torch import nn
 
 from maskgit.storage.checkpoint import (
+    MANIFEST,
     atomic_dir,
     load_train_state,
     optimizer_from_flat,
     optimizer_to_flat,
     save_model,
     save_train_state,
+    write_manifest,
 )
+from maskgit.training.resume import TrainingInterrupted, find_checkpoint, latest_checkpoint, truncate_metrics  # noqa: F401
 from maskgit.config import TrainConfig, to_dict
 from maskgit.data.loader import DatasetSource, batch_indices  # noqa: F401  (DatasetSource: re-exported)
 from maskgit.errors import MaskGITError
@@ -122,12 +125,6 @@ class EMA:
         model.load_state_dict({**model.state_dict(), **self.state})
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted((run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").exists() else []
-    ckpts = [c for c in ckpts if (c / "train_state.json").exists()]
-    return ckpts[-1] if ckpts else None
-
-
 @dataclass
 class TrainResult:
     step: int
@@ -137,7 +134,7 @@ class TrainResult:
 
 
 def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | Path, *,
-          val_data: BatchSource | None = None, resume: bool = False, device: str = "cpu",
+          val_data: BatchSource | None = None, resume: bool | str | Path = False, device: str = "cpu",
           param_groups: Callable[[nn.Module], list] | None = None,
           sample_fn: Callable[[nn.Module, int], None] | None = None,
           meta: dict | None = None, progress: bool = True,
@@ -153,7 +150,8 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
     task.to(dev)
     groups = param_groups(task) if param_groups else _default_groups(task, cfg)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    if init_optimizer is not None and not (resume and latest_checkpoint(run_dir)):
+    ck = find_checkpoint(run_dir, resume, say=print if rank == 0 else lambda _: None) if resume else None
+    if init_optimizer is not None and ck is None:
         note = init_optimizer(opt)
         if rank == 0 and note:
             print(note)
@@ -162,14 +160,15 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
     ema = EMA(task.model, cfg.ema) if cfg.ema > 0 else None
     step = 0
     if resume:
-        ck = latest_checkpoint(run_dir)
         if ck is None:
             if rank == 0:
-                print(f"no checkpoint in {run_dir}/checkpoints: starting from scratch")
+                print(f"no usable checkpoint in {run_dir}/checkpoints: starting from scratch")
         else:
             step = _restore(ck, task, opt, sched, ema, dev)
             if rank == 0:
                 print(f"resumed from {ck} at step {step}")
+        if rank == 0:
+            truncate_metrics(run_dir / "metrics.jsonl", step)
     model_for_ddp = task
     if world > 1:
         model_for_ddp = nn.parallel.DistributedDataParallel(
@@ -194,7 +193,7 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
     if progress and rank == 0:
         from tqdm import tqdm
         bar = tqdm(total=cfg.max_steps, initial=step, dynamic_ncols=True, mininterval=2.0)
-    stopped_early = False
+    stopped_early = interrupted = False
     try:
         task.train()
         budget.start(step)
@@ -240,6 +239,7 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
                     dist.barrier()
             if stopping:
                 stopped_early = step < cfg.max_steps
+                interrupted = stop["flag"] and stopped_early  # a signal; --max-minutes is a planned end
                 break
     finally:
         if bar:
@@ -248,7 +248,7 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
             log_f.close()
         for sig, h in old.items():
             signal.signal(sig, h)
-    if rank == 0:
+    if rank == 0 and not interrupted:
         if val_data is not None:
             last.update(evaluate(task, val_data, cfg, dev))
         _export_final(run_dir, task, ema, meta, last)
@@ -256,6 +256,11 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
             sample_fn(task, step)
         plot_metrics(run_dir)
     shutdown_distributed()
+    if interrupted:  # a resumable checkpoint of this step is saved; final/ is only for a completed run
+        if rank == 0:
+            print(f"interrupted at step {step} of {cfg.max_steps}: saved {run_dir}/checkpoints/step_{step:08d}; "
+                  f"run the same command with --resume to continue", flush=True)
+        raise TrainingInterrupted(f"interrupted at step {step}")
     return TrainResult(step, last, run_dir, stopped_early)
 
 
@@ -300,8 +305,10 @@ def _save(run_dir, step, task, opt, sched, ema, cfg, meta) -> None:
         save_model(task.model, tmp / "model", meta=meta)
         for f in ("config.json", "model.safetensors"):
             os.replace(tmp / "model" / f, tmp / f)
+        (tmp / "model" / MANIFEST).unlink()
         (tmp / "model").rmdir()
         save_train_state(tmp, tensors, info)
+        write_manifest(tmp, ["config.json", "model.safetensors", "train_state.json", "train_state.safetensors"])
     ckpts = sorted((run_dir / "checkpoints").glob("step_*"))
     for old in ckpts[:-max(1, cfg.keep_last)]:
         import shutil
