@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--labels", default=None, help="comma-separated class ids, e.g. 0,3,7")
     p.add_argument("--num", type=int, default=None, help="number of samples (with --labels or --prompt: per "
                    "label or prompt)")
-    p.add_argument("--out", default="samples.png", help="grid.png; samples.npz (ADM layout: arr_0 uint8 (N,H,W,3), "
+    p.add_argument("--out", default=None, help="grid.png; samples.npz (ADM layout: arr_0 uint8 (N,H,W,3), "
                    "arr_1 labels); or DIR/ (numbered PNGs + labels.txt)")
     p.add_argument("--show-steps", default=None, help="also write a strip of the intermediate images here")
     p.add_argument("--batch-size", type=int, default=100)
@@ -87,12 +87,19 @@ def _prompts(args, pipe) -> list[str] | None:
 
 
 def cmd_sample(args) -> int:
+    from maskgit.commands.checks import check_sample_args
     from maskgit.storage.images import make_grid, save_png
+    from maskgit.storage.samples import is_png_folder
+    if args.out is None and args.show_steps is None:
+        args.out = "samples.png"  # the default output; with only --show-steps, only the strip is written
+    check_sample_args(args, is_png_folder)  # before the model loads: nothing is made for a bad value
     pipe = load_pipeline(args, text_encoder=args.text_encoder)
     cfg = override(SampleConfig(), args)
     kw = sample_kwargs(cfg)
     prompts = _prompts(args, pipe)
     labels = _labels(args, pipe) if prompts is None else None
+    if labels is not None and args.labels is not None:
+        pipe.check_labels(labels)  # in range for this model, before any image is made
     n = len(labels) if labels is not None else (len(prompts) if prompts is not None else (args.num or 1))
     t0 = time.time()
     chunks, steps_imgs = [], None
@@ -117,10 +124,12 @@ def cmd_sample(args) -> int:
             chunks.append(pipe.generate(lab, num, generator=gen, output="tensor", **kw))
     images = torch.cat(chunks)
     dt = time.time() - t0
-    out = Path(args.out)
+    out = Path(args.out) if args.out is not None else None
     u8 = (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     from maskgit.storage.samples import is_png_folder, write_npz, write_png_folder
-    if out.suffix == ".npz":  # the ADM layout: arr_0 uint8 (N,H,W,3), arr_1 labels
+    if out is None:
+        pass
+    elif out.suffix == ".npz":  # the ADM layout: arr_0 uint8 (N,H,W,3), arr_1 labels
         write_npz(out, u8, labels, prompts)
     elif is_png_folder(args.out):
         write_png_folder(out, u8, labels)
@@ -135,12 +144,14 @@ def cmd_sample(args) -> int:
         strip = make_grid(torch.cat(rows), ncol=len(steps_imgs) + 1, scale=args.scale)
         save_png(strip, args.show_steps)
         print(f"wrote {args.show_steps}")
-    print(f"wrote {n} images to {out} in {dt:.2f}s ({dt / n:.4f} s/image)")
+    print(f"wrote {n} images{f' to {out}' if out is not None else ''} in {dt:.2f}s ({dt / n:.4f} s/image)")
     return 0
 
 
 def cmd_edit(args) -> int:
+    from maskgit.commands.checks import check_edit_args
     from maskgit.storage.images import load_image, save_png
+    check_edit_args(args)
     pipe = load_pipeline(args, text_encoder=args.text_encoder)
     cfg = override(SampleConfig(), args)
     kw = sample_kwargs(cfg)
