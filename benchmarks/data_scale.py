@@ -158,6 +158,9 @@ def main() -> int:
     ap.add_argument("--root", default="/tmp/maskgit_data_scale", help="cache of folders, stores, tokenizer")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-seconds", type=float, default=0,
+                    help="stop a tokenize run after this long (SIGKILL) and report it as partial (0: no limit)")
+    ap.add_argument("--skip-checks", action="store_true", help="only the --sizes runs")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     root = Path(args.root)
@@ -187,16 +190,25 @@ def main() -> int:
         lo = loader_ceiling(folder, args.workers, args.batch_size, limit=min(n, 1000))
         enc = encoder_ceiling(model, args.batch_size, batches=max(2, 160 // args.batch_size))
         out = root / f"store_{n}"
-        r = run_measured([sys.executable, *tokenize_cmd(folder, out)], env)
-        assert r["rc"] == 0, r["output"][-2000:]
-        ips = float(r["output"].rsplit("(", 1)[1].split()[0])
-        row = {"n": n, "images_per_s": ips, "loader_ceiling": lo, "encoder_ceiling": enc,
+        start = time.time()
+        over = (lambda: time.time() - start > args.max_seconds) if args.max_seconds else None
+        r = run_measured([sys.executable, *tokenize_cmd(folder, out)], env, kill_when=over)
+        if r["killed"]:  # partial: images done from the store's progress bytes
+            d = np.frombuffer((partial_dir(out) / "done.u8").read_bytes(), dtype=np.uint8)
+            done_imgs = int(d.sum()) * args.batch_size
+            ips, partial = done_imgs / r["wall_s"], f"{done_imgs} of {n} images in {r['wall_s']:.0f} s (killed)"
+        else:
+            assert r["rc"] == 0, r["output"][-2000:]
+            ips, partial = float(r["output"].rsplit("(", 1)[1].split()[0]), None
+        row = {"n": n, "partial": partial, "images_per_s": ips, "loader_ceiling": lo, "encoder_ceiling": enc,
                "share_of_lower_ceiling": ips / min(lo, enc), "wall_s": r["wall_s"], "maxrss_mib": r["maxrss_mib"],
                "tree_pss_mib": r["tree_pss_mib"], "load_avg": os.getloadavg()}
         res["runs"].append(row)
         print(json.dumps(row), flush=True)
         _save(res, args.json)
 
+    if args.skip_checks:
+        return 0
     # kill -9 half-way + --resume, and torchrun, against one uninterrupted 1-process store
     n = args.check_n
     folder = build_folder(root, n)

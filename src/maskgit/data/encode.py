@@ -25,6 +25,7 @@ import torch.distributed as dist
 from maskgit.data.loader import GroupLoader, Key, default_workers, in_memory, labels_of
 from maskgit.data.tokenstore import token_file_name, write_sidecars
 from maskgit.errors import MaskGITError
+from maskgit.storage.files import atomic_write
 
 PLAN_FILE, DONE_FILE = "plan.json", "done.u8"
 
@@ -68,18 +69,18 @@ def store_targets(ds) -> tuple[np.ndarray | None, list[str] | None]:
 def _prepare(out: Path, plan: dict, resume: bool, rank: int, world: int) -> Path:
     """Rank 0 creates (or, resuming, checks) the partial folder; the other ranks wait for it."""
     part = partial_dir(out)
+    fresh = True
+    if resume and (part / PLAN_FILE).is_file():  # every rank checks, so all of them stop with the same message
+        try:
+            old = json.loads((part / PLAN_FILE).read_text())
+        except ValueError:
+            old = None
+        if old != plan:
+            raise MaskGITError(f"{part} holds an unfinished tokenize run with other settings (dataset, "
+                               "tokenizer, batch size, flip or image size differ): rerun it with the same "
+                               "arguments, or leave out --resume to start again")
+        fresh = False
     if rank == 0:
-        fresh = True
-        if resume and (part / PLAN_FILE).is_file():
-            try:
-                old = json.loads((part / PLAN_FILE).read_text())
-            except ValueError:
-                old = None
-            if old != plan:
-                raise MaskGITError(f"{part} holds an unfinished tokenize run with other settings (dataset, "
-                                   "tokenizer, batch size, flip or image size differ): rerun it with the same "
-                                   "arguments, or leave out --resume to start again")
-            fresh = False
         if fresh:
             shutil.rmtree(part, ignore_errors=True)
             part.mkdir(parents=True)
@@ -87,7 +88,8 @@ def _prepare(out: Path, plan: dict, resume: bool, rank: int, world: int) -> Path
             with open(part / token_file_name(plan["dtype"]), "wb") as f:
                 f.truncate(plan["count"] * plan["grid"][0] * plan["grid"][1] * itemsize)
             (part / DONE_FILE).write_bytes(bytes(plan["batches"]))
-            (part / PLAN_FILE).write_text(json.dumps(plan, indent=1) + "\n")  # last: marks the folder usable
+            text = (json.dumps(plan, indent=1) + "\n").encode()
+            atomic_write(part / PLAN_FILE, lambda f: f.write(text))  # last: marks the folder usable
     if world > 1:
         dist.barrier()
     return part
