@@ -183,6 +183,9 @@ VQGAN_PRESETS: dict[str, VQGANConfig] = {
     # A cheaper 32 px colour tokenizer (8x8 tokens) sized to train on a 2-core CPU (emoji).
     "rgb32-f4-small": VQGANConfig(channels=3, filters=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                                   embedding_dim=32, codebook_size=512, num_groups=8, image_size=32),
+    # A small f16 tokenizer (0.64M parameters; 256 px RGB -> 16x16 tokens) for data-pipeline benchmarks.
+    "rgb256-f16-small": VQGANConfig(channels=3, filters=16, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=1,
+                                    embedding_dim=32, codebook_size=1024, num_groups=8, image_size=256),
     # Tests only.
     "tiny": VQGANConfig(channels=1, filters=16, channel_mult=(1, 2), num_res_blocks=1, embedding_dim=8,
                         codebook_size=32, num_groups=4, image_size=16),
