@@ -1,6 +1,6 @@
 """A/B of the VQGAN decoder's two speed changes, interleaved in one process so that they share the machine's moments.
 
-Switches: the sub-pixel form of the upsampling convs (``maskgit.models.vqgan.SUBPIXEL``) and the raised malloc thresholds
+Switches: the sub-pixel form of the upsampling convs (``VQGAN.decoder.subpixel``) and the raised malloc thresholds
 (``maskgit.accel.tune_malloc``; "off" sets glibc's mmap threshold to 32 MiB, the ceiling of its own dynamic one,
 so the decoder's 33.5 MiB activations are mmapped afresh as by default). Official imagenet-f16 layout, random weights,
 256 px, eager fp32. Prints seconds per image and % of the matmul peak (probed before and after each decode) counted
@@ -26,20 +26,20 @@ def main() -> None:
     args = ap.parse_args()
 
     def setup(subpixel: bool, malloc: bool) -> None:
-        V.SUBPIXEL = subpixel
+        vq.decoder.subpixel = subpixel
         set_malloc_thresholds(*((1 << 30, 1 << 30) if malloc else (32 << 20, 64 << 20)))
 
     torch.manual_seed(0)
-    vq = V.VQGAN(vqgan_preset("imagenet-f16")).eval()
+    vq = V.VQGAN(vqgan_preset("imagenet-f16")).prepare_for_inference()
     toks = torch.randint(0, 1024, (args.batch, 16, 16))
     with torch.inference_mode():
-        flops = _official_flops(lambda: vq.decode(toks[:1]))
+        flops = _official_flops(lambda: vq.decode(toks[:1]), vq.decoder)
     configs = [(s, m) for m in (False, True) for s in (False, True)]
     res = {c: [] for c in configs}
     with torch.inference_mode():
         for c in configs:
             setup(*c)
-            vq.decode(toks[:1])  # warm up (and build the cached phase kernels)
+            vq.decode(toks[:1])  # warm up
         for _ in range(args.rounds):
             for c in configs:
                 setup(*c)

@@ -1,6 +1,7 @@
 """Speed options: the exact ones leave results unchanged; the opt-in ones are opt-in."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,16 +128,15 @@ def test_ab_table_gives_medians_and_every_round():
         "| yes | no | 600.0 | 80.0 | 80, 90, 70 |", "| no | no | 10.0 | 50.0 | 50 |"]
 
 
-def test_inplace_inference_decoder_equals_autograd_path(monkeypatch):
+def test_inplace_inference_decoder_equals_autograd_path():
     """Without autograd the decoder reuses buffers in place (SiLU, residual adds); the values must not change.
     (The sub-pixel upsampling, which changes float rounding, is tested on its own.)"""
-    import maskgit.models.vqgan as V
     from maskgit.config import VQGANConfig
-    monkeypatch.setattr(V, "SUBPIXEL", False)
     from maskgit.models.vqgan import VQGAN
     for official in (True, False):
         vq = VQGAN(VQGANConfig(channels=3, filters=16, channel_mult=(1, 2), num_res_blocks=2, embedding_dim=8,
                                codebook_size=32, num_groups=4, image_size=16, official_shortcut=official)).eval()
+        vq.decoder.subpixel = False
         z = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             fast = vq.decoder(z)
@@ -319,20 +319,34 @@ def test_subpixel_kernels_follow_weight_changes():
     assert not torch.allclose(first, second)
 
 
-def test_training_graph_uses_the_plain_upsample(monkeypatch):
+def test_training_graph_uses_the_plain_upsample():
     from maskgit.models.vqgan import upsample_conv
     conv = torch.nn.Conv2d(2, 2, 3, padding=1)
     x = torch.randn(1, 2, 3, 3, requires_grad=True)
-    upsample_conv(x, conv).sum().backward()
-    assert x.grad is not None and not hasattr(conv, "_phase_cache")
+    y = upsample_conv(x, conv)
+    y.sum().backward()
+    assert x.grad is not None
+    assert y.grad_fn.name() == "ConvolutionBackward0"  # conv over the upsampled input, not the phase interleave
 
 
-def test_decoder_subpixel_matches_official_layout(tiny_pipeline_dir, monkeypatch):
-    import maskgit.models.vqgan as V
+def test_inference_preparation_is_per_instance(tiny_pipeline_dir):
+    from maskgit.models.vqgan import VQGAN
+    from maskgit.storage.checkpoint import load_model
+    a = load_model(Path(tiny_pipeline_dir) / "tokenizer", "vqgan")
+    b = load_model(Path(tiny_pipeline_dir) / "tokenizer", "vqgan")
+    assert isinstance(a, VQGAN) and not a.channels_last and a.decoder.subpixel
+    a.prepare_for_inference(channels_last=True, subpixel=False)
+    assert a.channels_last and not a.decoder.subpixel and not a.training
+    assert a.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not b.channels_last and b.decoder.subpixel  # the other instance is untouched
+    assert b.decoder.conv_in.weight.is_contiguous()
+
+
+def test_decoder_subpixel_matches_official_layout(tiny_pipeline_dir):
     tok = Pipeline.load(tiny_pipeline_dir).tokenizer
     tokens = torch.randint(0, 32, (3, 8, 8), generator=torch.Generator().manual_seed(1))
     fast = tok.decode(tokens, clip=False)
-    monkeypatch.setattr(V, "SUBPIXEL", False)
+    tok.decoder.subpixel = False
     plain = tok.decode(tokens, clip=False)
     assert torch.allclose(fast, plain, atol=1e-5)
     assert fast.abs().max() > 0.05  # not trivially zero

@@ -28,10 +28,9 @@ def speed_args(p: argparse.ArgumentParser) -> None:
 def load_pipeline(args, **kw):
     """The pipeline named by --model on --device, with --precision and --compile applied."""
     from maskgit.pipeline import load
-    import sys
     pipe = load(args.model, resolve_device(args.device), args.precision, **kw)
     if args.precision == "auto":
-        print(f"precision: {pipe.precision} (auto on {pipe.device.type})", file=sys.stderr)
+        print(f"precision: {pipe.precision} (auto on {pipe.device.type})")
     return pipe.compile() if args.compile else pipe
 
 

@@ -210,7 +210,7 @@ def reconstruct(model, images: torch.Tensor, batch_size: int, device: str):
 def cmd_reconstruct(args) -> int:
     from maskgit.storage.images import make_grid, save_png
     device = resolve_device(args.device)
-    model = load_model(args.model, "vqgan", device)
+    model = load_model(args.model, "vqgan", device).prepare_for_inference(channels_last=device == "cpu")
     ds = _load_images(args.data, args.split, model.config.image_size)
     n = min(args.n, len(ds))
     if hasattr(ds, "images"):

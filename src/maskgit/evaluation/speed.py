@@ -70,14 +70,13 @@ def flops_of(fn) -> int:
     return fc.get_total_flops()
 
 
-def _official_flops(fn) -> int:
+def _official_flops(fn, decoder) -> int:
     """FLOPs of ``fn()`` with the decoder's upsampling convs in their plain (official-layout) form."""
-    from maskgit.models import vqgan
-    saved, vqgan.SUBPIXEL = vqgan.SUBPIXEL, False
+    saved, decoder.subpixel = decoder.subpixel, False
     try:
         return flops_of(fn)
     finally:
-        vqgan.SUBPIXEL = saved
+        decoder.subpixel = saved
 
 
 def between_probes(fn, flops: float, calls: int = 1) -> tuple[float, float]:
@@ -195,7 +194,7 @@ def run_speed(args, command: str, device: str, batches: list[int]) -> int:
                 print(rows[-1])
     # the VQGAN decoder with the official layout at 256 px
     with torch.inference_mode(False):  # ordinary weights, as a loaded pipeline has (their derived kernels cache)
-        vq = VQGAN(vqgan_preset("imagenet-f16")).to(device).eval()
+        vq = VQGAN(vqgan_preset("imagenet-f16")).to(device).prepare_for_inference(channels_last=device == "cpu")
     dec_variants = [("", vq.decode)]
     if args.compile:
         dec_variants.append((" (compiled)", compile_frozen(vq.decode)))
@@ -204,7 +203,7 @@ def run_speed(args, command: str, device: str, batches: list[int]) -> int:
         toks = torch.randint(0, 1024, (b, 16, 16), device=device)
         # two counts: the FLOPs the decoder executes (its rate) and the official layout's (the issue's unit of work)
         fl = flops_of(lambda: vq.decode(toks))
-        official = _official_flops(lambda: vq.decode(toks))
+        official = _official_flops(lambda: vq.decode(toks), vq.decoder)
         dec_flops = {"executed": fl / b, "official": official / b}
         n = vq.decode_chunk(toks.shape, device)
 

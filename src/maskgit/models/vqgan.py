@@ -13,9 +13,6 @@ from maskgit.config import VQGANConfig
 from maskgit.errors import MaskGITError
 
 DECODE_CHUNK_BYTES = 32 * 2 ** 20
-# compute "nearest 2x upsample -> 3x3 conv" in its sub-pixel form when autograd is off (see upsample_conv);
-# False runs the plain form everywhere (the benchmark counts the official layout's FLOPs that way)
-SUBPIXEL = True
 
 
 def _norm(cfg: VQGANConfig, ch: int) -> nn.GroupNorm:
@@ -95,25 +92,18 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, subpixel: bool | None = None
 
     The sub-pixel form (default without autograd) computes it exactly (up to float rounding) as one 2x2 conv over
     the un-upsampled input with 4x the output channels, one block per output phase, then interleaves the phases:
-    16 instead of 36 multiply-adds per output value, and no upsampled copy of the input. With autograd (or with
-    ``SUBPIXEL = False``) the plain form runs, so training sees the textbook graph."""
+    16 instead of 36 multiply-adds per output value, and no upsampled copy of the input. With autograd (the
+    default ``subpixel=None`` then means False) the plain form runs, so training sees the textbook graph. The phase
+    kernels are derived from the weight on every call (a few MFLOP, nothing to keep in sync with the weight)."""
     if subpixel is None:
-        subpixel = SUBPIXEL and not torch.is_grad_enabled()
+        subpixel = not torch.is_grad_enabled()
     if not subpixel:
         return conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
     B, _, H, W = x.shape
     O = conv.out_channels
-    if torch.compiler.is_compiling() or conv.weight.is_inference():
-        # a constant under inductor's freezing; inference tensors have no version counter to key a cache on
-        k = _phase_kernels(conv.weight)
-    else:  # cached per module, rebuilt whenever the weight changes
-        key = (conv.weight.data_ptr(), conv.weight._version, conv.weight.dtype, conv.weight.device)
-        cached = getattr(conv, "_phase_cache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, _phase_kernels(conv.weight.detach()).contiguous(memory_format=torch.channels_last)
-                      if x.is_contiguous(memory_format=torch.channels_last) else _phase_kernels(conv.weight.detach()))
-            conv._phase_cache = cached
-        k = cached[1]
+    k = _phase_kernels(conv.weight.detach())
+    if x.is_contiguous(memory_format=torch.channels_last):
+        k = k.contiguous(memory_format=torch.channels_last)
     bias = None if conv.bias is None else conv.bias.repeat(4)
     # window (i', j') of the padded input covers input rows i'-1, i': phase a of output row i sits at i' = i + a
     y4 = F.conv2d(x, k.to(x.dtype), None if bias is None else bias.to(x.dtype), padding=1)  # (B, 4O, H+1, W+1)
@@ -145,6 +135,9 @@ class Decoder(nn.Module):
                 self.upconvs.append(nn.Conv2d(cin, cin, 3, padding=1))
         self.norm_out = _norm(cfg, cin)
         self.conv_out = nn.Conv2d(cin, cfg.channels, 3, padding=1)
+        # inference form of "nearest 2x upsample -> 3x3 conv" (used only without autograd; see upsample_conv).
+        # False computes the official layout's plain form (the speed benchmark counts its FLOPs that way).
+        self.subpixel = True
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(z)
@@ -154,7 +147,7 @@ class Decoder(nn.Module):
             for block in level:
                 x = block(x)
             if i < len(self.upconvs):
-                x = upsample_conv(x, self.upconvs[i])
+                x = upsample_conv(x, self.upconvs[i], subpixel=self.subpixel and not torch.is_grad_enabled())
         return self.conv_out(F.silu(self.norm_out(x), inplace=not torch.is_grad_enabled()))
 
     @property
@@ -215,6 +208,17 @@ class VQGAN(nn.Module):
         self.encoder = Encoder(config)
         self.quantizer = VectorQuantizer(config)
         self.decoder = Decoder(config)
+        self.channels_last = False  # set by prepare_for_inference
+
+    def prepare_for_inference(self, channels_last: bool = True, subpixel: bool = True) -> VQGAN:
+        """Eval mode, and the CPU decoder's fast forms (same results up to float rounding): channels_last
+        convolutions (~2.5x faster on CPU) and sub-pixel upsampling convs. Per instance; training is unaffected."""
+        self.eval()
+        self.channels_last = channels_last
+        self.decoder.subpixel = subpixel
+        if channels_last:
+            self.decoder.to(memory_format=torch.channels_last)
+        return self
 
     @property
     def codebook_size(self) -> int:
@@ -267,11 +271,7 @@ class VQGAN(nn.Module):
                                f"[{int(tokens.min())}, {int(tokens.max())}]")
         z = self.quantizer.embed(tokens)
         n = self.decode_chunk(tokens.shape, tokens.device)  # images per decoder call
-        if z.device.type == "cpu" and not self.training:
-            # channels_last convolutions are ~2.5x faster on CPU; same math, different memory layout
-            if not getattr(self, "_channels_last", False):
-                self.decoder.to(memory_format=torch.channels_last)
-                self._channels_last = True
+        if self.channels_last and z.device.type == "cpu" and not self.training:
             z = z.contiguous(memory_format=torch.channels_last)
         x = torch.cat([self.decoder(z[i:i + n]).contiguous() for i in range(0, len(z), n)]) if len(z) > n \
             else self.decoder(z).contiguous()
