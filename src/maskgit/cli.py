@@ -18,6 +18,7 @@ COMMANDS = {
     "reconstruct": "tokenizer",
     "tokenize": "tokenizer",
     "train": "train",
+    "presets": "presets",
     "sample": "sample",
     "edit": "sample",
     "eval": "evaluate",
