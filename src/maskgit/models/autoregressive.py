@@ -8,7 +8,7 @@ import torch
 
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
-from maskgit.sampling.decoding import filter_logits, gumbel
+from maskgit.sampling.decoding import guidance_scale, guide, sample_tokens
 from maskgit.models.transformer import TokenTransformer
 
 
@@ -51,14 +51,8 @@ class ARTransformer(TokenTransformer):
                 x = self.run_blocks(self.embed(seq))
             logits = self.head(x[:, -1]).float()  # (B or 2B, K)
             if guided:
-                cl, ul = logits[:B], logits[B:]
-                s = config.cfg * (i + 1) / c.num_tokens if config.cfg_schedule == "linear" else config.cfg
-                logits = cl + s * (cl - ul)
-            if config.temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                z = filter_logits(logits / config.temperature, config.top_k, config.top_p)
-                nxt = (z + gumbel(z.shape, generator, z.device)).argmax(-1)
+                logits = guide(logits[:B], logits[B:], guidance_scale(config, i, c.num_tokens))
+            nxt = sample_tokens(logits, config, generator)
             out[:, i] = nxt
             step_tok = torch.cat([nxt, nxt]) if guided else nxt
             seq = torch.cat([seq, step_tok[:, None]], 1)

@@ -103,10 +103,18 @@ def sample_tokens(logits: torch.Tensor, cfg: SampleConfig, generator) -> torch.T
     return gumbel(z.shape, generator, z.device).add_(z).argmax(-1)
 
 
-def guidance_scale(cfg: SampleConfig, step: int) -> float:
+def guidance_scale(cfg: SampleConfig, step: int, total: int | None = None) -> float:
+    """The CFG scale at ``step`` of ``total`` steps (default: the decode's T): constant, or growing linearly."""
     if cfg.cfg_schedule == "linear":
-        return cfg.cfg * (step + 1) / cfg.steps
+        return cfg.cfg * (step + 1) / (total or cfg.steps)
     return cfg.cfg
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance as MaskGIT/Muse write it: ``cond + s * (cond - uncond)``. (diffusers writes
+    ``uncond + w * (cond - uncond)``: the same thing with w = 1 + s, so scale 0 here is plain conditional
+    sampling.)"""
+    return cond + scale * (cond - uncond)
 
 
 def mask_counts(n0: torch.Tensor, unknown: torch.Tensor, cfg: SampleConfig, step: int) -> torch.Tensor:
@@ -145,9 +153,7 @@ def decode(logits_fn: LogitsFn, tokens: torch.Tensor, config: SampleConfig, mask
             break
         out = logits_fn(cur, guided)
         if guided:
-            cond, uncond = out
-            s = guidance_scale(config, step)
-            logits = cond + s * (cond - uncond)
+            logits = guide(*out, guidance_scale(config, step))
         else:
             logits = out
         logits = logits.float()
