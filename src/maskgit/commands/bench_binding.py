@@ -17,6 +17,7 @@ import torch
 
 from maskgit.config import SampleConfig, add_dataclass_args, override
 from maskgit.errors import MaskGITError
+from maskgit.storage.images import to_uint8
 from maskgit.commands.common import device_arg, resolve_device
 
 FIELDS = ("all_ok", "colour_ok", "shape_ok", "size_ok", "relation_ok")
@@ -54,10 +55,6 @@ def _floats(text: str, what: str) -> list[float]:
     return vals
 
 
-def _u8(images: torch.Tensor) -> np.ndarray:
-    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
-
-
 @torch.inference_mode()
 def generate_for(pipe, captions: list[str], cfg: SampleConfig, seed: int, batch_size: int,
                  negative: str | None = None) -> tuple[np.ndarray, float]:
@@ -76,7 +73,7 @@ def generate_for(pipe, captions: list[str], cfg: SampleConfig, seed: int, batch_
         labels = torch.full((B,), -1, dtype=torch.long)
         toks = pipe.decode_tokens(tokens, labels, cfg, None, gen, text=cond)
         out.append(pipe.to_images(toks))
-    return _u8(torch.cat(out)), time.perf_counter() - t0
+    return to_uint8(torch.cat(out)), time.perf_counter() - t0
 
 
 def cmd_bench_binding(args) -> int:
@@ -101,7 +98,7 @@ def cmd_bench_binding(args) -> int:
         x = torch.from_numpy(real).permute(0, 3, 1, 2).float() / 255
         recon = torch.cat([pipe.to_images(pipe.encode(x[i:i + args.batch_size]))
                            for i in range(0, len(x), args.batch_size)])
-        for source, imgs in (("real images", real), ("tokenizer reconstructions", _u8(recon))):
+        for source, imgs in (("real images", real), ("tokenizer reconstructions", to_uint8(recon))):
             rows.append({"split": split, "source": source, **binding_accuracy(imgs, scenes)})
             print(json.dumps(rows[-1]))
         for steps in steps_list:

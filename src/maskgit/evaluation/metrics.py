@@ -24,6 +24,7 @@ from torch import nn
 
 from maskgit.errors import MaskGITError
 from maskgit.storage.files import atomic_write
+from maskgit.storage.images import to_uint8
 
 BATCH_SIZE = 500
 STATS_VERSION = 1
@@ -100,7 +101,7 @@ class InceptionFeatures:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        x = (images * 255).round().clamp(0, 255).to(torch.uint8)
+        x = torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
         return self.net(x.to(next(self.net.parameters()).device))
 
 

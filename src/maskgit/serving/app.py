@@ -40,7 +40,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from maskgit.errors import MaskGITError
-from maskgit.serving.batching import SAMPLE_FIELDS, APIError, Batcher, GenResult, Job, ServerConfig, to_u8  # noqa: F401
+from maskgit.serving.batching import SAMPLE_FIELDS, APIError, Batcher, GenResult, Job, ServerConfig  # noqa: F401
 from maskgit.serving.handlers import Handlers
 from maskgit.serving.schemas import (  # noqa: F401  (re-exported)
     MAX_JSON_DEPTH,

@@ -24,6 +24,7 @@ import torch
 from maskgit.config import SampleConfig, sample_kwargs
 from maskgit.errors import MaskGITError
 from maskgit.sampling.decoding import RowGenerators
+from maskgit.storage.images import to_uint8
 
 log = logging.getLogger("maskgit.serving.app")
 SAMPLE_FIELDS = tuple(sample_kwargs(SampleConfig()))
@@ -286,9 +287,9 @@ class Batcher:
                                  seed=None, generator=generator, output="tensor",
                                  return_steps=return_steps, **{f: getattr(cfg, f) for f in SAMPLE_FIELDS})
         images, steps = out if return_steps else (out, None)
-        images = to_u8(images)
+        images = to_uint8(images)
         abandoned = sum(len(j.labels) for j in jobs if j.abandoned)
-        steps = [to_u8(s) for s in steps] if steps is not None else None
+        steps = [to_uint8(s) for s in steps] if steps is not None else None
         with self._cv:
             self.stats["requests"] += len(jobs)
             self.stats["images"] += len(labels)
@@ -305,6 +306,3 @@ class Batcher:
 # ================================================================ helpers
 
 
-def to_u8(images: torch.Tensor) -> np.ndarray:
-    """Float (B,C,H,W) in [0,1] -> uint8 (B,H,W,C), rounded as ``Pipeline.generate(output="np")`` does."""
-    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()

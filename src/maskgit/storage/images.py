@@ -20,10 +20,11 @@ WHITE = (255, 255, 255)
 # ---------------------------------------------------------------- conversions
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Float images (B,C,H,W) or (C,H,W) in [0,1] -> uint8 numpy (B,H,W,C) or (H,W,C), rounded."""
+    """Float images (B,C,H,W) or (C,H,W) in [0,1] -> uint8 numpy (B,H,W,C) or (H,W,C), rounded half up: the one
+    float -> uint8 conversion of the package (outputs, files, metrics, the server)."""
     if x.dim() not in (3, 4):
         raise MaskGITError(f"expected images shaped (B,C,H,W) or (C,H,W), got {tuple(x.shape)}")
-    x = x.detach().float().cpu().clamp(0, 1).mul(255).round().to(torch.uint8)
+    x = x.detach().float().cpu().clamp(0, 1).mul(255).add(0.5).to(torch.uint8)
     return x.movedim(-3, -1).contiguous().numpy()  # (..., H, W, C)
 
 
