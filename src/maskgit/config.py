@@ -100,6 +100,13 @@ class SampleConfig:
     candidates: int = 1  # >1: decode this many per image, keep the one the classifier finds most on-class
 
 
+def explicit_sample_kwargs(args: Any) -> dict:
+    """The SampleConfig fields given on a command line (flags left out are None): the model's stored defaults
+    fill the rest (``Pipeline.sample_defaults``)."""
+    return {f.name: v for f in dataclasses.fields(SampleConfig)
+            if f.name != "start_step" and (v := getattr(args, f.name, None)) is not None}
+
+
 def sample_kwargs(cfg: SampleConfig) -> dict:
     """The per-request decoding knobs of ``cfg`` (every field but ``start_step``, which editing sets itself)."""
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "start_step"}

@@ -19,6 +19,8 @@ from maskgit.storage.checkpoint import load_model, read_config
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
 from maskgit.sampling.decoding import NoiseSource, check_sample_config, decode, seeded
+from maskgit.sampling.defaults import defaults_from_meta
+from maskgit.sampling.selection import best_of, candidate_noise
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "fashion-mnist"
@@ -62,6 +64,7 @@ class Pipeline:
         self.grid = (c.grid_size, c.grid_size)
         self.class_names = class_names
         self._text_encoder = text_encoder or getattr(transformer, "meta", {}).get("text_encoder")
+        self.sample_defaults = defaults_from_meta(getattr(transformer, "meta", {}))  # a call's settings win
         self.precision = "fp32"
         if precision != "fp32":  # "auto" resolves there
             self.set_precision(precision)
@@ -216,7 +219,7 @@ class Pipeline:
         return fn
 
     def sample_config(self, **kw) -> SampleConfig:
-        cfg = dataclasses.replace(SampleConfig(), **{k: v for k, v in kw.items() if v is not None})
+        cfg = dataclasses.replace(self.sample_defaults, **{k: v for k, v in kw.items() if v is not None})
         check_sample_config(cfg)
         c = self.transformer.config
         if cfg.cfg != 0 and not (c.null_class or c.text_dim):
@@ -229,6 +232,13 @@ class Pipeline:
                       generator: NoiseSource = None, callback=None,
                       text: TextCondition | None = None) -> torch.Tensor:
         """(B,N) partially masked -> (B,N) complete, through the one decode function."""
+        if cfg.candidates > 1:  # classifier-guided: the most on-class of k candidates per image
+            if self.features is None or callback is not None:
+                raise MaskGITError("candidates > 1 needs the model's classifier (features/) and no return_steps")
+            noise = candidate_noise(seed, generator, len(tokens), cfg.candidates)
+            one = dataclasses.replace(cfg, candidates=1)
+            return best_of(tokens, labels, cfg.candidates, lambda t, lab: self.decode_tokens(
+                t, lab, one, None, noise, text=text), lambda t: self.features(self.to_images(t).to(self.device)))[0]
         if generator is None:
             generator = seeded(seed, len(tokens))
         return decode(self.logits_fn(labels, text), tokens.to(self.device), cfg, self.mask_id, generator, callback)
@@ -324,7 +334,7 @@ class Pipeline:
     def edit(self, image, box, label: int, start_step: int | None = None, feather: int = 2, seed: int | None = 0,
              output: str = "pil", **sample_kw):
         """Class-conditional editing: regenerate ``box`` under class ``label``, starting later in the schedule."""
-        steps = sample_kw.get("steps") or SampleConfig().steps
+        steps = sample_kw.get("steps") or self.sample_defaults.steps
         start = steps // 4 if start_step is None else start_step
         return self.inpaint(image, box=box, label=label, feather=feather, seed=seed, output=output,
                             start_step=start, **sample_kw)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from maskgit.commands.common import device_arg, resolve_device
-from maskgit.config import SampleConfig, add_dataclass_args, override, sample_kwargs
+from maskgit.config import SampleConfig, add_dataclass_args, explicit_sample_kwargs, sample_kwargs
 from maskgit.errors import MaskGITError
 from maskgit.storage.checkpoint import load_model
 
@@ -64,7 +64,7 @@ def _samples(args, pipe) -> tuple[np.ndarray, np.ndarray | None, float | None]:
         return s["images"], s["labels"], None
     if args.num < 2:
         raise MaskGITError("--num must be at least 2")
-    kw = sample_kwargs(override(SampleConfig(), args))
+    kw = explicit_sample_kwargs(args)  # the model's own sampling defaults fill the rest
     labels = uniform_labels(args.num, pipe.transformer.config.num_classes)
     images, seconds = generate(pipe, labels, args.arch, kw, args.seed, args.batch_size, not args.no_cache)
     # metrics see the uint8 images a file would hold, so evaluating the saved file gives the same numbers
@@ -90,7 +90,7 @@ def cmd_eval(args) -> int:
         ev = evaluator_for(pipe, args.features, args.data, args.split, size=u8.shape[1])
         lab = None if labels is None else torch.as_tensor(labels)
         values = ev(torch.from_numpy(to_channels(u8, net.config.channels)).permute(0, 3, 1, 2), lab)
-    kw = {} if args.samples else sample_kwargs(override(SampleConfig(), args))
+    kw = {} if args.samples else sample_kwargs(pipe.sample_config(**explicit_sample_kwargs(args)))
     source = {"samples": str(args.samples)} if args.samples else {"arch": args.arch}
     metrics = {"num": len(u8), **source, **kw,
                **({"seconds_per_image": per_image} if per_image is not None else {}), **values}

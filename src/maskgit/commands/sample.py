@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from maskgit.config import SampleConfig, add_dataclass_args, override, sample_kwargs
+from maskgit.config import SampleConfig, add_dataclass_args, explicit_sample_kwargs
 from maskgit.errors import MaskGITError
 from maskgit.commands.common import device_arg, load_pipeline, parse_ints, speed_args
 
@@ -94,8 +94,7 @@ def cmd_sample(args) -> int:
         args.out = "samples.png"  # the default output; with only --show-steps, only the strip is written
     check_sample_args(args, is_png_folder)  # before the model loads: nothing is made for a bad value
     pipe = load_pipeline(args, text_encoder=args.text_encoder)
-    cfg = override(SampleConfig(), args)
-    kw = sample_kwargs(cfg)
+    kw = explicit_sample_kwargs(args)  # the model's own sampling defaults fill the rest
     prompts = _prompts(args, pipe)
     labels = _labels(args, pipe) if prompts is None else None
     if labels is not None and args.labels is not None:
@@ -153,8 +152,7 @@ def cmd_edit(args) -> int:
     from maskgit.storage.images import load_image, save_png
     check_edit_args(args)
     pipe = load_pipeline(args, text_encoder=args.text_encoder)
-    cfg = override(SampleConfig(), args)
-    kw = sample_kwargs(cfg)
+    kw = explicit_sample_kwargs(args)  # the model's own sampling defaults fill the rest
     if args.prompt is not None:
         if len(args.prompt) != 1:
             raise MaskGITError("edit takes one --prompt")

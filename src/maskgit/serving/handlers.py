@@ -203,6 +203,6 @@ class Handlers:
             "cfg": bool(tc.null_class) or self.conditioning == "text",
             "text_encoder": self.encoder_name if self.conditioning == "text" else None,
             "grid": list(pipe.grid), "image_size": self.size, "channels": self.channels,
-            "schedules": list(SCHEDULES), "defaults": dataclasses.asdict(SampleConfig()),
+            "schedules": list(SCHEDULES), "defaults": dataclasses.asdict(pipe.sample_defaults),
             "limits": dataclasses.asdict(self.config)}]}
 

@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.models.vqgan import VQGAN, upsample_conv
@@ -181,7 +180,7 @@ def export_pipeline(pipe, out: str | Path, encoder: bool = True, int8: bool = Fa
         "transformer": dataclasses.asdict(c), "tokenizer": dataclasses.asdict(tok.config),
         "mask_id": c.mask_id, "codebook_size": c.codebook_size, "num_classes": c.num_classes,
         "null_class": c.null_class, "grid": [h, w], "image_size": size, "channels": tok.config.channels,
-        "class_names": pipe.class_names, "sampling": dataclasses.asdict(SampleConfig()),
+        "class_names": pipe.class_names, "sampling": dataclasses.asdict(pipe.sample_defaults),
         "graphs": {
             "transformer": {"inputs": {"tokens": "int64 (B, N)", "labels": "int64 (B,), -1 = no class"},
                             "outputs": {"logits": "float32 (B, N, K)"},
