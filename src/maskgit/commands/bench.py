@@ -7,6 +7,7 @@
   int8       the opt-in CPU int8 mode vs fp32: quality (FD, class agreement) and speed on the shipped model
   scaling    s/image vs token grid (16x16, 32x32), steps and batch, with the AR baseline (random weights)
   precision  bf16 and int8 vs fp32 with the same seeds: FD, class agreement, tokens equal to fp32, speed
+  samplers   decoding orders (confidence/halton/random) vs T; choice temperature x CFG x order at T=8 + Pareto
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ PLOTS = Path("benchmarks/plots")
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks (print a table; --results FILE writes it there; draws plots)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["table", "schedules", "tradeoff", "speed", "int8", "precision", "scaling"])
+    p.add_argument("what", choices=["table", "schedules", "tradeoff", "speed", "int8", "precision", "scaling",
+                                        "samplers"])
     p.add_argument("--model", default=None, help="shipped model name or pipeline directory")
     p.add_argument("--num", type=int, default=1000, help="samples per quality row")
     p.add_argument("--steps", default="4,8,12,16", help="T values (table, schedules)")
@@ -46,6 +48,12 @@ def register(sub) -> None:
     p.add_argument("--precision", default="auto", help="scaling: auto, fp32 or bf16")
     p.add_argument("--precisions", default="auto",
                    help="speed: comma-separated fp32,bf16; auto = fp32, plus bf16 where the hardware has it")
+    p.add_argument("--candidates", default="",
+                   help="samplers: also classifier-guided selection among k candidates, e.g. 4")
+    p.add_argument("--shard", default="", help="samplers: I/N measures only its share of the points "
+                   "(run N processes, then once without --shard for the tables)")
+    p.add_argument("--points", default="", help="samplers: keep every measured point as JSON in this "
+                   "folder (resume, shards)")
     p.add_argument("--no-ar-nocache", action="store_true", help="speed: skip the slow AR run without cache")
     p.add_argument("--int8", action="store_true",
                    help="speed: also time the transformer with int8 dynamic quantisation (CPU; nominal FLOPs)")
@@ -103,6 +111,18 @@ def cmd_bench(args) -> int:
         images, sec = generate(pipe, labels, arch, kw, args.seed, args.batch_size, use_cache)
         return ev(images, labels), sec / len(labels)
 
+    if args.what == "samplers":
+        from maskgit.evaluation.samplers import run_samplers
+        from maskgit.evaluation.samples import load_real
+        size = pipe.grid[0] * pipe.tokenizer.config.downsample
+        floor = ev(load_real(args.data, "train", size, args.num), labels_of_train(args, size, args.num))
+        note = (f"Real-data floor at the same n: FD {floor['fd_featurenet']:.3f}, class agreement "
+                f"{floor.get('class_accuracy', float('nan')):.3f}.")
+        for title, table in run_samplers(args, pipe, ev, labels, steps, _plot, floor["fd_featurenet"]):
+            print(table)
+            append_results(args.results, f"{title}: {args.data} ({args.num} samples per point)", command, table,
+                           notes=note)
+        return 0
     if args.what == "table":
         from maskgit.evaluation.samples import load_real
         size = pipe.grid[0] * pipe.tokenizer.config.downsample
