@@ -87,7 +87,8 @@ def test_pipeline_candidates_pick_from_the_seeds_candidates(tiny_pipeline_dir):
     labels, k = [3, 0, 3], 4
     chosen = pipe.generate(labels, seed=7, output="tensor", candidates=k, steps=2)
     # the candidates: the same decode of each label repeated k times with the same seed
-    cands = pipe.generate([l for l in labels for _ in range(k)], seed=7, output="tensor", steps=2).view(3, k, *chosen.shape[1:])
+    cands = pipe.generate([l for l in labels for _ in range(k)], seed=7, output="tensor", steps=2)
+    cands = cands.view(3, k, *chosen.shape[1:])
     logp = torch.log_softmax(MeanClassifier()(cands.flatten(0, 1)), -1).view(3, k, 4)
     best = logp[torch.arange(3), :, torch.tensor(labels)].argmax(1)
     assert torch.allclose(chosen, cands[torch.arange(3), best], atol=1e-5)
