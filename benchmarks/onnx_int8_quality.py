@@ -1,6 +1,7 @@
 """The quality cost of int8: torch fp32 / torch int8 (``--precision int8``) / ONNX fp32 / ONNX int8 (onnxruntime
-dynamic quantisation, ``maskgit export onnx --int8``) on the same labels and seeds, each scored by ``maskgit eval
---samples`` (FD in the project's feature space, class agreement) against the Fashion-MNIST test split.
+dynamic quantisation, ``maskgit export onnx --int8``) on the same labels and seeds, each written as an ADM file,
+read back and scored as ``maskgit eval --samples`` scores it (FD in the project's feature space, class agreement)
+against the Fashion-MNIST test split.
 
     python benchmarks/onnx_int8_quality.py --num 1000
 """
@@ -8,7 +9,6 @@ dynamic quantisation, ``maskgit export onnx --int8``) on the same labels and see
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -16,11 +16,10 @@ import numpy as np
 import torch
 
 from maskgit import runtime
-from maskgit.cli import main as cli
-from maskgit.evaluation.samples import machine_description
+from maskgit.evaluation.samples import Evaluator, load_real, machine_description
 from maskgit.pipeline import load
 from maskgit.storage.onnx import export_pipeline
-from maskgit.storage.samples import write_npz
+from maskgit.storage.samples import read_samples, to_channels, write_npz
 
 
 def main() -> None:
@@ -51,6 +50,7 @@ def main() -> None:
                 "torch int8": lambda: torch_samples(load(args.model, precision="int8")),
                 "onnx fp32": lambda: onnx_samples(runtime.load(work / "onnx")),
                 "onnx int8": lambda: onnx_samples(runtime.load(work / "onnx", int8=True))}
+    ev = Evaluator(pipe.features, load_real("fashion-mnist", "test", pipe.grid[0] * pipe.tokenizer.config.downsample))
     rows, ref = [], None
     for name, make in variants.items():
         with torch.inference_mode():
@@ -58,9 +58,10 @@ def main() -> None:
         ref = images if ref is None else ref
         path = work / f"{name.replace(' ', '_')}.npz"
         write_npz(path, images, labels)
-        js = path.with_suffix(".json")
-        assert cli(["eval", "--model", args.model, "--samples", str(path), "--json", str(js)]) == 0
-        m = json.loads(js.read_text())
+        back = read_samples(path)
+        u8 = to_channels(back["images"], pipe.features.config.channels)
+        m = ev(torch.from_numpy(u8).permute(0, 3, 1, 2), torch.from_numpy(back["labels"]))
+        print(name, m, flush=True)
         same = float((images == ref).reshape(len(images), -1).all(1).mean())
         rows.append(f"| {name} | {m['fd_featurenet']:.2f} | {m['class_accuracy']:.3f} | {same:.3f} |")
     print("\n| path | FD (featurenet) | class agreement | images identical to torch fp32 |\n|---|---|---|---|")
