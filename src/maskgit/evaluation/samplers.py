@@ -99,10 +99,10 @@ def run_samplers(args, pipe, ev, labels, steps: list[int], plot, real_floor: flo
                 "CFG": r["cfg"]}
     grid_kw = [settings(cfg=cfg, choice_temperature=ct) for cfg in (0.0, 0.5, 1.0, 2.0) for ct in (4.5, 8.0)]
     grid_kw += [settings(cfg=cfg, order="halton") for cfg in (0.0, 0.5, 1.0, 2.0)]  # no choice noise in halton
-    grid_kw += [settings(choice_temperature=2.0)]
+    grid_kw += [settings(choice_temperature=2.0), settings(cfg=0.25, choice_temperature=8.0)]
     steps_kw = [settings(steps=T, order=o) for o in orders for T in steps]
     rej_kw = [settings(candidates=k, **kw) for k in [int(k) for k in args.candidates.split(",") if k]
-              for kw in ({}, dict(cfg=0.5, choice_temperature=8.0))]
+              for kw in (dict(choice_temperature=8.0),)]
     if shard:  # measure this shard's points and stop; the run without --shard writes the tables
         for kw in {json.dumps(kw, sort_keys=True): kw for kw in grid_kw + steps_kw + rej_kw}.values():
             sweep(kw)
@@ -124,7 +124,7 @@ def run_samplers(args, pipe, ev, labels, steps: list[int], plot, real_floor: flo
            ("Choice temperature x CFG x order at T=8 (Pareto front of FD and class agreement)",
             markdown_table([row(r) for r in grid], cols + ["on front"]))]
     if rej_kw:
-        base = [sweep(settings(**kw)) for kw in ({}, dict(cfg=0.5, choice_temperature=8.0))]
+        base = [sweep(settings(choice_temperature=8.0))]
         rej = [{**row(r), "candidates": 1} for r in base] + [{**row(sweep(kw)), "candidates": kw["candidates"]}
                                                              for kw in rej_kw]
         out.append(("Classifier-guided selection among k candidates per image, T=8",
