@@ -16,6 +16,7 @@ import torch
 
 from maskgit.sampling import editing
 from maskgit.storage.checkpoint import load_model, read_config
+from maskgit.storage.images import to_uint8
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
 from maskgit.sampling.decoding import NoiseSource, check_sample_config, decode, seeded
@@ -52,7 +53,7 @@ class Pipeline:
         """``text_encoder``: a ``maskgit.models.text.TextEncoder`` or a spec ("minilm", "st:PATH", "t5:PATH",
         "cache:FILE") for text-conditioned models; default: the one named in the transformer's metadata,
         loaded on first use."""
-        self.tokenizer = tokenizer.to(device).eval()
+        self.tokenizer = tokenizer.to(device).prepare_for_inference(channels_last=torch.device(device).type == "cpu")
         self.transformer = transformer.to(device).eval()
         self.ar = ar.to(device).eval() if ar is not None else None
         self.features = features.to(device).eval() if features is not None else None
@@ -66,6 +67,7 @@ class Pipeline:
         self._text_encoder = text_encoder or getattr(transformer, "meta", {}).get("text_encoder")
         self.sample_defaults = defaults_from_meta(getattr(transformer, "meta", {}))  # a call's settings win
         self.precision = "fp32"
+        self._compiled = None  # the transformer's compiled forward, after compile()
         if precision != "fp32":  # "auto" resolves there
             self.set_precision(precision)
 
@@ -100,7 +102,7 @@ class Pipeline:
         sizes; the transformer is called on power-of-two chunks of a batch (at most 64 rows), so only those sizes
         compile, each on first use (~30 s at the ImageNet size)."""
         from maskgit.accel import compile_frozen, pow2_chunks
-        self.transformer.forward = pow2_chunks(compile_frozen(self.transformer.forward))
+        self._compiled = pow2_chunks(compile_frozen(self.transformer))
         return self
 
     def _autocast(self):
@@ -202,6 +204,7 @@ class Pipeline:
         """The closure decode() needs; with guidance the conditional and unconditional passes share one batch
         (the unconditional half: "no class" and the null text, or the negative prompt)."""
         model = self.transformer
+        run = self._compiled or model  # compile() leaves the module itself untouched
         labels = labels.to(self.device)
         null = torch.full_like(labels, -1)
         text = text or TextCondition(None, None)
@@ -210,9 +213,9 @@ class Pipeline:
             B = len(tokens)
             with self._autocast():
                 if not guided:
-                    return model(tokens, labels, text=text.emb, text_mask=text.mask).float()
+                    return run(tokens, labels, text=text.emb, text_mask=text.mask).float()
                 t, m = text.both(model, B)
-                out = model(torch.cat([tokens, tokens]), torch.cat([labels, null]), text=t, text_mask=m)  # (2B,N,K)
+                out = run(torch.cat([tokens, tokens]), torch.cat([labels, null]), text=t, text_mask=m)  # (2B,N,K)
             out = out.float()  # sampling reads fp32 logits whatever the precision
             return out[:B], out[B:]
 
@@ -432,7 +435,7 @@ def _format(images: torch.Tensor, output: str):
     """(B,C,H,W) in [0,1] -> list of PIL images / uint8 (B,H,W,C) array / the tensor."""
     if output == "tensor":
         return images
-    arr = (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    arr = to_uint8(images)
     if output == "np":
         return arr
     if output == "pil":

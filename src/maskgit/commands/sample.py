@@ -9,6 +9,7 @@ import torch
 
 from maskgit.config import SampleConfig, add_dataclass_args, explicit_sample_kwargs
 from maskgit.errors import MaskGITError
+from maskgit.storage.images import to_uint8
 from maskgit.commands.common import device_arg, load_pipeline, parse_ints, speed_args
 
 
@@ -124,7 +125,7 @@ def cmd_sample(args) -> int:
     images = torch.cat(chunks)
     dt = time.time() - t0
     out = Path(args.out) if args.out is not None else None
-    u8 = (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    u8 = to_uint8(images)
     from maskgit.storage.samples import is_png_folder, write_npz, write_png_folder
     if out is None:
         pass
