@@ -53,7 +53,9 @@ class Pipeline:
         """``text_encoder``: a ``maskgit.models.text.TextEncoder`` or a spec ("minilm", "st:PATH", "t5:PATH",
         "cache:FILE") for text-conditioned models; default: the one named in the transformer's metadata,
         loaded on first use."""
-        self.tokenizer = tokenizer.to(device).prepare_for_inference(channels_last=torch.device(device).type == "cpu")
+        self.tokenizer = tokenizer.to(device).eval()
+        if hasattr(tokenizer, "prepare_for_inference"):  # the VQGAN's fast CPU decoder (any tokenizer may be used)
+            tokenizer.prepare_for_inference(channels_last=torch.device(device).type == "cpu")
         self.transformer = transformer.to(device).eval()
         self.ar = ar.to(device).eval() if ar is not None else None
         self.features = features.to(device).eval() if features is not None else None
