@@ -32,7 +32,7 @@ for i in range(6):
     masked[..., 8:24, 8:24] = 0.5
     inp = pipe.inpaint(x, box=(8, 8, 16, 16), label=lab, seed=i, output="tensor")
     new = (lab + 5) % 10
-    ed = pipe.edit(x, box=(0, 0, 32, 32), label=new, start_step=2, seed=i, output="tensor")
+    ed = pipe.class_edit(x, box=(0, 0, 32, 32), label=new, start_step=2, seed=i, output="tensor")
     cells += [x, masked, inp, ed]
     captions += [names[lab], "masked", "inpainted", f"edit->{names[new]}"]
 save_png(make_grid(torch.cat(cells), captions, ncol=8, scale=3), out / "inpainting.png")

@@ -68,7 +68,7 @@ def test_outpaint_extends_the_canvas(pipe):
 
 def test_class_edit_starts_later_and_changes_only_the_box(pipe):
     img = (np.random.default_rng(2).random((16, 16)) * 255).astype(np.uint8)
-    out = pipe.edit(img, box=(8, 8, 8, 8), label=3, steps=8, feather=0, output="np")[0][..., 0]
+    out = pipe.class_edit(img, box=(8, 8, 8, 8), label=3, steps=8, feather=0, output="np")[0][..., 0]
     assert np.array_equal(out[:8], img[:8]) and np.array_equal(out[:, :8], img[:, :8])
 
 

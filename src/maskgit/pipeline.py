@@ -336,7 +336,7 @@ class Pipeline:
         result = editing.blend(x, gen, editing.feather(tm, (H, W), feather))
         return _format(result, output)
 
-    def edit(self, image, box, label: int, start_step: int | None = None, feather: int = 2, seed: int | None = 0,
+    def class_edit(self, image, box, label: int, start_step: int | None = None, feather: int = 2, seed: int | None = 0,
              output: str = "pil", **sample_kw):
         """Class-conditional editing: regenerate ``box`` under class ``label``, starting later in the schedule."""
         steps = sample_kw.get("steps") or self.sample_defaults.steps

@@ -172,7 +172,7 @@ def cmd_edit(args) -> int:
     elif args.class_edit or args.start_step is not None:
         if args.box is None or (args.label is None and args.prompt is None):
             raise MaskGITError("a class edit needs --box and --label (or --prompt for text-conditioned models)")
-        out = pipe.edit(image, box=parse_ints(args.box, "--box"), label=args.label, start_step=args.start_step,
+        out = pipe.class_edit(image, box=parse_ints(args.box, "--box"), label=args.label, start_step=args.start_step,
                         feather=args.feather, seed=args.seed, output="np", **kw)
     else:
         out = pipe.inpaint(image, mask=args.mask, box=parse_ints(args.box, "--box") if args.box else None,

@@ -12,9 +12,9 @@ tokens cross-attend to them. Encoders (weights never downloaded at run time):
 Datasets are embedded once: ``CaptionTable`` holds the unique captions' embeddings (float16) and, for a token store,
 each example's row (``text_<encoder>.safetensors`` beside the tokens).
 
-Why cross-attention (every block, as in Muse) rather than text prefix tokens in the self-attention sequence: it keeps
-the image sequence and its positions unchanged, lets padded text tokens be masked out cleanly, and costs
-O(N * L) instead of O((N + L)^2). Prefix conditioning was not implemented, so the two were not compared here."""
+The transformer reads these embeddings either as prefix tokens of its self-attention sequence (the text presets'
+default, which bound attributes better in benchmarks/RESULTS.md) or through cross-attention layers in every block
+(as Muse does; it keeps the image sequence unchanged and costs O(N * L) instead of O((N + L)^2))."""
 
 from __future__ import annotations
 

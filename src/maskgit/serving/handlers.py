@@ -181,7 +181,7 @@ class Handlers:
                 raise APIError(422, "a class edit (mode edit) needs box [x, y, w, h] and label")
             if req.start_step is not None and req.start_step >= cfg.steps:
                 raise APIError(422, f"start_step must be below steps ({cfg.steps})")
-            fn = lambda: pipe.edit(image, box=req.box, label=req.label, start_step=req.start_step,
+            fn = lambda: pipe.class_edit(image, box=req.box, label=req.label, start_step=req.start_step,
                                    feather=req.feather, seed=req.seed, output="np", **kw)
         else:
             if (mask_bytes is None) == (req.box is None):
