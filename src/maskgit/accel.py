@@ -153,3 +153,15 @@ def bf16_linears(module: torch.nn.Module) -> torch.nn.Module:
         if isinstance(m, torch.nn.Linear):
             m.to(torch.bfloat16)
     return module
+
+
+def resolve_device(name: str | torch.device) -> str:
+    """The one device choice: "auto" -> cuda when available, else cpu; a CUDA device that is not there is a clear
+    error."""
+    name = str(name)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from maskgit.errors import MaskGITError
+        raise MaskGITError("--device cuda was asked for but no CUDA device is available (use --device cpu)")
+    return name

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 
+from maskgit.accel import resolve_device  # noqa: F401  (the commands' device choice)
 from maskgit.errors import MaskGITError
 
 
@@ -32,14 +32,6 @@ def load_pipeline(args, **kw):
     if args.precision == "auto":
         print(f"precision: {pipe.precision} (auto on {pipe.device.type})")
     return pipe.compile() if args.compile else pipe
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MaskGITError("--device cuda was asked for but no CUDA device is available")
-    return name
 
 
 def parse_ints(text: str, what: str) -> list[int]:

@@ -146,10 +146,3 @@ def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_s
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MaskGITError("--device cuda was asked for, but CUDA is not available here: use --device cpu")
-    return dev

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from maskgit.errors import MaskGITError
-from maskgit.models.features import FeatureNet, FeatureNetConfig, _resolve_device, accuracy, shift_augment
+from maskgit.accel import resolve_device
+from maskgit.models.features import FeatureNet, FeatureNetConfig, accuracy, shift_augment
 
 
 def train_features(dataset: str = "fashion-mnist", out: str | Path = "runs/features", epochs: int = 4,
@@ -30,7 +31,7 @@ def train_features(dataset: str = "fashion-mnist", out: str | Path = "runs/featu
     from maskgit.data.datasets import load_dataset
 
     t0 = time.time()
-    dev = _resolve_device(device)
+    dev = torch.device(resolve_device(device))
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise MaskGITError(f"need epochs >= 1, batch size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
     train = load_dataset(dataset, split="train", image_size=image_size)
