@@ -109,3 +109,12 @@ def test_candidate_noise_expands_row_generators():
     assert [n for _, n in candidate_noise([1, 2], None, 2, 3).blocks] == [3, 3]
     with pytest.raises(MaskGITError, match="seed per image"):
         candidate_noise([1], None, 2, 3)
+
+
+def test_the_shipped_model_stores_its_measured_defaults():
+    """fashion-mnist/maskgit/config.json carries the settings chosen by `maskgit bench samplers` (RESULTS.md)."""
+    import maskgit
+    pipe = maskgit.load("fashion-mnist")
+    assert pipe.transformer.meta["sampling"] == {"order": "halton", "cfg": 1.0}
+    assert pipe.sample_config() == SampleConfig(order="halton", cfg=1.0)
+    assert pipe.sample_config(order="confidence", cfg=0.0) == SampleConfig()
