@@ -99,7 +99,9 @@ def cmd_bench(args) -> int:
     from maskgit.evaluation.samples import append_results, generate, markdown_table, time_per_image, uniform_labels
     from maskgit.pipeline import load
     from maskgit.commands.evaluate import evaluator_for
+    from maskgit.config import SampleConfig
     pipe = load(args.model, resolve_device(args.device))
+    pipe.sample_defaults = SampleConfig()  # the tables vary knobs around SampleConfig's settings, not a model's own
     ev = evaluator_for(pipe, None, args.data, args.split)
     C = pipe.transformer.config.num_classes
     labels = uniform_labels(args.num, C)
