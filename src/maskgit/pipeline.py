@@ -11,17 +11,17 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from maskgit.sampling import editing
 from maskgit.storage.checkpoint import load_model, read_config
-from maskgit.storage.images import to_uint8
+from maskgit.storage.images import as_image_batch, as_pixel_mask, format_images
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
 from maskgit.sampling.decoding import NoiseSource, check_sample_config, decode, seeded
 from maskgit.sampling.defaults import defaults_from_meta
 from maskgit.sampling.selection import best_of, candidate_noise
+from maskgit.models.text import TextCondition
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "fashion-mnist"
@@ -286,7 +286,7 @@ class Pipeline:
         cb = (lambda t, cur, sampled: steps.append(cur.clone())) if return_steps else None
         out = self.decode_tokens(tokens, labels, cfg, seed, generator, cb, text)
         images = self.to_images(out)
-        result = _format(images, output)
+        result = format_images(images, output)
         if return_steps:
             return result, [self._partial_images(s) for s in steps]
         return result
@@ -300,7 +300,7 @@ class Pipeline:
         return imgs * m + 0.5 * (1 - m)
 
     def _prepare_image(self, image) -> torch.Tensor:
-        x = _as_tensor(image, self.tokenizer.channels)
+        x = as_image_batch(image, self.tokenizer.channels)
         size = self.grid[0] * self.tokenizer.config.downsample
         if x.shape[-2:] != (size, size):
             raise MaskGITError(f"image is {x.shape[-1]}x{x.shape[-2]}; this model edits {size}x{size} images")
@@ -322,7 +322,7 @@ class Pipeline:
         H, W = x.shape[-2:]
         if (mask is None) == (box is None):
             raise MaskGITError("give exactly one of a mask or a box")
-        pm = editing.box_to_mask(box, H, W) if box is not None else _as_mask(mask, H, W)
+        pm = editing.box_to_mask(box, H, W) if box is not None else as_pixel_mask(mask, H, W)
         tm = editing.token_mask(pm, self.grid, dilate)
         tokens = self.encode(x).flatten(1)
         tokens = torch.where(tm.flatten()[None], torch.full_like(tokens, self.mask_id), tokens)
@@ -334,7 +334,7 @@ class Pipeline:
         out = self.decode_tokens(tokens, labels, self.sample_config(**sample_kw), seed, text=text)
         gen = self.to_images(out)
         result = editing.blend(x, gen, editing.feather(tm, (H, W), feather))
-        return _format(result, output)
+        return format_images(result, output)
 
     def class_edit(self, image, box, label: int, start_step: int | None = None, feather: int = 2, seed: int | None = 0,
              output: str = "pil", **sample_kw):
@@ -356,94 +356,7 @@ class Pipeline:
         out = self.decode_tokens(window.flatten(1), labels, self.sample_config(**sample_kw), seed, text=text)
         cell = self.tokenizer.config.downsample
         result = editing.stitch(x, self.to_images(out), side, tokens * cell)
-        return _format(result, output)
-
-
-@dataclasses.dataclass
-class TextCondition:
-    """Text embeddings of the conditional branch and, for CFG, of the unconditional one (None = the null text).
-    Masks: (B,L) bool, True = attend; None = attend to every position."""
-
-    emb: torch.Tensor | None
-    mask: torch.Tensor | None
-    neg_emb: torch.Tensor | None = None
-    neg_mask: torch.Tensor | None = None
-
-    def both(self, model, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(2B, L, D) embeddings and (2B, L) mask: conditional rows first, then unconditional rows."""
-        if self.emb is None and self.neg_emb is None:
-            return None, None
-        null = model.null_text.detach()[None].expand(batch, -1, -1)
-        cond = null if self.emb is None else self.emb
-        unc = null if self.neg_emb is None else self.neg_emb
-        if self.mask is None and self.neg_mask is None:
-            return torch.cat([cond, unc.to(cond)]), None
-        ones = torch.ones(batch, cond.shape[1], dtype=torch.bool, device=cond.device)
-        m1 = ones if self.mask is None else self.mask
-        m2 = ones if self.neg_mask is None else self.neg_mask
-        return torch.cat([cond, unc.to(cond)]), torch.cat([m1, m2.to(m1.device)])
-
-
-def _as_tensor(image, channels: int) -> torch.Tensor:
-    """PIL image / uint8 HWC array / float (C,H,W) or (B,C,H,W) tensor -> float (B,C,H,W) in [0,1]."""
-    from PIL import Image
-    if isinstance(image, (str, Path)):
-        from maskgit.storage.images import load_image
-        return load_image(image, channels)[None]
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("L" if channels == 1 else "RGB"))
-    if isinstance(image, np.ndarray):
-        a = image
-        if a.ndim == 2:
-            a = a[..., None]
-        if a.dtype != np.uint8:
-            raise MaskGITError(f"image arrays must be uint8 (H,W[,C]); got {a.dtype}")
-        t = torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255
-    elif torch.is_tensor(image):
-        t = image.float()
-    else:
-        raise MaskGITError(f"cannot use a {type(image).__name__} as an image")
-    if t.ndim == 3:
-        t = t[None]
-    if t.shape[1] != channels:
-        if channels == 1 and t.shape[1] == 3:
-            t = t.mean(1, keepdim=True)
-        elif channels == 3 and t.shape[1] == 1:
-            t = t.expand(-1, 3, -1, -1)
-        else:
-            raise MaskGITError(f"image has {t.shape[1]} channels; the model needs {channels}")
-    return t.clamp(0, 1)
-
-
-def _as_mask(mask, H: int, W: int) -> torch.Tensor:
-    from PIL import Image
-    if isinstance(mask, (str, Path)):
-        try:
-            mask = Image.open(mask)
-            mask.load()
-        except (OSError, ValueError) as e:
-            raise MaskGITError(f"cannot read mask {mask}: {e}") from None
-    if isinstance(mask, Image.Image):
-        mask = np.asarray(mask.convert("L")) > 127
-    m = torch.as_tensor(np.asarray(mask)).bool() if not torch.is_tensor(mask) else mask.bool()
-    if m.ndim == 3 and m.shape[0] == 1:
-        m = m[0]
-    if m.shape != (H, W):
-        raise MaskGITError(f"mask is {tuple(m.shape)} but the image is ({H}, {W}): give a mask of the image's size")
-    return m
-
-
-def _format(images: torch.Tensor, output: str):
-    """(B,C,H,W) in [0,1] -> list of PIL images / uint8 (B,H,W,C) array / the tensor."""
-    if output == "tensor":
-        return images
-    arr = to_uint8(images)
-    if output == "np":
-        return arr
-    if output == "pil":
-        from PIL import Image
-        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
-    raise MaskGITError(f"output must be 'pil', 'np' or 'tensor', got {output!r}")
+        return format_images(result, output)
 
 
 def load(model: str | Path | None = None, device: str = "cpu", precision: str = "fp32",

@@ -304,3 +304,28 @@ def ensure_store_text(store: str | Path, spec: str, encoder: TextEncoder | None 
     enc = encoder or load_text_encoder(spec)
     table = embed_captions(enc, json.loads(cap.read_text()))
     return table.save(path)
+
+
+@dataclass
+class TextCondition:
+    """Text embeddings of the conditional branch and, for CFG, of the unconditional one (None = the null text).
+    Masks: (B,L) bool, True = attend; None = attend to every position."""
+
+    emb: torch.Tensor | None
+    mask: torch.Tensor | None
+    neg_emb: torch.Tensor | None = None
+    neg_mask: torch.Tensor | None = None
+
+    def both(self, model, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(2B, L, D) embeddings and (2B, L) mask: conditional rows first, then unconditional rows."""
+        if self.emb is None and self.neg_emb is None:
+            return None, None
+        null = model.null_text.detach()[None].expand(batch, -1, -1)
+        cond = null if self.emb is None else self.emb
+        unc = null if self.neg_emb is None else self.neg_emb
+        if self.mask is None and self.neg_mask is None:
+            return torch.cat([cond, unc.to(cond)]), None
+        ones = torch.ones(batch, cond.shape[1], dtype=torch.bool, device=cond.device)
+        m1 = ones if self.mask is None else self.mask
+        m2 = ones if self.neg_mask is None else self.neg_mask
+        return torch.cat([cond, unc.to(cond)]), torch.cat([m1, m2.to(m1.device)])

@@ -222,3 +222,64 @@ def hstrip(images, pad: int = 2, scale: int = 1) -> Image.Image:
         out.paste(im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST), (x, pad))
         x += im.width * scale + pad
     return out
+
+
+def as_image_batch(image, channels: int) -> torch.Tensor:
+    """PIL image / uint8 HWC array / float (C,H,W) or (B,C,H,W) tensor -> float (B,C,H,W) in [0,1]."""
+    from PIL import Image
+    if isinstance(image, (str, Path)):
+        return load_image(image, channels)[None]
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    if isinstance(image, np.ndarray):
+        a = image
+        if a.ndim == 2:
+            a = a[..., None]
+        if a.dtype != np.uint8:
+            raise MaskGITError(f"image arrays must be uint8 (H,W[,C]); got {a.dtype}")
+        t = torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255
+    elif torch.is_tensor(image):
+        t = image.float()
+    else:
+        raise MaskGITError(f"cannot use a {type(image).__name__} as an image")
+    if t.ndim == 3:
+        t = t[None]
+    if t.shape[1] != channels:
+        if channels == 1 and t.shape[1] == 3:
+            t = t.mean(1, keepdim=True)
+        elif channels == 3 and t.shape[1] == 1:
+            t = t.expand(-1, 3, -1, -1)
+        else:
+            raise MaskGITError(f"image has {t.shape[1]} channels; the model needs {channels}")
+    return t.clamp(0, 1)
+
+
+def as_pixel_mask(mask, H: int, W: int) -> torch.Tensor:
+    from PIL import Image
+    if isinstance(mask, (str, Path)):
+        try:
+            mask = Image.open(mask)
+            mask.load()
+        except (OSError, ValueError) as e:
+            raise MaskGITError(f"cannot read mask {mask}: {e}") from None
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L")) > 127
+    m = torch.as_tensor(np.asarray(mask)).bool() if not torch.is_tensor(mask) else mask.bool()
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.shape != (H, W):
+        raise MaskGITError(f"mask is {tuple(m.shape)} but the image is ({H}, {W}): give a mask of the image's size")
+    return m
+
+
+def format_images(images: torch.Tensor, output: str):
+    """(B,C,H,W) in [0,1] -> list of PIL images / uint8 (B,H,W,C) array / the tensor."""
+    if output == "tensor":
+        return images
+    arr = to_uint8(images)
+    if output == "np":
+        return arr
+    if output == "pil":
+        from PIL import Image
+        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
+    raise MaskGITError(f"output must be 'pil', 'np' or 'tensor', got {output!r}")
