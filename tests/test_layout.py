@@ -111,3 +111,34 @@ def test_public_api_stays_importable_from_the_top():
     for name in ("load", "Pipeline", "decode", "SampleConfig", "TransformerConfig", "VQGANConfig", "TrainConfig",
                  "MaskGITError"):
         assert hasattr(maskgit, name), name
+
+
+def _file_map() -> set[str]:
+    """Paths named by the README's file map (the code block under "## Files"), folders as 'x/'."""
+    readme = (PKG.parents[1] / "README.md").read_text()
+    block = readme.split("## Files", 1)[1].split("```", 2)[1]
+    paths, stack = set(), []
+    for line in block.splitlines():
+        if not line.strip() or line.startswith(" " * 30):  # blank, or a continued description
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        name = line.split()[0]
+        stack = stack[:depth] + [name]
+        paths.add("".join(stack))
+    return paths
+
+
+def test_readme_file_map_matches_the_tree():
+    root = PKG.parents[1]
+    listed = _file_map()
+    modules = {str(p.relative_to(root)) for p in PKG.rglob("*.py")
+               if p.name != "__init__.py" or p.parent == PKG} - {"src/maskgit/commands/__init__.py"}
+    folded = {p for p in modules if p.startswith("src/maskgit/commands/")}  # one line for the commands
+    missing = sorted(m for m in modules - folded if m not in listed)
+    assert not missing, "modules missing from the README's file map: " + ", ".join(missing)
+    gone = sorted(p for p in listed if p.startswith(("src/", "benchmarks/")) and "," not in p
+                  and not (root / p).exists())
+    assert not gone, "the README's file map names paths that do not exist: " + ", ".join(gone)
+    scripts = {f"benchmarks/{p.name}" for p in (root / "benchmarks").iterdir() if p.suffix in (".py", ".sh")}
+    assert not sorted(scripts - listed), "benchmark scripts missing from the file map: " + ", ".join(
+        sorted(scripts - listed))
