@@ -13,8 +13,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from maskgit.config import transformer_preset
 from maskgit.accel import tune_malloc
+from maskgit.config import transformer_preset
 from maskgit.evaluation.speed import ab_table, between_probes
 
 

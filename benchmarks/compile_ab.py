@@ -20,8 +20,8 @@ VARIANTS = {"static (dynamic=False)": False, "torch default (dynamic=None)": Non
 def worker(conn, config: str, batch: int, dynamic) -> None:
     import torch
 
-    from maskgit.config import transformer_preset
     from maskgit.accel import compile_frozen, tune_malloc
+    from maskgit.config import transformer_preset
     from maskgit.evaluation.speed import between_probes, flops_of
     from maskgit.models.transformer import MaskGITTransformer
     tune_malloc()
@@ -67,7 +67,8 @@ def main() -> None:
         c.send(False)
     for p in procs:
         p.join()
-    print(f"{args.config}, batch {args.batch} after batch 1, one forward ({flops / 1e9:.1f} GFLOP), {args.rounds} rounds")
+    print(f"{args.config}, batch {args.batch} after batch 1, one forward ({flops / 1e9:.1f} GFLOP), "
+          f"{args.rounds} rounds")
     from maskgit.evaluation.speed import ab_table
     print(ab_table(["compiled shapes", "s per forward (median)", "% of peak (median)", "per round"], res))
 

@@ -14,8 +14,8 @@ import argparse
 import torch
 
 import maskgit.models.vqgan as V
-from maskgit.config import vqgan_preset
 from maskgit.accel import set_malloc_thresholds
+from maskgit.config import vqgan_preset
 from maskgit.evaluation.speed import _official_flops, ab_table, between_probes
 
 

@@ -3,10 +3,10 @@ import dataclasses
 import pytest
 import torch
 
-from maskgit.storage.checkpoint import save_model
 from maskgit.config import transformer_preset, vqgan_preset
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
+from maskgit.storage.checkpoint import save_model
 
 torch.set_num_threads(2)
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from maskgit.data import datasets as data, imagefiles
 from maskgit.cli import main
+from maskgit.data import datasets as data
+from maskgit.data import imagefiles
 from maskgit.data.datasets import (
     FASHION_MNIST_CLASSES,
     ArrayDataset,

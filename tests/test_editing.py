@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from maskgit.sampling import editing
 from maskgit.errors import MaskGITError
 from maskgit.pipeline import Pipeline
+from maskgit.sampling import editing
 
 
 def test_token_mask_marks_every_touched_cell_and_dilates():

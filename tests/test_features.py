@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from maskgit.storage.checkpoint import load_model, save_model
 from maskgit.errors import MaskGITError
 from maskgit.models.features import FeatureNet, FeatureNetConfig, perceptual_loss, shift_augment
+from maskgit.storage.checkpoint import load_model, save_model
 from maskgit.training.features import train_features
 
 SMALL = FeatureNetConfig(width=8, feature_dim=16)

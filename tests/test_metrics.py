@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from maskgit.errors import MaskGITError
-from maskgit.models.features import FeatureNet, FeatureNetConfig
 from maskgit.evaluation.metrics import (
     InceptionFeatures,
     ProjectFeatures,
@@ -21,6 +20,7 @@ from maskgit.evaluation.metrics import (
     precision_recall,
     reference_stats,
 )
+from maskgit.models.features import FeatureNet, FeatureNetConfig
 
 pytest.importorskip("torchmetrics")
 

@@ -182,8 +182,8 @@ def conditioned_pipeline(**changes):
 
     from conftest import tiny_models
 
-    from maskgit.pipeline import Pipeline
     from maskgit.models.transformer import MaskGITTransformer
+    from maskgit.pipeline import Pipeline
     tok, tr = tiny_models()
     return Pipeline(tok, MaskGITTransformer(dataclasses.replace(tr.config, **changes)).eval())
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from maskgit.config import SampleConfig
-from maskgit.pipeline import Pipeline
-from maskgit.sampling.decoding import decode
 from maskgit.evaluation.speed import flops_of, matmul_peak
 from maskgit.models.transformer import count_flops
+from maskgit.pipeline import Pipeline
+from maskgit.sampling.decoding import decode
 
 
 def test_batched_cfg_equals_separate_passes(tiny_pipeline_dir):
@@ -183,8 +183,8 @@ def test_compiled_pipeline_matches_eager(tiny_pipeline_dir):
 def test_compile_frozen_keeps_shapes_static_per_batch_size(dynamic, symbolic):
     """A second batch size gets its own static graph (a symbolic batch dimension ran the ImageNet-size forward
     markedly slower, benchmarks/compile_ab.py); torch's default would make the second graph symbolic."""
-    from maskgit.config import transformer_preset
     from maskgit.accel import compile_frozen
+    from maskgit.config import transformer_preset
     from maskgit.models.transformer import MaskGITTransformer
     torch._dynamo.reset()
     graphs = []
@@ -273,7 +273,8 @@ def test_bench_speed_command_writes_its_table(tmp_path):
     assert main(["bench", "speed", "--config", "tiny", "--batches", "1", "--repeats", "1", "--no-ar-nocache",
                  "--int8", "--precisions", "fp32,bf16", "--results", str(out), "--device", "cpu"]) == 0
     text = out.read_text()
-    for row in ("MaskGIT transformer, 8 steps | 1", "MaskGIT transformer, 1 forward | 1", "MaskGIT transformer, 8 steps (int8) | 1",
+    for row in ("MaskGIT transformer, 8 steps | 1", "MaskGIT transformer, 1 forward | 1",
+                "MaskGIT transformer, 8 steps (int8) | 1",
                 "VQGAN decoder 256 px | 1", "VQGAN decoder 256 px, at official-layout FLOPs | 1",
                 "AR, 16 steps, KV cache | 1", "MaskGIT transformer, 8 steps (bf16) | 1"):
         assert row in text

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from maskgit.storage.checkpoint import load_model, save_model
 from maskgit.config import TrainConfig, transformer_preset, vqgan_preset
+from maskgit.data.tokenstore import TokenStore, write_store
 from maskgit.errors import MaskGITError
-from maskgit.training.objectives import MaskedTokenTask
-from maskgit.pipeline import Pipeline
 from maskgit.models.text import (
     CachedTextEncoder,
     CaptionTable,
@@ -24,10 +22,12 @@ from maskgit.models.text import (
     load_text_encoder,
     store_cache_path,
 )
-from maskgit.data.tokenstore import TokenStore, write_store
-from maskgit.training.loop import StepContext
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
+from maskgit.pipeline import Pipeline
+from maskgit.storage.checkpoint import load_model, save_model
+from maskgit.training.loop import StepContext
+from maskgit.training.objectives import MaskedTokenTask
 
 CAPTION = "a small red circle left of a large blue square"
 
@@ -222,7 +222,8 @@ def test_text_conditioned_training_step(mode):
     enc = HashEncoder()
     text, mask = enc(["a b", "c", "d e f", "g"])
     batch = {"tokens": torch.randint(0, 32, (4, 8, 8)), "text": text, "text_mask": mask}
-    loss, metrics = task(batch, StepContext(step=1, seed=0, global_batch=4, rank=0, world=1, device=torch.device("cpu")))
+    ctx = StepContext(step=1, seed=0, global_batch=4, rank=0, world=1, device=torch.device("cpu"))
+    loss, metrics = task(batch, ctx)
     loss.backward()
     assert torch.isfinite(loss) and 0 <= float(metrics["masked_acc"]) <= 1
     assert tr.text_proj.weight.grad.abs().sum() > 0
@@ -307,8 +308,8 @@ def _rgb_text_pipeline(root, table_path, captions):
 
 
 def test_shapes_tokenize_and_bench_binding_commands(tmp_path, capsys):
-    from maskgit.data import shapes
     from maskgit.cli import main
+    from maskgit.data import shapes
     caps = [s.caption for split in ("train", "test", "heldout") for s in shapes.render_split(split, 6)[1]]
     root = _rgb_text_pipeline(tmp_path / "pipe", tmp_path / "table.safetensors", caps)
     rc = main(["tokenize", "--model", str(root / "tokenizer"), "--data", "shapes:6", "--split", "train",

@@ -5,10 +5,10 @@ import torch
 
 from maskgit.config import TRANSFORMER_PRESETS, TrainConfig, transformer_preset
 from maskgit.errors import MaskGITError
-from maskgit.training.objectives import MaskedTokenTask, mask_tokens, num_masked
+from maskgit.models.transformer import MaskGITTransformer
 from maskgit.sampling.schedules import gamma
 from maskgit.training.loop import StepContext
-from maskgit.models.transformer import MaskGITTransformer
+from maskgit.training.objectives import MaskedTokenTask, mask_tokens, num_masked
 
 
 def test_imagenet256_parameter_count_and_vocab():

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from maskgit.storage.checkpoint import load_model, save_model
 from maskgit.config import VQGAN_PRESETS, VQGANConfig, vqgan_preset
 from maskgit.models.vqgan import VQGAN, ResBlock
+from maskgit.storage.checkpoint import load_model, save_model
 
 
 def test_imagenet_f16_parameter_count_and_grids():

@@ -67,11 +67,11 @@ MAX_CHUNK = 64  # rows per call of a batch-chunked function (chunk sizes: powers
 
 
 def pow2_chunks(fn, max_chunk: int = MAX_CHUNK):
-    """``fn`` over its batch in power-of-two chunks, largest first (13 rows -> 8 + 4 + 1; 150 -> 64 + 64 + 16 +
-    4 + 2), concatenated along the batch. Every tensor argument whose first dimension is the batch (that of the
-    first argument, positional or keyword) is sliced alike; ``fn`` must treat rows independently. A static-shape compiled ``fn`` then
-    meets at most log2(max_chunk) + 1 batch sizes, whatever batches a server forms, so it compiles a few graphs
-    once and stays under dynamo's recompile limit (8) instead of falling back to eager."""
+    """``fn`` over its batch in power-of-two chunks, largest first (13 rows -> 8 + 4 + 1; 150 -> 64 + 64 + 16 + 4 + 2),
+    concatenated along the batch. Every tensor argument whose first dimension is the batch (that of the first
+    argument, positional or keyword) is sliced alike; ``fn`` must treat rows independently. A static-shape
+    compiled ``fn`` then meets at most log2(max_chunk) + 1 batch sizes, whatever batches a server forms, so it
+    compiles a few graphs once and stays under dynamo's recompile limit (8) instead of falling back to eager."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):

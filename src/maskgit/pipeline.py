@@ -13,15 +13,15 @@ from pathlib import Path
 
 import torch
 
-from maskgit.sampling import editing
-from maskgit.storage.checkpoint import load_model, read_config
-from maskgit.storage.images import as_image_batch, as_pixel_mask, format_images
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
+from maskgit.models.text import TextCondition
+from maskgit.sampling import editing
 from maskgit.sampling.decoding import NoiseSource, check_sample_config, decode, seeded
 from maskgit.sampling.defaults import defaults_from_meta
 from maskgit.sampling.selection import best_of, candidate_noise
-from maskgit.models.text import TextCondition
+from maskgit.storage.checkpoint import load_model, read_config
+from maskgit.storage.images import as_image_batch, as_pixel_mask, format_images
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "fashion-mnist"

@@ -13,12 +13,10 @@
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
 
-from maskgit.errors import MaskGITError
 from maskgit.commands.common import device_arg, parse_ints, resolve_device
-
+from maskgit.errors import MaskGITError
 
 PLOTS = Path("benchmarks/plots")
 
@@ -96,10 +94,10 @@ def cmd_bench(args) -> int:
         return run_speed(args, command, resolve_device(args.device), parse_ints(args.batches, "--batches"))
     if args.what == "scaling":
         return _scaling(args, command)
-    from maskgit.evaluation.samples import append_results, generate, markdown_table, time_per_image, uniform_labels
-    from maskgit.pipeline import load
     from maskgit.commands.evaluate import evaluator_for
     from maskgit.config import SampleConfig
+    from maskgit.evaluation.samples import append_results, generate, markdown_table, time_per_image, uniform_labels
+    from maskgit.pipeline import load
     pipe = load(args.model, resolve_device(args.device))
     pipe.sample_defaults = SampleConfig()  # the tables vary knobs around SampleConfig's settings, not a model's own
     ev = evaluator_for(pipe, None, args.data, args.split)
@@ -219,10 +217,10 @@ def labels_of_train(args, size, num):
 
 
 def _scaling(args, command: str) -> int:
+    from maskgit.config import transformer_preset
     from maskgit.evaluation.samples import append_results, markdown_table
     from maskgit.evaluation.scaling import measure_scaling, plot_scaling
     from maskgit.evaluation.speed import machine_line
-    from maskgit.config import transformer_preset
     device = resolve_device(args.device)
     batches = parse_ints(args.batches, "--batches")
     machine = machine_line(device, transformer_preset(args.config), 1)

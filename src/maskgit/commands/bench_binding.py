@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maskgit.commands.common import device_arg, resolve_device
 from maskgit.config import SampleConfig, add_dataclass_args, override
 from maskgit.errors import MaskGITError
 from maskgit.storage.images import to_uint8
-from maskgit.commands.common import device_arg, resolve_device
 
 FIELDS = ("all_ok", "colour_ok", "shape_ok", "size_ok", "relation_ok")
 
@@ -77,10 +77,10 @@ def generate_for(pipe, captions: list[str], cfg: SampleConfig, seed: int, batch_
 
 
 def cmd_bench_binding(args) -> int:
-    from maskgit.evaluation.samples import append_results, markdown_table
-    from maskgit.storage.images import make_grid, save_png
-    from maskgit.pipeline import load
     from maskgit.data.shapes import binding_accuracy, render_split
+    from maskgit.evaluation.samples import append_results, markdown_table
+    from maskgit.pipeline import load
+    from maskgit.storage.images import make_grid, save_png
 
     pipe = load(args.model, resolve_device(args.device), text_encoder=args.text_encoder)
     if not pipe.transformer.config.text_dim:
@@ -128,9 +128,9 @@ def cmd_bench_binding(args) -> int:
     print(table)
     if args.results:
         notes = (f"{args.n} captions per split; one image each, seed {args.seed}; `all_ok` = colours, shapes, sizes "
-                 f"and relation all right (read back from pixels by maskgit.data.shapes.check_binding). test = attribute "
-                 f"combinations seen in training, heldout = colour-shape pairs never seen in training. Best setting: "
-                 f"{best[0]} steps, CFG {best[1]}.")
+                 f"and relation all right (read back from pixels by maskgit.data.shapes.check_binding). test = "
+                 f"attribute combinations seen in training, heldout = colour-shape pairs never seen in training. "
+                 f"Best setting: {best[0]} steps, CFG {best[1]}.")
         append_results(args.results, "Text-to-image attribute binding (shapes)",
                        args.command_line, table, notes)
         print(f"appended to {args.results}")

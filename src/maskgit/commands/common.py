@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from maskgit.accel import resolve_device  # noqa: F401  (the commands' device choice)
 from maskgit.errors import MaskGITError
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
+from maskgit.commands.common import device_arg, load_pipeline, parse_ints, speed_args
 from maskgit.config import SampleConfig, add_dataclass_args, explicit_sample_kwargs
 from maskgit.errors import MaskGITError
 from maskgit.storage.images import to_uint8
-from maskgit.commands.common import device_arg, load_pipeline, parse_ints, speed_args
 
 
 def _sample_args(p) -> None:

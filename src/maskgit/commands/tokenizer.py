@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskgit.storage.checkpoint import load_model
+from maskgit.commands.common import device_arg, resolve_device
+from maskgit.commands.train_setup import finetune_args, first_examples, load_sized, memory_args, report_and_check
 from maskgit.config import (
     VQGAN_PRESETS,
     TokenizerTrainConfig,
@@ -19,10 +20,9 @@ from maskgit.config import (
     override,
     vqgan_preset,
 )
-from maskgit.errors import MaskGITError
 from maskgit.data.loader import AUGMENT_CHOICES, default_workers, resolve_augment
-from maskgit.commands.common import device_arg, resolve_device
-from maskgit.commands.train_setup import finetune_args, first_examples, load_sized, memory_args, report_and_check
+from maskgit.errors import MaskGITError
+from maskgit.storage.checkpoint import load_model
 
 # the tokenizer stage's own defaults (TrainConfig's are the transformer's)
 TOKENIZER_TRAIN_DEFAULTS = TrainConfig(batch_size=128, lr=2e-4, warmup_steps=500, max_steps=20_000,
@@ -100,14 +100,13 @@ def _load_images(name: str, split: str, image_size: int | None):
 
 
 def cmd_train_tokenizer(args) -> int:
-    from maskgit.models.features import FeatureNet  # noqa: F401  (registers the kind)
-    from maskgit.training.losses import TokenizerTask
-    from maskgit.training.loop import DatasetSource, train
-    from maskgit.models.vqgan import VQGAN
-
-    from maskgit.storage.checkpoint import read_config
     from maskgit.config import VQGANConfig, from_dict
+    from maskgit.models.features import FeatureNet  # noqa: F401  (registers the kind)
+    from maskgit.models.vqgan import VQGAN
+    from maskgit.storage.checkpoint import read_config
     from maskgit.training import finetune
+    from maskgit.training.loop import DatasetSource, train
+    from maskgit.training.losses import TokenizerTask
 
     device = resolve_device(args.device)
     init_dir, init_ck = finetune.resolve_init(args.init) if args.init else (None, None)
@@ -229,8 +228,8 @@ def cmd_reconstruct(args) -> int:
                "perplexity": float(torch.exp(-(p * torch.log(p + 1e-10)).sum())),
                "seconds": round(time.time() - t0, 2)}
     if args.features:
-        from maskgit.models.features import accuracy
         from maskgit.evaluation.metrics import ProjectFeatures, extract_features, frechet_distance
+        from maskgit.models.features import accuracy
         net = load_model(args.features, "features", device)
         ext = ProjectFeatures(net)
         metrics["fd_recon"] = float(frechet_distance(extract_features(ext, x), extract_features(ext, rec)))

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskgit.storage.checkpoint import atomic_dir
 from maskgit.errors import MaskGITError
+from maskgit.storage.checkpoint import atomic_dir
 
 
 def model_hash(model: torch.nn.Module) -> str:

@@ -10,12 +10,12 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from maskgit.models.autoregressive import ARTransformer
+from maskgit.accel import bf16_linears, compile_frozen, cpu_capabilities, int8_dynamic, native_bf16
 from maskgit.config import SampleConfig, transformer_preset, vqgan_preset
-from maskgit.sampling.decoding import decode
+from maskgit.models.autoregressive import ARTransformer
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
-from maskgit.accel import bf16_linears, compile_frozen, cpu_capabilities, int8_dynamic, native_bf16
+from maskgit.sampling.decoding import decode
 
 
 def _under_bf16(model, device: str):

@@ -8,8 +8,8 @@ import torch
 
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
-from maskgit.sampling.decoding import guidance_scale, guide, sample_tokens
 from maskgit.models.transformer import TokenTransformer
+from maskgit.sampling.decoding import guidance_scale, guide, sample_tokens
 
 
 class ARTransformer(TokenTransformer):

@@ -91,8 +91,9 @@ def _list_digest(files: dict) -> str:
 def write_manifest(path: Path, names: list[str] | None = None) -> Path:
     """``path/manifest.json`` with the size and SHA-256 of ``names`` (default: every file in ``path``)."""
     path = Path(path)
-    names = sorted(names if names is not None else
-                   (f.name for f in path.iterdir() if f.is_file() and f.name != MANIFEST and not f.name.startswith(".")))
+    if names is None:
+        names = (f.name for f in path.iterdir() if f.is_file() and f.name != MANIFEST and not f.name.startswith("."))
+    names = sorted(names)
     files = {n: {"bytes": (path / n).stat().st_size, "sha256": _sha256(path / n)} for n in names}
     doc = {"format": "maskgit-manifest", "version": 1, "files": files, "files_sha256": _list_digest(files)}
     (path / MANIFEST).write_text(json.dumps(doc, indent=1) + "\n")

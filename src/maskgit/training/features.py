@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from maskgit.errors import MaskGITError
 from maskgit.accel import resolve_device
+from maskgit.errors import MaskGITError
 from maskgit.models.features import FeatureNet, FeatureNetConfig, accuracy, shift_augment
 
 
@@ -27,8 +27,8 @@ def train_features(dataset: str = "fashion-mnist", out: str | Path = "runs/featu
     ``augment`` adds random +/-2 px shifts: off by default, since in a 4-epoch run they cost a point of test
     accuracy (92.05% vs 93.05%); they may pay off in longer runs.
     ``max_steps`` / ``max_train`` / ``max_test`` cut the run short (smoke tests)."""
-    from maskgit.storage.checkpoint import save_model
     from maskgit.data.datasets import load_dataset
+    from maskgit.storage.checkpoint import save_model
 
     t0 = time.time()
     dev = torch.device(resolve_device(device))

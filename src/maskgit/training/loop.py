@@ -20,6 +20,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from maskgit.config import TrainConfig, to_dict
+from maskgit.data.loader import DatasetSource, batch_indices  # noqa: F401  (DatasetSource: re-exported)
+from maskgit.errors import MaskGITError
 from maskgit.storage.checkpoint import (
     MANIFEST,
     atomic_dir,
@@ -31,9 +34,6 @@ from maskgit.storage.checkpoint import (
     write_manifest,
 )
 from maskgit.training.resume import TrainingInterrupted, find_checkpoint, latest_checkpoint, truncate_metrics  # noqa: F401
-from maskgit.config import TrainConfig, to_dict
-from maskgit.data.loader import DatasetSource, batch_indices  # noqa: F401  (DatasetSource: re-exported)
-from maskgit.errors import MaskGITError
 from maskgit.training.schedule import BudgetSchedule, lr_factor  # noqa: F401  (lr_factor: re-exported)
 
 

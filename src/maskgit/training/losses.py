@@ -10,8 +10,8 @@ from torch import nn
 from torch.func import functional_call
 
 from maskgit.config import TokenizerTrainConfig
-from maskgit.training.loop import StepContext
 from maskgit.models.vqgan import VQGAN
+from maskgit.training.loop import StepContext
 
 
 class PatchDiscriminator(nn.Module):
