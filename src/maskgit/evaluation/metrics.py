@@ -389,26 +389,3 @@ def evaluate_images(fake_images, labels, real_images, extractor: FeatureExtracto
     """All metrics of ``iter_metrics`` as a list of ``(name, value)`` pairs."""
     return list(iter_metrics(fake_images, labels, real_images, extractor, classifier, k=k, kid_subsets=kid_subsets,
                              kid_subset_size=kid_subset_size, seed=seed, batch_size=batch_size, cache=cache))
-
-
-__all__ = [
-    "FeatureExtractor",
-    "ImageFeatures",
-    "InceptionFeatures",
-    "ProjectFeatures",
-    "as_nchw",
-    "class_accuracy",
-    "classifier_logits",
-    "evaluate_images",
-    "extract_features",
-    "fid_metric",
-    "frechet_distance",
-    "inception_score",
-    "iter_metrics",
-    "kid",
-    "kid_metric",
-    "load_stats",
-    "precision_recall",
-    "reference_stats",
-    "save_stats",
-]

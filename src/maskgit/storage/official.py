@@ -23,37 +23,15 @@ import torch
 
 from maskgit.config import TransformerConfig, VQGANConfig
 from maskgit.errors import MaskGITError
-from maskgit.storage.flax import OFFICIAL_FILES, OFFICIAL_URL, load_flax_msgpack, write_flax_msgpack  # noqa: F401  (re-exported)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {"a/b/c": leaf}."""
-    flat: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(flatten(v, key + "/"))
-        else:
-            flat[key] = v
-    return flat
-
-
-def unflatten(flat: dict[str, Any]) -> dict:
-    tree: dict = {}
-    for key, v in flat.items():
-        *parents, leaf = key.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
-
-
-def params_of(tree: dict) -> dict:
-    """The parameter tree, with or without flax's ``{"params": ...}`` variables wrapper."""
-    if isinstance(tree.get("params"), dict):
-        return tree["params"]
-    return tree
+from maskgit.storage.flax import (  # noqa: F401  (re-exported)
+    OFFICIAL_FILES,
+    OFFICIAL_URL,
+    flatten,
+    load_flax_msgpack,
+    params_of,
+    unflatten,
+    write_flax_msgpack,
+)
 
 
 def _kind(params: dict) -> str | None:
