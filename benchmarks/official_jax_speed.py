@@ -47,13 +47,14 @@ for r in range(rounds + 1):
     t = time.perf_counter()
     sample(params, inputs, jax.random.PRNGKey(r)).block_until_ready()
     times.append(time.perf_counter() - t)
-    print(json.dumps({"round": r, "sec": times[-1]}), flush=True)
+    print(json.dumps({"round": r, "sec": times[-1], "precision": str(jax.config.jax_default_matmul_precision)}),
+          flush=True)
     if r < rounds:
         sys.stdin.readline()  # wait for our side's turn
 """
 
 
-def ours(batch: int, steps: int, compile_: bool):
+def ours(batch: int, steps: int, compile_: bool, precision: str = "fp32"):
     import torch
 
     from maskgit.accel import compile_frozen, tune_malloc
@@ -64,6 +65,9 @@ def ours(batch: int, steps: int, compile_: bool):
     torch.manual_seed(0)
     cfg = transformer_preset("maskgit-imagenet256")
     model = MaskGITTransformer(cfg).eval()
+    if precision == "bf16":  # what Pipeline(precision="bf16") runs on a CPU
+        from maskgit.accel import bf16_linears
+        model = bf16_linears(model)
     fwd = compile_frozen(model) if compile_ else model
     labels = torch.full((batch,), 7)
     start = torch.full((batch, cfg.num_tokens), cfg.mask_id)
@@ -71,8 +75,9 @@ def ours(batch: int, steps: int, compile_: bool):
     @torch.inference_mode()
     def run(seed):
         t = time.perf_counter()
-        decode(lambda tk, g: fwd(tk, labels), start, SampleConfig(steps=steps), cfg.mask_id,
-               torch.Generator().manual_seed(seed))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            decode(lambda tk, g: fwd(tk, labels).float(), start, SampleConfig(steps=steps), cfg.mask_id,
+                   torch.Generator().manual_seed(seed))
         return time.perf_counter() - t
     run(0)  # warm-up (and compile)
     return run
@@ -86,6 +91,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time ours under --compile")
+    ap.add_argument("--jax-precision", default="default,highest",
+                    help="comma-separated jax_default_matmul_precision values for the official side ('highest' = "
+                         "fp32 matmuls; 'default' lets XLA pick faster, lower-precision passes where the CPU has them)")
+    ap.add_argument("--ours-bf16", action="store_true", help="also time ours with precision bf16")
     args = ap.parse_args()
     from maskgit.accel import cpu_capabilities
     c = cpu_capabilities()
@@ -93,26 +102,38 @@ def main() -> int:
     print(f"machine: {c['model']}, {torch.get_num_threads()} threads, avx512_bf16 {c['avx512_bf16']}; "
           f"torch {torch.__version__}", flush=True)
     rows = []
+    precisions = args.jax_precision.split(",")
     for b in [int(x) for x in args.batches.split(",")]:
-        env = {**os.environ, "PYTHONPATH": args.official}
-        worker = subprocess.Popen([args.jax_python, "-c", WORKER, str(b), str(args.steps), str(args.rounds)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        first = json.loads(worker.stdout.readline())["sec"]  # compile + first run, alone on the machine
-        variants = {"ours eager (fp32)": ours(b, args.steps, False)}  # built and warmed up while the worker waits
+        workers, first = {}, {}
+        for prec in precisions:  # one worker per matmul precision; each compiles and runs once alone, then waits
+            env = {**os.environ, "PYTHONPATH": args.official, "JAX_DEFAULT_MATMUL_PRECISION": prec}
+            workers[prec] = subprocess.Popen([args.jax_python, "-c", WORKER, str(b), str(args.steps),
+                                              str(args.rounds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             text=True, env=env)
+            line = json.loads(workers[prec].stdout.readline())
+            first[prec] = line["sec"]
+            print(f"JAX worker batch {b}: matmul precision {line['precision']}", flush=True)
+        variants = {"ours eager (fp32)": ours(b, args.steps, False)}  # built and warmed up while the workers wait
         if args.compile:
             variants["ours --compile (fp32)"] = ours(b, args.steps, True)
-        official, mine = [], {k: [] for k in variants}
+        if args.ours_bf16:
+            variants["ours eager (bf16)"] = ours(b, args.steps, False, "bf16")
+        official, mine = {p: [] for p in precisions}, {k: [] for k in variants}
         for r in range(args.rounds):
             for k, run in variants.items():
                 mine[k].append(run(r + 1))
-            worker.stdin.write("\n")
-            worker.stdin.flush()
-            official.append(json.loads(worker.stdout.readline())["sec"])
-        worker.wait()
-        rows.append((b, "official JAX (jit), first call incl. compile", first / b))
-        rows.append((b, "official JAX (jit)", statistics.median(official) / b))
+            for prec, w in workers.items():
+                w.stdin.write("\n")
+                w.stdin.flush()
+                official[prec].append(json.loads(w.stdout.readline())["sec"])
+        for w in workers.values():
+            w.wait()
+        for prec in precisions:
+            name = f"official JAX (jit, matmul precision {prec})"
+            rows.append((b, f"{name}, first call incl. compile", first[prec] / b))
+            rows.append((b, name, statistics.median(official[prec]) / b))
         rows += [(b, k, statistics.median(v) / b) for k, v in mine.items()]
-        for row in rows[-len(variants) - 2:]:
+        for row in rows[-len(variants) - 2 * len(precisions):]:
             print(row, flush=True)
     print("\n| batch | sampler | s/image |\n|---|---|---|")
     for b, k, s in rows:

@@ -20,7 +20,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from maskgit import runtime  # noqa: E402
-from maskgit.storage.onnx import sha256  # noqa: E402
+from maskgit.storage.files import sha256_file as sha256  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,8 @@ def test_graphs_match_torch_at_another_batch_size(tiny_pipeline_dir, exported):
 
 @pytest.mark.parametrize("kw", [dict(steps=6), dict(steps=5, cfg=1.5, schedule="linear"),
                                 dict(steps=8, schedule="exp", top_k=8, cfg=1.0, cfg_schedule="linear"),
-                                dict(steps=4, schedule="log", top_p=0.9, choice_temperature=2.0, temperature=0.7)])
+                                dict(steps=4, schedule="log", top_p=0.9, choice_temperature=2.0, temperature=0.7),
+                                dict(steps=6, order="halton", cfg=1.0), dict(steps=5, order="random")])
 def test_runtime_decodes_the_same_tokens_from_the_same_noise(tiny_pipeline_dir, exported, kw):
     pipe, rt = load(tiny_pipeline_dir), runtime.load(exported)
     cfg = dataclasses.replace(SampleConfig(), **kw)

@@ -257,13 +257,17 @@ class Pipeline:
     # ------------------------------------------------------------ public API
     def generate(self, labels=None, num: int | None = None, seed: int | list[int] | None = 0, output: str = "pil",
                  return_steps: bool = False, generator: NoiseSource = None,
-                 prompts: list[str] | None = None, negative_prompts=None, **sample_kw):
+                 prompts: list[str] | None = None, negative_prompts=None, arch: str = "maskgit",
+                 use_cache: bool = True, **sample_kw):
         """Class-conditional (``labels``), text-conditional (``prompts``: one image each; ``negative_prompts``,
         one for all or one per prompt, replace the null text in CFG's unconditional branch) or unconditional
         (``num``) samples; ``sample_kw`` are SampleConfig fields (steps, schedule, temperature, top_k, top_p,
         choice_temperature, cfg, cfg_schedule). ``seed``: one for the batch, or one per image (each image is then
         the one its seed gives alone, up to float rounding). ``generator`` (a torch.Generator, or
-        ``sampling.RowGenerators`` for blocks of rows with their own seeds) replaces ``seed``."""
+        ``sampling.RowGenerators`` for blocks of rows with their own seeds) replaces ``seed``. ``arch="ar"``: the
+        autoregressive baseline on the same tokens (``use_cache=False``: without its KV cache)."""
+        if arch not in ("maskgit", "ar"):
+            raise MaskGITError(f"arch must be 'maskgit' or 'ar', got {arch!r}")
         text = None
         if prompts is not None:
             if labels is not None:
@@ -279,6 +283,10 @@ class Pipeline:
                 raise MaskGITError("give class labels or a number of samples >= 1")
             labels = [-1] * num
         labels = self.check_labels(labels)
+        if arch == "ar":
+            if return_steps or text is not None:
+                raise MaskGITError("the AR baseline is class-conditional only and has no decoding steps to show")
+            return format_images(self._generate_ar(labels, seed, generator, use_cache, sample_kw), output)
         cfg = self.sample_config(**sample_kw)
         B, N = len(labels), self.grid[0] * self.grid[1]
         tokens = torch.full((B, N), self.mask_id, dtype=torch.long)
@@ -290,6 +298,16 @@ class Pipeline:
         if return_steps:
             return result, [self._partial_images(s) for s in steps]
         return result
+
+    def _generate_ar(self, labels: torch.Tensor, seed, generator, use_cache: bool, sample_kw: dict) -> torch.Tensor:
+        """Images from the AR baseline, sampled one token at a time by the sampler's own token sampling and guidance;
+        settings not given are SampleConfig's (the model's stored defaults belong to the MaskGIT sampler)."""
+        if self.ar is None:
+            raise MaskGITError("this model has no AR baseline (no ar/ directory)")
+        cfg = dataclasses.replace(SampleConfig(), **{k: v for k, v in sample_kw.items() if v is not None})
+        check_sample_config(cfg)
+        noise = generator if generator is not None else seeded(seed, len(labels))
+        return self.to_images(self.ar.generate(labels.to(self.device), cfg, noise, use_cache=use_cache))
 
     def _partial_images(self, tokens: torch.Tensor) -> torch.Tensor:
         """Decode a partially masked grid for display: masked cells shown mid-grey."""

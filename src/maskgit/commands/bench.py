@@ -17,6 +17,7 @@ from pathlib import Path
 
 from maskgit.commands.common import device_arg, parse_ints, resolve_device
 from maskgit.errors import MaskGITError
+from maskgit.evaluation.plots import line_plot
 
 PLOTS = Path("benchmarks/plots")
 
@@ -61,32 +62,6 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_bench)
 
 
-def _plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str,
-          logy: bool = False) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no plot")
-        return
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, (x, y) in series.items():
-        ax.plot(x, y, marker="o", label=name)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if logy:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"wrote {path}")
-
-
 def cmd_bench(args) -> int:
     command = args.command_line
     if args.what == "speed":
@@ -118,7 +93,7 @@ def cmd_bench(args) -> int:
         floor = ev(load_real(args.data, "train", size, args.num), labels_of_train(args, size, args.num))
         note = (f"Real-data floor at the same n: FD {floor['fd_featurenet']:.3f}, class agreement "
                 f"{floor.get('class_accuracy', float('nan')):.3f}.")
-        for title, table in run_samplers(args, pipe, ev, labels, steps, _plot, floor["fd_featurenet"]):
+        for title, table in run_samplers(args, pipe, ev, labels, steps, line_plot, floor["fd_featurenet"]):
             print(table)
             append_results(args.results, f"{title}: {args.data} ({args.num} samples per point)", command, table,
                            notes=note)
@@ -149,12 +124,12 @@ def cmd_bench(args) -> int:
         ar = [r for r in rows if r["model"].startswith("AR (KV")]
         if ar:
             series["AR (256 or h*w steps)"] = ([ar[0]["steps"]], [ar[0]["FD"]])
-        _plot(plots / "maskgit_vs_ar_fd.png", series, "decoding steps", "FD (project features)",
+        line_plot(plots / "maskgit_vs_ar_fd.png", series, "decoding steps", "FD (project features)",
               "MaskGIT vs AR: quality")
         lat = {"MaskGIT batch 1": ([r["steps"] for r in mg], [r["s/img (batch 1)"] for r in mg])}
         if ar:
             lat["AR KV cache batch 1"] = ([ar[0]["steps"]], [ar[0]["s/img (batch 1)"]])
-        _plot(plots / "latency_vs_steps.png", lat, "decoding steps", "seconds per image", "latency", logy=True)
+        line_plot(plots / "latency_vs_steps.png", lat, "decoding steps", "seconds per image", "latency", logy=True)
         title = f"Seed's table: MaskGIT vs AR on {args.data} ({args.num} samples per row)"
     elif args.what == "schedules":
         from maskgit.sampling.schedules import SCHEDULES
@@ -168,7 +143,7 @@ def cmd_bench(args) -> int:
                 ys.append(m["fd_featurenet"])
             series[name] = (xs, ys)
         cols = ["schedule", "steps", "FD", "class agreement", "precision", "recall"]
-        _plot(plots / "fd_vs_steps_per_schedule.png", series, "decoding steps T", "FD (project features)",
+        line_plot(plots / "fd_vs_steps_per_schedule.png", series, "decoding steps T", "FD (project features)",
               "mask schedules")
         title = f"Mask schedule ablation on {args.data} ({args.num} samples per row)"
     elif args.what in ("int8", "precision"):
@@ -193,8 +168,8 @@ def cmd_bench(args) -> int:
             rs = [r for r in rows if r["knob"] == knob]
             for key in ("FD", "precision", "recall"):
                 store[key] = ([r["value"] for r in rs], [r[key] for r in rs])
-        _plot(plots / "tradeoff_choice_temperature.png", s1, "choice temperature", "value", "T=8")
-        _plot(plots / "tradeoff_cfg.png", s2, "CFG scale", "value", "T=8")
+        line_plot(plots / "tradeoff_choice_temperature.png", s1, "choice temperature", "value", "T=8")
+        line_plot(plots / "tradeoff_cfg.png", s2, "CFG scale", "value", "T=8")
         cols = ["knob", "value", "FD", "precision", "recall", "class agreement"]
         title = f"Diversity/fidelity trade-off at T=8 on {args.data} ({args.num} samples per row)"
     table = markdown_table(rows, cols)

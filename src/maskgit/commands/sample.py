@@ -112,11 +112,8 @@ def cmd_sample(args) -> int:
             kw["negative_prompts"] = args.negative_prompt
             num = None
         if args.arch == "ar":
-            if pipe.ar is None:
-                raise MaskGITError("this model has no AR baseline (ar/ directory)")
-            lt = pipe.check_labels(lab if lab is not None else [-1] * num)
-            toks = pipe.ar.generate(lt.to(pipe.device), pipe.sample_config(**kw), gen, use_cache=not args.no_cache)
-            chunks.append(pipe.to_images(toks))
+            chunks.append(pipe.generate(lab, num, generator=gen, output="tensor", arch="ar",
+                                        use_cache=not args.no_cache, **kw))
         elif args.show_steps and i == 0:
             imgs, steps_imgs = pipe.generate(lab, num, generator=gen, output="tensor", return_steps=True, **kw)
             chunks.append(imgs)

@@ -18,6 +18,7 @@ import torch
 
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
+from maskgit.evaluation.plots import pyplot, save
 from maskgit.evaluation.samples import generate
 
 BASE = SampleConfig()  # the settings the shipped model used before it stored its own
@@ -134,12 +135,8 @@ def run_samplers(args, pipe, ev, labels, steps: list[int], plot, real_floor: flo
 
 
 def _pareto_plot(path: Path, grid: list[dict], front: list[dict], real_floor: float | None) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no plot")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for order, marker in (("confidence", "o"), ("halton", "s")):
@@ -159,8 +156,5 @@ def _pareto_plot(path: Path, grid: list[dict], front: list[dict], real_floor: fl
     ax.set_title("T=8: choice temperature x CFG x order")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     print(f"wrote {path}")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from maskgit.errors import MaskGITError
 from maskgit.pipeline import Pipeline
 from maskgit.storage.files import atomic_write
 
@@ -44,16 +43,8 @@ def generate(pipe: Pipeline, labels: torch.Tensor, arch: str = "maskgit", sample
     t0 = time.perf_counter()
     for i in range(0, len(labels), batch_size):
         lab = labels[i:i + batch_size]
-        if arch == "ar":
-            if pipe.ar is None:
-                raise MaskGITError("this model has no AR baseline (no ar/ directory)")
-            cfg = pipe.sample_config(**sample_kw)
-            toks = pipe.ar.generate(lab.to(pipe.device), cfg, gen, use_cache=use_cache)
-            out.append(pipe.to_images(toks))
-        elif arch == "maskgit":
-            out.append(pipe.generate(lab.tolist(), generator=gen, output="tensor", **sample_kw))
-        else:
-            raise MaskGITError(f"arch must be 'maskgit' or 'ar', got {arch!r}")
+        out.append(pipe.generate(lab.tolist(), generator=gen, output="tensor", arch=arch, use_cache=use_cache,
+                                 **sample_kw))
     return torch.cat(out), time.perf_counter() - t0
 
 

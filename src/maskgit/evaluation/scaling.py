@@ -11,6 +11,7 @@ import torch
 
 from maskgit.accel import bf16_linears, resolve_precision
 from maskgit.config import SampleConfig, transformer_preset
+from maskgit.evaluation.plots import pyplot, save
 from maskgit.models.autoregressive import ARTransformer
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.sampling.decoding import decode
@@ -76,9 +77,9 @@ def measure_scaling(config: str, grids: list[int], steps: list[int], batches: li
 
 def plot_scaling(rows: list[dict], path) -> None:
     """s/image against decoding steps, one line per (grid, batch); the AR baseline's points at its own steps."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     series = {}
     for r in rows:
@@ -94,7 +95,4 @@ def plot_scaling(rows: list[dict], path) -> None:
     ax.set_title("sampling cost vs token grid, steps and batch")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,16 +11,9 @@ import numpy as np
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
 from maskgit.runtime.decoding import Noise, decode
+from maskgit.storage.files import sha256_file
 
 CARD = "model_card.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class OnnxPipeline:
@@ -72,7 +64,7 @@ class OnnxPipeline:
             path = self.root / entry["path"]
             if not path.is_file():
                 raise MaskGITError(f"{path} is missing: re-run `maskgit export onnx`")
-            if self.verify and _sha256(path) != entry["sha256"]:
+            if self.verify and sha256_file(path) != entry["sha256"]:
                 raise MaskGITError(f"{path} does not match the SHA-256 in {CARD}: the file is damaged or was "
                                    f"replaced; re-export it")
             try:

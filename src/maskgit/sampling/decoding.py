@@ -8,32 +8,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
-from maskgit.sampling.orders import check_order, priority
-from maskgit.sampling.schedules import check_schedule, decode_mask_counts
+from maskgit.sampling.arithmetic import check_sample_config, choice_noise_scale, guidance_scale  # noqa: F401
+from maskgit.sampling.orders import priority
+from maskgit.sampling.schedules import decode_mask_counts
 
 LogitsFn = Callable[[torch.Tensor, bool], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
-
-
-def check_sample_config(cfg: SampleConfig) -> None:
-    if cfg.steps < 1:
-        raise MaskGITError(f"steps must be >= 1, got {cfg.steps}")
-    if not 0 <= cfg.start_step < cfg.steps:
-        raise MaskGITError(f"start_step must lie in [0, steps), got {cfg.start_step} with steps={cfg.steps}")
-    if cfg.temperature < 0 or cfg.choice_temperature < 0:
-        raise MaskGITError("temperature and choice_temperature must be >= 0")
-    if cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
-        raise MaskGITError(f"top_k must be >= 0 and top_p in (0, 1]; got {cfg.top_k}, {cfg.top_p}")
-    if cfg.cfg_schedule not in ("constant", "linear"):
-        raise MaskGITError(f"cfg_schedule must be 'constant' or 'linear', got {cfg.cfg_schedule!r}")
-    check_schedule(cfg.schedule)
-    check_order(cfg.order)
-    if cfg.candidates < 1:
-        raise MaskGITError(f"candidates must be >= 1, got {cfg.candidates}")
 
 
 class RowGenerators:
@@ -103,13 +86,6 @@ def sample_tokens(logits: torch.Tensor, cfg: SampleConfig, generator) -> torch.T
     return gumbel(z.shape, generator, z.device).add_(z).argmax(-1)
 
 
-def guidance_scale(cfg: SampleConfig, step: int, total: int | None = None) -> float:
-    """The CFG scale at ``step`` of ``total`` steps (default: the decode's T): constant, or growing linearly."""
-    if cfg.cfg_schedule == "linear":
-        return cfg.cfg * (step + 1) / (total or cfg.steps)
-    return cfg.cfg
-
-
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance as MaskGIT/Muse write it: ``cond + s * (cond - uncond)``. (diffusers writes
     ``uncond + w * (cond - uncond)``: the same thing with w = 1 + s, so scale 0 here is plain conditional
@@ -121,12 +97,6 @@ def mask_counts(n0: torch.Tensor, unknown: torch.Tensor, cfg: SampleConfig, step
     """How many tokens stay masked after ``step``: floor(N0 * gamma((t+1)/T)) in the official float32
     arithmetic, clamped to [1, unknown - 1] (see schedules.decode_mask_counts)."""
     return decode_mask_counts(cfg.schedule, step, cfg.steps, n0, unknown)
-
-
-def choice_noise_scale(cfg: SampleConfig, step: int) -> float:
-    """choice_temperature * (1 - (t+1)/T), in float32 as the official decoder computes it."""
-    ratio = np.float32(step + 1) / np.float32(cfg.steps)
-    return float(np.float32(cfg.choice_temperature) * (np.float32(1) - ratio))
 
 
 @torch.inference_mode()

@@ -8,10 +8,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
-from maskgit.errors import MaskGITError
+from maskgit.sampling.arithmetic import (  # noqa: F401  (check_schedule, decode_mask_ratio: used here and re-exported)
+    ALIASES,
+    SCHEDULE_NAMES,
+    check_schedule,
+    decode_mask_ratio,
+    mask_counts,
+)
 
 
 def _cosine(r, n):
@@ -46,14 +51,7 @@ SCHEDULES: dict[str, Callable] = {
     "cosine": _cosine, "linear": _linear, "square": _square, "cubic": _cubic, "sqrt": _sqrt,
     "log": _log, "exp": _exp,
 }
-ALIASES = {"square-root": "sqrt", "square_root": "sqrt", "pow2": "square", "pow3": "cubic"}
-
-
-def check_schedule(name: str) -> str:
-    name = ALIASES.get(name, name)
-    if name not in SCHEDULES:
-        raise MaskGITError(f"unknown mask schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
-    return name
+assert tuple(SCHEDULES) == SCHEDULE_NAMES  # one list of names for both decoders
 
 
 def gamma(name: str, r, n: int = 256) -> torch.Tensor:
@@ -63,49 +61,8 @@ def gamma(name: str, r, n: int = 256) -> torch.Tensor:
     return fn(r, max(n, 2)).clamp(1e-6, 1.0)
 
 
-# ---------------------------------------------------------------- decoding: the official float32 arithmetic
-_F32 = np.float32
-
-
-def _f32(fn, x):
-    """A float32 elementary function, correctly rounded: evaluated in float64 on the float32 input and rounded once
-    (a float32 kernel may be an ulp off, which moves floor() at the boundaries)."""
-    return fn(np.asarray(x, np.float64)).astype(_F32)
-
-
-def decode_mask_ratio(name: str, step: int, steps: int, n0) -> np.ndarray:
-    """The fraction of the N0 initially unknown tokens that stays masked after ``step`` (0-based) of ``steps``,
-    computed like the official JAX decoder: ``ratio = (step+1)/steps`` and every operation in float32 (IEEE
-    arithmetic, correctly rounded elementary functions), the log/exp schedules on each sample's own N0
-    (``total_unknown``), clipped to [1e-6, 1]. n0: (B,) ints -> (B,) float32."""
-    name = check_schedule(name)
-    ratio = _F32(step + 1) / _F32(steps)
-    n0f = np.asarray(n0, dtype=_F32)
-    one = _F32(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if name == "cosine":
-            g = _f32(np.cos, _F32(math.pi / 2) * ratio)
-        elif name == "linear":
-            g = one - ratio
-        elif name == "square":
-            g = one - ratio * ratio
-        elif name == "cubic":
-            g = one - _f32(lambda r: r ** 3, ratio)
-        elif name == "sqrt":
-            g = one - _f32(np.sqrt, ratio)
-        elif name == "log":
-            g = -_f32(np.log2, ratio) / _f32(np.log2, n0f)
-        else:  # exp
-            g = one - _f32(np.exp2, -_f32(np.log2, n0f) * (one - ratio))
-    g = np.nan_to_num(np.broadcast_to(g, n0f.shape).astype(_F32), nan=1.0)  # log/exp, N0 <= 1: no division by 0
-    return np.clip(g, _F32(1e-6), one)
-
-
 def decode_mask_counts(name: str, step: int, steps: int, n0: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
     """How many tokens stay masked after ``step``: floor(N0 * ratio) of a float32 product, then at least one token
     revealed and one left masked, as the official decoder does (0 where nothing is unknown). n0, unknown: (B,)."""
-    n0_np = n0.cpu().numpy()
-    keep = np.floor(n0_np.astype(_F32) * decode_mask_ratio(name, step, steps, n0_np)).astype(np.int64)
-    keep = torch.from_numpy(keep).to(unknown.device)
-    keep = torch.minimum(keep, unknown - 1).clamp_min(1)
-    return torch.where(unknown > 0, keep, torch.zeros_like(keep))
+    keep = mask_counts(name, step, steps, n0.cpu().numpy(), unknown.cpu().numpy())
+    return torch.from_numpy(keep).to(unknown.device)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from maskgit.config import from_dict, to_dict
 from maskgit.errors import MaskGITError
-from maskgit.storage.files import atomic_dir
+from maskgit.storage.files import atomic_dir, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -76,14 +76,6 @@ def save_tensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
 
 
 # ---------------------------------------------------------------- manifests
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _list_digest(files: dict) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
@@ -94,7 +86,7 @@ def write_manifest(path: Path, names: list[str] | None = None) -> Path:
     if names is None:
         names = (f.name for f in path.iterdir() if f.is_file() and f.name != MANIFEST and not f.name.startswith("."))
     names = sorted(names)
-    files = {n: {"bytes": (path / n).stat().st_size, "sha256": _sha256(path / n)} for n in names}
+    files = {n: {"bytes": (path / n).stat().st_size, "sha256": sha256_file(path / n)} for n in names}
     doc = {"format": "maskgit-manifest", "version": 1, "files": files, "files_sha256": _list_digest(files)}
     (path / MANIFEST).write_text(json.dumps(doc, indent=1) + "\n")
     return path / MANIFEST
@@ -127,7 +119,7 @@ def verify_manifest(path: Path, required: bool = False) -> bool:
         size = f.stat().st_size
         if size != want["bytes"]:
             raise MaskGITError(f"{f} is truncated or altered: {size} bytes, the manifest says {want['bytes']}")
-        if _sha256(f) != want["sha256"]:
+        if sha256_file(f) != want["sha256"]:
             raise MaskGITError(f"{f} is corrupt: its SHA-256 does not match {MANIFEST} (a flipped or altered byte)")
     return True
 

@@ -16,8 +16,8 @@ SHA-256 of every file."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import warnings
@@ -28,8 +28,8 @@ from torch import nn
 
 from maskgit.errors import MaskGITError
 from maskgit.models.transformer import MaskGITTransformer
-from maskgit.models.vqgan import VQGAN, upsample_conv
-from maskgit.storage.files import atomic_write
+from maskgit.models.vqgan import VQGAN
+from maskgit.storage.files import atomic_write, sha256_file
 
 OPSET = 18
 CARD = "model_card.json"
@@ -55,34 +55,16 @@ class TransformerStep(nn.Module):
         return self.model.head(x)  # (B, N, K)
 
 
-class _Decoder(nn.Module):
-    """The VQGAN decoder with its upsampling convolutions in the plain form (nearest resize + conv), which every
-    ONNX runtime executes; the values equal the sub-pixel form's up to float rounding."""
-
-    def __init__(self, decoder: nn.Module):
-        super().__init__()
-        self.d = decoder
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        d = self.d
-        x = d.conv_in(z)
-        for block in d.mid:
-            x = block(x)
-        for i, level in enumerate(d.levels):
-            for block in level:
-                x = block(x)
-            if i < len(d.upconvs):
-                x = upsample_conv(x, d.upconvs[i], subpixel=False)
-        return d.conv_out(torch.nn.functional.silu(d.norm_out(x)))
-
-
 class DecoderGraph(nn.Module):
     """tokens (B,h,w) -> images (B,C,H,W) in [0,1]."""
 
     def __init__(self, vqgan: VQGAN):
         super().__init__()
         self.codebook = vqgan.quantizer.codebook
-        self.decoder = _Decoder(vqgan.decoder)
+        # the upsampling convs in their plain form (nearest resize + conv), which every ONNX runtime executes; the
+        # values equal the sub-pixel form's up to float rounding
+        self.decoder = copy.deepcopy(vqgan.decoder)
+        self.decoder.subpixel = False
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         z = self.codebook[tokens].permute(0, 3, 1, 2)  # (B, D, h, w)
@@ -116,14 +98,6 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
@@ -176,7 +150,7 @@ def export_pipeline(pipe, out: str | Path, encoder: bool = True, int8: bool = Fa
         quantize_int8(out / files["transformer"], out / files["transformer_int8"])
     card = {
         "format": "maskgit-onnx", "format_version": CARD_VERSION, "opset": OPSET,
-        "files": {k: {"path": v, "sha256": sha256(out / v)} for k, v in files.items()},
+        "files": {k: {"path": v, "sha256": sha256_file(out / v)} for k, v in files.items()},
         "transformer": dataclasses.asdict(c), "tokenizer": dataclasses.asdict(tok.config),
         "mask_id": c.mask_id, "codebook_size": c.codebook_size, "num_classes": c.num_classes,
         "null_class": c.null_class, "grid": [h, w], "image_size": size, "channels": tok.config.channels,

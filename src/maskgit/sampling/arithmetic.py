@@ -1,0 +1,146 @@
+"""The decoder's arithmetic without PyTorch, shared by ``sampling.decoding`` and the numpy runtime: the sample
+settings' checks, schedule and order names, the official float32 mask ratio, the choice-noise and guidance scales,
+and the 2D Halton order."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from maskgit.config import SampleConfig
+from maskgit.errors import MaskGITError
+
+F32 = np.float32
+SCHEDULE_NAMES = ("cosine", "linear", "square", "cubic", "sqrt", "log", "exp")
+ALIASES = {"square-root": "sqrt", "square_root": "sqrt", "pow2": "square", "pow3": "cubic"}
+ORDERS = ("confidence", "halton", "random")
+
+
+def check_schedule(name: str) -> str:
+    name = ALIASES.get(name, name)
+    if name not in SCHEDULE_NAMES:
+        raise MaskGITError(f"unknown mask schedule {name!r}; choose one of: {', '.join(SCHEDULE_NAMES)}")
+    return name
+
+
+def check_order(name: str) -> str:
+    if name not in ORDERS:
+        raise MaskGITError(f"unknown decoding order {name!r}; choose one of: {', '.join(ORDERS)}")
+    return name
+
+
+def check_sample_config(cfg: SampleConfig) -> None:
+    if cfg.steps < 1:
+        raise MaskGITError(f"steps must be >= 1, got {cfg.steps}")
+    if not 0 <= cfg.start_step < cfg.steps:
+        raise MaskGITError(f"start_step must lie in [0, steps), got {cfg.start_step} with steps={cfg.steps}")
+    if cfg.temperature < 0 or cfg.choice_temperature < 0:
+        raise MaskGITError("temperature and choice_temperature must be >= 0")
+    if cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
+        raise MaskGITError(f"top_k must be >= 0 and top_p in (0, 1]; got {cfg.top_k}, {cfg.top_p}")
+    if cfg.cfg_schedule not in ("constant", "linear"):
+        raise MaskGITError(f"cfg_schedule must be 'constant' or 'linear', got {cfg.cfg_schedule!r}")
+    check_schedule(cfg.schedule)
+    check_order(cfg.order)
+    if cfg.candidates < 1:
+        raise MaskGITError(f"candidates must be >= 1, got {cfg.candidates}")
+
+
+def _f32(fn, x):
+    """A float32 elementary function, correctly rounded: evaluated in float64 on the float32 input and rounded once
+    (a float32 kernel may be an ulp off, which moves floor() at the boundaries)."""
+    return np.asarray(fn(np.asarray(x, np.float64))).astype(F32)
+
+
+def decode_mask_ratio(name: str, step: int, steps: int, n0) -> np.ndarray:
+    """The fraction of the N0 initially unknown tokens that stays masked after ``step`` (0-based) of ``steps``,
+    computed like the official JAX decoder: ``ratio = (step+1)/steps`` and every operation in float32 (IEEE
+    arithmetic, correctly rounded elementary functions), the log/exp schedules on each sample's own N0
+    (``total_unknown``), clipped to [1e-6, 1]. n0: (B,) ints -> (B,) float32."""
+    name = check_schedule(name)
+    ratio = F32(step + 1) / F32(steps)
+    n0f = np.asarray(n0, dtype=F32)
+    one = F32(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if name == "cosine":
+            g = _f32(np.cos, F32(math.pi / 2) * ratio)
+        elif name == "linear":
+            g = one - ratio
+        elif name == "square":
+            g = one - ratio * ratio
+        elif name == "cubic":
+            g = one - _f32(lambda r: r ** 3, ratio)
+        elif name == "sqrt":
+            g = one - _f32(np.sqrt, ratio)
+        elif name == "log":
+            g = -_f32(np.log2, ratio) / _f32(np.log2, n0f)
+        else:  # exp
+            g = one - _f32(np.exp2, -_f32(np.log2, n0f) * (one - ratio))
+    g = np.nan_to_num(np.broadcast_to(g, n0f.shape).astype(F32), nan=1.0)  # log/exp, N0 <= 1: no division by 0
+    return np.clip(g, F32(1e-6), one)
+
+
+def mask_counts(name: str, step: int, steps: int, n0: np.ndarray, unknown: np.ndarray) -> np.ndarray:
+    """How many tokens stay masked after ``step``: floor(N0 * ratio) of a float32 product, then at least one token
+    revealed and one left masked, as the official decoder does (0 where nothing is unknown). n0, unknown: (B,)."""
+    n0 = np.asarray(n0)
+    keep = np.floor(n0.astype(F32) * decode_mask_ratio(name, step, steps, n0)).astype(np.int64)
+    keep = np.maximum(np.minimum(keep, np.asarray(unknown) - 1), 1)
+    return np.where(np.asarray(unknown) > 0, keep, 0)
+
+
+def choice_noise_scale(cfg: SampleConfig, step: int) -> float:
+    """choice_temperature * (1 - (t+1)/T), in float32 as the official decoder computes it."""
+    ratio = F32(step + 1) / F32(cfg.steps)
+    return float(F32(cfg.choice_temperature) * (F32(1) - ratio))
+
+
+def guidance_scale(cfg: SampleConfig, step: int, total: int | None = None) -> float:
+    """The CFG scale at ``step`` of ``total`` steps (default: the decode's T): constant, or growing linearly."""
+    if cfg.cfg_schedule == "linear":
+        return cfg.cfg * (step + 1) / (total or cfg.steps)
+    return cfg.cfg
+
+
+def radical_inverse(i: int, base: int) -> float:
+    """The i-th element of the van der Corput sequence in ``base``: i's digits mirrored behind the point."""
+    out, scale = 0.0, 1.0 / base
+    while i:
+        i, digit = divmod(i, base)
+        out += digit * scale
+        scale /= base
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def halton_order(height: int, width: int) -> tuple[int, ...]:
+    """Every cell of a height x width grid once, as row-major indices, in the order the 2D Halton sequence (base 2
+    across the columns, base 3 down the rows) first lands in it. Successive prefixes spread evenly over the grid."""
+    n = height * width
+    seen: dict[int, None] = {}
+    i = 0
+    limit = 1000 * n + 1000  # the sequence is dense, so it reaches every cell long before this
+    while len(seen) < n and i < limit:
+        col = min(int(radical_inverse(i, 2) * width), width - 1)
+        row = min(int(radical_inverse(i, 3) * height), height - 1)
+        seen.setdefault(row * width + col, None)
+        i += 1
+    order = list(seen) + [c for c in range(n) if c not in seen]  # defensive; never needed in practice
+    return tuple(order)
+
+
+def grid_of(n: int) -> tuple[int, int]:
+    """A square token grid of ``n`` positions (the Halton order is defined over the 2D grid)."""
+    side = math.isqrt(n)
+    if side * side != n:
+        raise MaskGITError(f"the halton order needs a square token grid; got {n} positions")
+    return side, side
+
+
+def halton_priority(n: int) -> np.ndarray:
+    """(n,) float32 priority of each position under the Halton order: higher = revealed earlier."""
+    rank = np.empty(n, dtype=F32)
+    rank[list(halton_order(*grid_of(n)))] = np.arange(n, dtype=F32)
+    return -rank
