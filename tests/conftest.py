@@ -31,3 +31,43 @@ def tiny_pipeline_dir(tmp_path_factory):
     save_model(tok, root / "tokenizer")
     save_model(tr, root / "maskgit", meta={"class_names": ["a", "b", "c", "d"]})
     return root
+
+
+def wait_until_healthy(url: str, tries: int = 600) -> None:
+    """Poll ``url``/healthz (a server started in a subprocess) until it answers 200, for about a minute at most."""
+    import time
+
+    import httpx
+    for _ in range(tries):
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail("the server did not come up")
+
+
+def small_store(path, n: int, seed: int = 0):
+    """A token store of ``n`` random 4x4 grids over 32 codes with labels in 0..3 (classes a-d)."""
+    import numpy as np
+
+    from maskgit.data.tokenstore import write_store
+    rng = np.random.default_rng(seed)
+    write_store(path, rng.integers(0, 32, size=(n, 4, 4)), labels=rng.integers(0, 4, size=n),
+                meta={"codebook_size": 32, "classes": ["a", "b", "c", "d"]})
+    return path
+
+
+def png(a) -> bytes:
+    """A uint8 array as PNG bytes (request bodies for the server tests)."""
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    import base64
+    return base64.b64encode(data).decode()

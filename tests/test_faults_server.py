@@ -3,8 +3,6 @@ fuzzing of the JSON and multipart schemas never gets a 5xx, abandoned requests a
 time out, and a shutdown with a stalled upload and requests in flight exits after its deadline."""
 
 import asyncio
-import base64
-import io
 import json
 import os
 import signal
@@ -21,9 +19,9 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 hypothesis = pytest.importorskip("hypothesis")
+from conftest import b64, png, wait_until_healthy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 from starlette.testclient import TestClient
 
 import maskgit
@@ -43,16 +41,6 @@ def client(pipe):
     app = create_app(pipe, "tiny", ServerConfig(max_num=4, max_steps=3, max_body_mb=0.5))
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
-
-
-def png(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 IMAGE = (np.arange(SIZE * SIZE).reshape(SIZE, SIZE) % 256).astype(np.uint8)
@@ -360,14 +348,7 @@ def test_sigterm_with_a_stalled_upload_and_requests_in_flight_exits_after_the_de
     url = f"http://127.0.0.1:{port}"
     stalled = None
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the server did not come up")
+        wait_until_healthy(url)
         stalled = socket.create_connection(("127.0.0.1", port))
         stalled.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                         b"Content-Length: 100\r\n\r\n{\"label\":")  # 9 of 100 bytes, then silence

@@ -8,12 +8,11 @@ import shutil
 import stat
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import small_store
 
 import maskgit
 from maskgit.cli import main
-from maskgit.data.tokenstore import write_store
 from maskgit.errors import MaskGITError
 from maskgit.storage.checkpoint import MANIFEST, SHIPPED_DIR, load_model, verify_manifest
 from maskgit.training.resume import checkpoint_problem, find_checkpoint, truncate_metrics
@@ -23,11 +22,7 @@ FILE_KINDS = ["model.safetensors", "train_state.safetensors", "train_state.json"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("tok") / "store"
-    write_store(path, rng.integers(0, 32, size=(48, 4, 4)), labels=rng.integers(0, 4, size=48),
-                meta={"codebook_size": 32, "classes": ["a", "b", "c", "d"]})
-    return path
+    return small_store(tmp_path_factory.mktemp("tok") / "store", 48)
 
 
 def args(store, out, steps, *extra):

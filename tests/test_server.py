@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
+from conftest import b64, png, wait_until_healthy
 from PIL import Image
 
 import maskgit
@@ -41,16 +42,6 @@ def serve(pipe, scenario, raise_app_exceptions=True, **config):
                 return await scenario(client, app)
 
     return asyncio.run(main())
-
-
-def png(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def image_of(text: str) -> np.ndarray:
@@ -550,14 +541,7 @@ def test_cli_serve_finishes_accepted_requests_on_sigint(tiny_pipeline_dir):
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the server did not come up")
+        wait_until_healthy(url)
         answers = {}
 
         def ask(i):

@@ -6,21 +6,17 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
+from conftest import small_store
 from safetensors.torch import load_file
 
-from maskgit.data.tokenstore import TokenStore, write_store
+from maskgit.data.tokenstore import TokenStore
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("tok") / "store"
-    write_store(path, rng.integers(0, 32, size=(96, 4, 4)), labels=rng.integers(0, 4, size=96),
-                meta={"codebook_size": 32, "classes": ["a", "b", "c", "d"]})
-    return path
+    return small_store(tmp_path_factory.mktemp("tok") / "store", 96)
 
 
 def _cmd(store, out, steps, extra=()):
