@@ -217,7 +217,7 @@ def run_speed(args, command: str, device: str, batches: list[int]) -> int:
             t = timed(functools.partial(run, fn=fn), args.repeats, device, fl)
             rows.append(_row(f"VQGAN decoder 256 px{tag}", b, fl, t))
             print(rows[-1])
-            # the same timing over the official layout's FLOP count (the work issue #10's target is stated in)
+            # the same timing over the official layout's FLOP count (the unit the published layout's cost is stated in)
             rows.append(_row(f"VQGAN decoder 256 px{tag}, at official-layout FLOPs", b, official,
                              {**t, "fraction": t["fraction"] * official / fl}))
             print(rows[-1])
