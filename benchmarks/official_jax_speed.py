@@ -54,7 +54,7 @@ for r in range(rounds + 1):
 """
 
 
-def ours(batch: int, steps: int, compile_: bool, precision: str = "fp32"):
+def ours(batch: int, steps: int, compile_: bool, precision: str = "fp32", backend: str = "mkl"):
     import torch
 
     from maskgit.accel import compile_frozen, tune_malloc
@@ -68,6 +68,9 @@ def ours(batch: int, steps: int, compile_: bool, precision: str = "fp32"):
     if precision == "bf16":  # what Pipeline(precision="bf16") runs on a CPU
         from maskgit.accel import bf16_linears
         model = bf16_linears(model)
+    elif backend == "onednn":  # what Pipeline(precision="fp32") runs where accel.fp32_linear_backend() says so
+        from maskgit.accel import onednn_linears
+        model = onednn_linears(model)
     fwd = compile_frozen(model) if compile_ else model
     labels = torch.full((batch,), 7)
     start = torch.full((batch, cfg.num_tokens), cfg.mask_id)
@@ -83,6 +86,9 @@ def ours(batch: int, steps: int, compile_: bool, precision: str = "fp32"):
     return run
 
 
+NAMES = {"mkl": "MKL", "onednn": "oneDNN"}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jax-python", required=True, help="python of an environment with jax and flax")
@@ -94,6 +100,9 @@ def main() -> int:
     ap.add_argument("--jax-precision", default="default,highest",
                     help="comma-separated jax_default_matmul_precision values for the official side ('highest' = "
                          "fp32 matmuls; 'default' lets XLA pick faster, lower-precision passes where the CPU has them)")
+    ap.add_argument("--fp32-backends", default="mkl,onednn",
+                    help="GEMM libraries for our fp32 rows: mkl (torch's default) and/or onednn (what the pipeline "
+                         "uses on AMD CPUs)")
     ap.add_argument("--ours-bf16", action="store_true", help="also time ours with precision bf16")
     args = ap.parse_args()
     from maskgit.accel import cpu_capabilities
@@ -113,9 +122,11 @@ def main() -> int:
             line = json.loads(workers[prec].stdout.readline())
             first[prec] = line["sec"]
             print(f"JAX worker batch {b}: matmul precision {line['precision']}", flush=True)
-        variants = {"ours eager (fp32)": ours(b, args.steps, False)}  # built and warmed up while the workers wait
-        if args.compile:
-            variants["ours --compile (fp32)"] = ours(b, args.steps, True)
+        variants = {}  # built and warmed up while the workers wait
+        for backend in args.fp32_backends.split(","):
+            variants[f"ours eager (fp32, {NAMES[backend]})"] = ours(b, args.steps, False, backend=backend)
+            if args.compile:
+                variants[f"ours --compile (fp32, {NAMES[backend]})"] = ours(b, args.steps, True, backend=backend)
         if args.ours_bf16:
             variants["ours eager (bf16)"] = ours(b, args.steps, False, "bf16")
         official, mine = {p: [] for p in precisions}, {k: [] for k in variants}

@@ -241,7 +241,8 @@ def test_sample_command_takes_precision_and_compile_flags(tiny_pipeline_dir, tmp
                                             ({}, "fp32")])
 def test_auto_precision_follows_the_cpus_bf16_hardware(monkeypatch, tiny_pipeline_dir, flags, expected):
     import maskgit.accel as accel
-    caps = {"model": "test CPU", "avx512": True, "avx512_bf16": False, "amx_bf16": False, "torch_isa": "AVX512"}
+    caps = {"model": "test CPU", "vendor": "GenuineIntel", "avx512": True, "avx512_bf16": False, "amx_bf16": False,
+            "torch_isa": "AVX512"}
     monkeypatch.setattr(accel, "cpu_capabilities", lambda: {**caps, **flags})
     pipe = Pipeline.load(tiny_pipeline_dir, precision="auto")
     assert pipe.precision == expected

@@ -1,5 +1,6 @@
 """Runtime speed tools the library uses: malloc thresholds (set by the CLI and server entry points only),
-frozen static-shape torch.compile, power-of-two batch chunks, and CPU int8 dynamic quantisation."""
+frozen static-shape torch.compile, power-of-two batch chunks, CPU int8 dynamic quantisation, and the choice of
+fp32 GEMM library on CPUs (oneDNN where MKL runs its generic kernels)."""
 
 from __future__ import annotations
 
@@ -108,19 +109,21 @@ def cpu_capabilities() -> dict:
     """The CPU's model and the instruction sets that decide the fast paths (Linux: /proc/cpuinfo; elsewhere only
     what torch reports)."""
     import platform
-    model, flags = platform.processor() or platform.machine(), set()
+    model, flags, vendor = platform.processor() or platform.machine(), set(), ""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                if key.strip() == "vendor_id":
+                    vendor = value.strip()
+                elif key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
                     model = value.strip()
                 elif key.strip() == "flags":
                     flags = set(value.split())
                     break
     except OSError:
         pass
-    return {"model": model, "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
+    return {"model": model, "vendor": vendor, "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
             "amx_bf16": "amx_bf16" in flags, "torch_isa": torch.backends.cpu.get_cpu_capability()}
 
 
@@ -153,6 +156,73 @@ def bf16_linears(module: torch.nn.Module) -> torch.nn.Module:
         if isinstance(m, torch.nn.Linear):
             m.to(torch.bfloat16)
     return module
+
+
+def fp32_linear_backend() -> str:
+    """Which library runs the CPU's fp32 linear layers at inference: "onednn" on AMD CPUs, where MKL's sgemm picks
+    its generic kernels (on a Zen 4, oneDNN ran the transformer's linear shapes at 2.3x MKL's rate with the same
+    fp32 accuracy, ``benchmarks/linear_backends.py``); "mkl" (torch's default) elsewhere. ``MASKGIT_FP32_LINEAR``
+    = mkl | onednn overrides the choice."""
+    import os
+    choice = os.environ.get("MASKGIT_FP32_LINEAR", "auto")
+    if choice not in ("auto", "mkl", "onednn"):
+        from maskgit.errors import MaskGITError
+        raise MaskGITError(f"MASKGIT_FP32_LINEAR must be auto, mkl or onednn, not {choice!r}")
+    if not torch.backends.mkldnn.is_available():
+        return "mkl"
+    if choice == "auto":
+        return "onednn" if cpu_capabilities()["vendor"] == "AuthenticAMD" else "mkl"
+    return choice
+
+
+class OneDNNLinear(torch.nn.Module):
+    """An inference-only nn.Linear whose fp32 weight is kept pre-packed in oneDNN's blocked layout
+    (``weight`` unpacks it; the numbers are the Linear's, bit for bit)."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().float().contiguous(), None)
+        self.bias = None if linear.bias is None else linear.bias.detach().float().clone()
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.packed.to_dense()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def forward_gelu_tanh(self, x: torch.Tensor) -> torch.Tensor:
+        """``gelu_tanh(self(x))`` with the GELU fused into the GEMM's output pass."""
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], "tanh")
+
+    def to_linear(self) -> torch.nn.Linear:
+        lin = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(self.weight)
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def onednn_linears(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose fp32 CPU nn.Linear layers are OneDNNLinear (inference only; other parameters
+    are copied, the linear weights are packed instead)."""
+    import copy
+    memo = {id(m): OneDNNLinear(m) for m in module.modules() if isinstance(m, torch.nn.Linear)
+            and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32}
+    return copy.deepcopy(module, memo) if memo else module
+
+
+def plain_linears(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` itself, or where it holds OneDNNLinear layers a copy with ordinary nn.Linear ones (for export,
+    training or another precision)."""
+    import copy
+    memo = {id(m): m.to_linear() for m in module.modules() if isinstance(m, OneDNNLinear)}
+    return copy.deepcopy(module, memo) if memo else module
 
 
 def resolve_device(name: str | torch.device) -> str:

@@ -70,8 +70,7 @@ class Pipeline:
         self.sample_defaults = defaults_from_meta(getattr(transformer, "meta", {}))  # a call's settings win
         self.precision = "fp32"
         self._compiled = None  # the transformer's compiled forward, after compile()
-        if precision != "fp32":  # "auto" resolves there
-            self.set_precision(precision)
+        self.set_precision(precision)  # "auto" resolves there
 
     # ------------------------------------------------------------ speed options (opt-in, change results)
     def set_precision(self, precision: str) -> Pipeline:
@@ -83,7 +82,13 @@ class Pipeline:
         if precision not in PRECISIONS:
             raise MaskGITError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         precision = resolve_precision(precision, self.device)
-        if precision == "int8":
+        from maskgit.accel import fp32_linear_backend, onednn_linears, plain_linears
+        self.transformer, self.ar = plain_linears(self.transformer), self.ar and plain_linears(self.ar)
+        if precision == "fp32" and self.device.type == "cpu" and fp32_linear_backend() == "onednn":
+            # same fp32 arithmetic, a faster GEMM library on this CPU (see accel.fp32_linear_backend)
+            self.transformer = onednn_linears(self.transformer)
+            self.ar = self.ar and onednn_linears(self.ar)
+        elif precision == "int8":
             if self.device.type != "cpu":
                 raise MaskGITError("int8 mode is for CPUs; on a GPU use bf16 or fp16")
             from maskgit.accel import int8_dynamic

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from maskgit.accel import resolve_device
 from maskgit.commands.common import device_arg, load_pipeline, parse_ints, speed_args
 from maskgit.config import SampleConfig, add_dataclass_args, explicit_sample_kwargs
 from maskgit.errors import MaskGITError
-from maskgit.storage.images import to_uint8
 
 
 def _sample_args(p) -> None:
@@ -94,6 +95,9 @@ def cmd_sample(args) -> int:
     if args.out is None and args.show_steps is None:
         args.out = "samples.png"  # the default output; with only --show-steps, only the strip is written
     check_sample_args(args, is_png_folder)  # before the model loads: nothing is made for a bad value
+    from maskgit.training.loop import init_distributed, shutdown_distributed
+    rank, world, dev = init_distributed(resolve_device(args.device))  # torchrun: this process's share of chunks
+    args.device = str(dev)
     pipe = load_pipeline(args, text_encoder=args.text_encoder)
     kw = explicit_sample_kwargs(args)  # the model's own sampling defaults fill the rest
     prompts = _prompts(args, pipe)
@@ -101,47 +105,40 @@ def cmd_sample(args) -> int:
     if labels is not None and args.labels is not None:
         pipe.check_labels(labels)  # in range for this model, before any image is made
     n = len(labels) if labels is not None else (len(prompts) if prompts is not None else (args.num or 1))
+    from maskgit.commands import sample_runs
     t0 = time.time()
-    chunks, steps_imgs = [], None
-    gen = torch.Generator().manual_seed(args.seed)
-    for i in range(0, n, args.batch_size):
-        lab = labels[i:i + args.batch_size] if labels is not None else None
-        num = None if lab is not None else min(args.batch_size, n - i)
-        if prompts is not None:
-            kw["prompts"] = prompts[i:i + args.batch_size]
-            kw["negative_prompts"] = args.negative_prompt
-            num = None
-        if args.arch == "ar":
-            chunks.append(pipe.generate(lab, num, generator=gen, output="tensor", arch="ar",
-                                        use_cache=not args.no_cache, **kw))
-        elif args.show_steps and i == 0:
-            imgs, steps_imgs = pipe.generate(lab, num, generator=gen, output="tensor", return_steps=True, **kw)
-            chunks.append(imgs)
-        else:
-            chunks.append(pipe.generate(lab, num, generator=gen, output="tensor", **kw))
-    images = torch.cat(chunks)
-    dt = time.time() - t0
+    chunks, steps = sample_runs.run(pipe, args, n, labels, prompts, kw, rank, world)
     out = Path(args.out) if args.out is not None else None
-    u8 = to_uint8(images)
-    from maskgit.storage.samples import is_png_folder, write_npz, write_png_folder
-    if out is None:
+    from maskgit.storage.samples import is_png_folder, write_npz_chunks, write_png_folder
+    if rank != 0:
         pass
-    elif out.suffix == ".npz":  # the ADM layout: arr_0 uint8 (N,H,W,3), arr_1 labels
-        write_npz(out, u8, labels, prompts)
-    elif is_png_folder(args.out):
-        write_png_folder(out, u8, labels)
+    elif out is not None and out.suffix == ".npz":  # the ADM layout, streamed chunk by chunk
+        write_npz_chunks(out, chunks, n, labels, prompts)
     else:
-        names = pipe.class_names
-        captions = [names[l] for l in labels] if (labels is not None and names) else prompts
-        ncol = args.num if ((args.labels or prompts) and args.num and args.num > 1) else (
-            8 if labels and not args.labels else None)
-        save_png(make_grid(u8, captions, ncol=ncol, scale=args.scale), out)
-    if steps_imgs is not None:
+        u8 = np.concatenate(list(chunks))
+        if out is None:
+            pass
+        elif is_png_folder(args.out):
+            write_png_folder(out, u8, labels)
+        else:
+            names = pipe.class_names
+            captions = [names[l] for l in labels] if (labels is not None and names) else prompts
+            ncol = args.num if ((args.labels or prompts) and args.num and args.num > 1) else (
+                8 if labels and not args.labels else None)
+            save_png(make_grid(u8, captions, ncol=ncol, scale=args.scale), out)
+    if rank == 0 and steps is not None:
+        steps_imgs, images = steps
         rows = [torch.stack([s[j] for s in steps_imgs] + [images[j]]) for j in range(min(8, len(images)))]
         strip = make_grid(torch.cat(rows), ncol=len(steps_imgs) + 1, scale=args.scale)
         save_png(strip, args.show_steps)
         print(f"wrote {args.show_steps}")
-    print(f"wrote {n} images{f' to {out}' if out is not None else ''} in {dt:.2f}s ({dt / n:.4f} s/image)")
+    dt = time.time() - t0
+    if rank == 0:
+        sample_runs.remove_parts(args.out, n, args.batch_size, world)
+        where = f" to {out}" if out is not None else ""
+        procs = f", {world} processes" if world > 1 else ""
+        print(f"wrote {n} images{where} in {dt:.2f}s ({dt / n:.4f} s/image{procs})")
+    shutdown_distributed()
     return 0
 
 

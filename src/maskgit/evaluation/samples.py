@@ -36,15 +36,16 @@ def uniform_labels(num: int, num_classes: int) -> torch.Tensor:
 @torch.inference_mode()
 def generate(pipe: Pipeline, labels: torch.Tensor, arch: str = "maskgit", sample_kw: dict | None = None,
              seed: int = 0, batch_size: int = 100, use_cache: bool = True) -> tuple[torch.Tensor, float]:
-    """Images (N,C,H,W) float for ``labels`` and the wall time in seconds (tokenizer decoding included)."""
+    """Images (N,C,H,W) float for ``labels`` and the wall time in seconds (tokenizer decoding included); chunk c
+    of ``batch_size`` images is seeded with ``chunk_seed(seed, c)``, as `maskgit sample` seeds its chunks."""
+    from maskgit.sampling.decoding import chunk_seed
     sample_kw = sample_kw or {}
-    gen = torch.Generator().manual_seed(seed)
     out = []
     t0 = time.perf_counter()
-    for i in range(0, len(labels), batch_size):
+    for c, i in enumerate(range(0, len(labels), batch_size)):
         lab = labels[i:i + batch_size]
-        out.append(pipe.generate(lab.tolist(), generator=gen, output="tensor", arch=arch, use_cache=use_cache,
-                                 **sample_kw))
+        out.append(pipe.generate(lab.tolist(), seed=chunk_seed(seed, c), output="tensor", arch=arch,
+                                 use_cache=use_cache, **sample_kw))
     return torch.cat(out), time.perf_counter() - t0
 
 

@@ -10,7 +10,15 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from maskgit.accel import bf16_linears, compile_frozen, cpu_capabilities, int8_dynamic, native_bf16
+from maskgit.accel import (
+    bf16_linears,
+    compile_frozen,
+    cpu_capabilities,
+    fp32_linear_backend,
+    int8_dynamic,
+    native_bf16,
+    onednn_linears,
+)
 from maskgit.config import SampleConfig, transformer_preset, vqgan_preset
 from maskgit.models.autoregressive import ARTransformer
 from maskgit.models.transformer import MaskGITTransformer
@@ -35,7 +43,8 @@ def machine_line(device: str, cfg, batch: int) -> str:
     if device == "cpu":
         c = cpu_capabilities()
         what = (f"{c['model']}, {torch.get_num_threads()} threads, AVX-512 {'yes' if c['avx512'] else 'no'}, "
-                f"avx512_bf16 {'yes' if c['avx512_bf16'] else 'no'}, AMX {'yes' if c['amx_bf16'] else 'no'}")
+                f"avx512_bf16 {'yes' if c['avx512_bf16'] else 'no'}, AMX {'yes' if c['amx_bf16'] else 'no'}, "
+                f"fp32 linears on {'oneDNN' if fp32_linear_backend() == 'onednn' else 'MKL'}")
     else:
         what = torch.cuda.get_device_name(device)
     return (f"{what}; torch {torch.__version__}; matmul peak GFLOP/s, 2048^3 / {shape[0]}x{shape[1]}x{shape[2]}: "
@@ -49,12 +58,21 @@ def matmul_peak(device: str = "cpu", n: int = 2048, repeats: int = 10, warmup: i
     m, k, n = shape or (n, n, n)
     a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
     out = torch.empty(m, n, device=device, dtype=dtype)
-    for _ in range(warmup):
+
+    def product():
         torch.mm(a, b, out=out)
+    if device == "cpu" and dtype == torch.float32 and fp32_linear_backend() == "onednn":
+        # the library the fp32 linears run on here (a linear layer's product: x @ W^T with W pre-packed)
+        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), None)
+
+        def product():
+            torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+    for _ in range(warmup):
+        product()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        torch.mm(a, b, out=out)
+        product()
         if device != "cpu":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
@@ -160,10 +178,11 @@ def run_speed(args, command: str, device: str, batches: list[int]) -> int:
     model = MaskGITTransformer(cfg).to(device).eval()
     variants = []  # (tag, forward(tokens, labels), the dtype whose peak it is compared with)
     for prec in precisions:
-        if prec == "fp32":
-            variants.append(("", model, torch.float32))
+        if prec == "fp32":  # on the GEMM library the pipeline uses here (accel.fp32_linear_backend)
+            fm = onednn_linears(model) if device == "cpu" and fp32_linear_backend() == "onednn" else model
+            variants.append(("", fm, torch.float32))
             if args.compile:
-                variants.append((" (compiled)", compile_frozen(model), torch.float32))
+                variants.append((" (compiled)", compile_frozen(fm), torch.float32))
         elif prec == "bf16":
             bm = bf16_linears(model) if device == "cpu" else model
             variants.append((" (bf16)", _under_bf16(bm, device), torch.bfloat16))

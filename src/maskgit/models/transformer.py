@@ -100,7 +100,9 @@ class Block(nn.Module):
         x = self.attn_ln(x + self.drop(self.attn(x, causal, cache, key_mask)))
         if self.cross is not None:
             x = self.cross_ln(x + self.drop(self.cross(x, ctx, ctx_mask)))
-        return self.mlp_ln(x + self.drop(self.fc2(gelu_tanh(self.fc1(x)))))
+        fused = getattr(self.fc1, "forward_gelu_tanh", None)  # an inference linear that fuses the GELU
+        h = fused(x) if fused is not None else gelu_tanh(self.fc1(x))
+        return self.mlp_ln(x + self.drop(self.fc2(h)))
 
 
 def init_weights(module: nn.Module) -> None:

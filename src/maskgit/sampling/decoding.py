@@ -41,6 +41,17 @@ class RowGenerators:
 NoiseSource = torch.Generator | RowGenerators | None
 
 
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The seed of chunk ``chunk`` of a many-chunk sampling run started with ``seed``: chunk 0 uses ``seed`` itself
+    (so one batch is what ``Pipeline.generate(seed=seed)`` gives); later chunks use seeds derived from both numbers,
+    so runs with nearby seeds share no chunk, and a chunk's images do not depend on which process decodes it."""
+    if chunk == 0:
+        return seed
+    import hashlib
+    digest = hashlib.sha256(f"maskgit-chunk:{seed}:{chunk}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # a non-negative int64
+
+
 def seeded(seed: int | list[int] | None, rows: int) -> NoiseSource:
     """The noise of a decode of ``rows`` rows: one seed for the batch (None = 0), or one seed per row, each row then
     drawing exactly what it would draw decoded alone with its seed."""

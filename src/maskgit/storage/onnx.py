@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from maskgit.accel import plain_linears
 from maskgit.errors import MaskGITError
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
@@ -120,7 +121,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
 
 def export_pipeline(pipe, out: str | Path, encoder: bool = True, int8: bool = False) -> dict:
     """Write the graphs and ``model_card.json`` of a loaded ``Pipeline`` (fp32, CPU) to ``out``; returns the card."""
-    tr, tok = pipe.transformer, pipe.tokenizer
+    tr, tok = plain_linears(pipe.transformer), pipe.tokenizer
     c = tr.config
     if c.text_dim:
         raise MaskGITError("ONNX export supports class-conditional and unconditional models; this one is "

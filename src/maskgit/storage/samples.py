@@ -37,14 +37,48 @@ def is_png_folder(out: str | Path) -> bool:
 
 def write_npz(path: str | Path, images: np.ndarray, labels=None, prompts: list[str] | None = None) -> Path:
     """Write the ADM layout (``arr_0``, ``arr_1``; ``prompts`` too for text-conditioned samples), atomically."""
-    arr = to_adm(images)
-    lab = np.full(len(arr), -1, np.int64) if labels is None else np.asarray(labels, np.int64).reshape(-1)
-    if len(lab) != len(arr):
-        raise MaskGITError(f"{len(arr)} images but {len(lab)} labels")
-    extra = {} if prompts is None else {"prompts": np.asarray(list(prompts), dtype=str)}
+    a = np.asarray(images)
+    return write_npz_chunks(path, [a], len(a), labels, prompts)
+
+
+def write_npz_chunks(path: str | Path, chunks, n: int, labels=None, prompts: list[str] | None = None) -> Path:
+    """``write_npz`` of the images that ``chunks`` yields in order (uint8 (n_i,H,W[,C]) arrays, ``n`` in all),
+    streamed: one chunk is in memory at a time. The file is what ``np.savez`` writes for the whole array."""
+    import zipfile
+    lab = np.full(n, -1, np.int64) if labels is None else np.asarray(labels, np.int64).reshape(-1)
+    if len(lab) != n:
+        raise MaskGITError(f"{n} images but {len(lab)} labels")
     path = Path(path)
+
+    def entry(name):  # a fixed timestamp: the same samples give the same file, byte for byte
+        return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            with z.open(entry("arr_0.npy"), "w", force_zip64=True) as e:
+                seen, shape = 0, None
+                for chunk in chunks:
+                    a = to_adm(chunk)
+                    if shape is None:
+                        shape = a.shape[1:]
+                        header = {"descr": np.lib.format.dtype_to_descr(a.dtype), "fortran_order": False,
+                                  "shape": (n, *shape)}
+                        np.lib.format.write_array_header_1_0(e, header)
+                    elif a.shape[1:] != shape:
+                        raise MaskGITError(f"sample chunks differ in shape: {shape} then {a.shape[1:]}")
+                    seen += len(a)
+                    if seen > n:
+                        break
+                    e.write(np.ascontiguousarray(a).tobytes())
+                if seen != n:
+                    raise MaskGITError(f"{n} labels but {seen} images")
+            with z.open(entry("arr_1.npy"), "w") as e:
+                np.lib.format.write_array(e, lab)
+            if prompts is not None:
+                with z.open(entry("prompts.npy"), "w") as e:
+                    np.lib.format.write_array(e, np.asarray(list(prompts), dtype=str))
     try:
-        return atomic_write(path, lambda f: np.savez(f, arr_0=arr, arr_1=lab, **extra))
+        return atomic_write(path, write)
     except OSError as e:
         raise MaskGITError(f"cannot write {path} ({e.strerror or e}): choose a writable path") from None
 
