@@ -149,8 +149,14 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
 
 def bf16_linears(module: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``module`` whose nn.Linear weights are stored in bf16, for running under CPU bf16 autocast: the
-    weights are cast once instead of on every call; norms, embeddings and softmax stay fp32."""
+    weights are cast once instead of on every call; norms, embeddings and softmax stay fp32. Where oneDNN is there
+    (torch's x86 builds) the linears are bf16 OneDNNLinear layers: pre-packed weights and the MLP's GELU fused into
+    its first GEMM (the same bf16 products; the fused GELU is computed in fp32 before its bf16 rounding)."""
     import copy
+    if torch.backends.mkldnn.is_available():
+        memo = {id(m): OneDNNLinear(m, torch.bfloat16) for m in module.modules()
+                if isinstance(m, torch.nn.Linear) and m.weight.device.type == "cpu"}
+        return copy.deepcopy(module, memo)
     module = copy.deepcopy(module)
     for m in module.modules():
         if isinstance(m, torch.nn.Linear):
@@ -176,28 +182,29 @@ def fp32_linear_backend() -> str:
 
 
 class OneDNNLinear(torch.nn.Module):
-    """An inference-only nn.Linear whose fp32 weight is kept pre-packed in oneDNN's blocked layout
-    (``weight`` unpacks it; the numbers are the Linear's, bit for bit)."""
+    """An inference-only nn.Linear whose weight is kept pre-packed in oneDNN's blocked layout, in fp32 (the
+    numbers are the Linear's, bit for bit: ``weight`` unpacks them) or bf16 (inputs are cast to bf16, outputs are
+    bf16, as under CPU bf16 autocast)."""
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().float().contiguous(), None)
-        self.bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        self.in_features, self.out_features, self.dtype = linear.in_features, linear.out_features, dtype
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().to(dtype).contiguous(), None)
+        self.bias = None if linear.bias is None else linear.bias.detach().to(dtype).clone()
 
     @property
     def weight(self) -> torch.Tensor:
         return self.packed.to_dense()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, self.bias, "none", [], "")
 
     def forward_gelu_tanh(self, x: torch.Tensor) -> torch.Tensor:
         """``gelu_tanh(self(x))`` with the GELU fused into the GEMM's output pass."""
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], "tanh")
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, self.bias, "gelu", [], "tanh")
 
     def to_linear(self) -> torch.nn.Linear:
-        lin = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        lin = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, dtype=self.dtype)
         with torch.no_grad():
             lin.weight.copy_(self.weight)
             if self.bias is not None:
@@ -205,7 +212,8 @@ class OneDNNLinear(torch.nn.Module):
         return lin
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"dtype={self.dtype}")
 
 
 def onednn_linears(module: torch.nn.Module) -> torch.nn.Module:
