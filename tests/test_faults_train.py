@@ -153,3 +153,14 @@ def test_a_byte_flip_in_copied_weights_is_named(tmp_path):
     f.write_bytes(bytes(data))
     with pytest.raises(MaskGITError, match=r"model\.safetensors is corrupt"):
         load_model(copy)
+
+
+def test_tokenizer_resume_path_picks_that_checkpoint(tmp_path, capsys):
+    argv = ["train-tokenizer", "--data", "shapes:8", "--image-size", "32", "--preset", "tiny", "--batch-size", "4",
+            "--disc-start", "1", "--save-every", "1", "--device", "cpu", "--out", str(tmp_path / "t")]
+    assert main(argv + ["--max-steps", "3"]) == 0
+    capsys.readouterr()
+    assert main(argv + ["--max-steps", "4", "--resume", str(tmp_path / "t" / "checkpoints" / "step_00000001")]) == 0
+    assert "step_00000001 at step 1" in capsys.readouterr().out
+    assert main(argv + ["--max-steps", "4", "--resume", str(tmp_path / "t" / "nope")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err

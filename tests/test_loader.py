@@ -216,3 +216,36 @@ def test_tokenizer_training_does_not_depend_on_the_worker_count(photos, tmp_path
     assert not resolve_augment("auto", toy)
     with pytest.raises(MaskGITError, match="image files"):
         resolve_augment("crop-flip", toy)
+
+
+def test_token_store_follows_the_umask(photos, rgb_tokenizer, tmp_path):
+    import stat
+
+    from maskgit.cli import main
+    _, tok = rgb_tokenizer
+    old = os.umask(0o022)
+    try:
+        assert main(["tokenize", "--model", str(tok), "--data", f"imagefolder:{photos}", "--batch-size", "3",
+                     "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "store")]) == 0
+    finally:
+        os.umask(old)
+    paths = [tmp_path / "store", *(tmp_path / "store").rglob("*")]
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in paths}
+    assert all(m == (0o755 if p.is_dir() else 0o644) for p, m in zip(paths, modes.values())), modes
+
+
+def test_a_file_unreadable_after_the_scan_is_replaced_by_the_next(photos, tmp_path):
+    import shutil
+    root = tmp_path / "p"
+    shutil.copytree(photos, root)
+    ds = ImageFolderDataset(root, image_size=16)
+    want, want_label = ds[4]
+    ds.paths[3].write_bytes(b"truncated")  # broken after the verification scan
+    with pytest.warns(UserWarning, match="next readable image"):
+        got, label = ds[3]
+    assert torch.equal(got, want) and label == want_label
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):  # a new scan leaves the file out
+        assert len(ImageFolderDataset(root, image_size=16)) == len(ds) - 1
+    ds.strict = True
+    with pytest.raises(MaskGITError, match="not a readable image"):
+        ds[3]

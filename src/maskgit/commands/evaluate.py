@@ -66,9 +66,11 @@ def _samples(args, pipe) -> tuple[np.ndarray, np.ndarray | None, float | None]:
         raise MaskGITError("--num must be at least 2")
     kw = explicit_sample_kwargs(args)  # the model's own sampling defaults fill the rest
     labels = uniform_labels(args.num, pipe.transformer.config.num_classes)
-    images, seconds = generate(pipe, labels, args.arch, kw, args.seed, args.batch_size, not args.no_cache)
+    images, seconds = generate(pipe, labels, args.arch, kw, args.seed, args.batch_size, not args.no_cache,
+                               progress=True)
     # metrics see the uint8 images a file would hold, so evaluating the saved file gives the same numbers
-    u8 = (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    from maskgit.storage.images import to_uint8
+    u8 = to_uint8(images)
     return u8, labels.numpy(), seconds / args.num
 
 

@@ -42,7 +42,8 @@ def register(sub) -> None:
                                                   f"{DEFAULT_TOKENIZER_PRESET}; sizes: `maskgit presets`)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, logs, final/)")
     p.add_argument("--perceptual", default="none", help="none | features:PATH (a `maskgit train-features` model)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue from the newest checkpoint in --out that verifies (or from CHECKPOINT)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="loader processes that decode, resize and augment images (0: in this process; default: "
                         "%(default)s = min(4, CPUs))")

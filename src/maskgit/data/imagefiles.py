@@ -84,6 +84,22 @@ class FileImageDataset(torch.utils.data.Dataset):
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return u8_tensor(img)
 
+    def load_readable(self, index: int, epoch: int, augment: bool) -> tuple[torch.Tensor, int]:
+        """``load_u8`` of item ``index``, or, when its file became unreadable after the dataset's scan (deleted,
+        truncated, permissions), of the next readable item (with a warning naming both; ``strict`` datasets
+        raise instead). Returns the image and the index it came from (whose label goes with it)."""
+        for k in range(len(self)):
+            j = (index + k) % len(self)
+            try:
+                image = self.load_u8(j, self.item_rng(j, epoch) if augment else None)
+            except MaskGITError as e:
+                if getattr(self, "strict", False):
+                    raise
+                warnings.warn(f"{self.name}: {e}; the next readable image takes its place", stacklevel=2)
+                continue
+            return image, j
+        raise MaskGITError(f"{self.name}: none of the {len(self)} images can be read any more")
+
     def item_rng(self, index: int, epoch: int) -> np.random.Generator:
         """The augmentation RNG of item ``index`` in ``epoch``: the same in any process or worker."""
         return np.random.default_rng([self.seed, int(epoch), index])
@@ -91,6 +107,7 @@ class FileImageDataset(torch.utils.data.Dataset):
     def _drop_unreadable(self, root: Path, paths: list[Path], strict: bool, verify: bool,
                          missing: list[Path] = ()) -> list[bool]:
         """Check every file (cached by size+mtime); strict: raise on the first bad one, else warn once."""
+        self.strict = strict
         bad = {p: "missing" for p in missing}
         if verify:
             bad.update(_verify_images(root, [p for p in paths if p not in bad]))
@@ -165,7 +182,8 @@ class ImageFolderDataset(FileImageDataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         i = range(len(self))[i]  # IndexError past the end; negative indices count from it
-        return self.load(i, self.rng(i) if self.train else None), self.targets[i]
+        image, j = self.load_readable(i, self.epoch, self.train)
+        return image.float().div_(255.0), self.targets[j]
 
 
 class CocoCaptionsDataset(FileImageDataset):

@@ -65,8 +65,9 @@ def load_group(ds, key: Key) -> dict[str, torch.Tensor]:
     idx = list(key.indices)
     if in_memory(ds):
         images = ds.images[torch.as_tensor(idx, dtype=torch.long)]  # (b,C,H,W) uint8
-    elif hasattr(ds, "load_u8"):
-        images = torch.stack([ds.load_u8(i, ds.item_rng(i, key.epoch) if key.augment else None) for i in idx])
+    elif hasattr(ds, "load_readable"):  # a file unreadable since the scan: the next readable one, with its label
+        loaded = [ds.load_readable(i, key.epoch, key.augment) for i in idx]
+        images, idx = torch.stack([im for im, _ in loaded]), [j for _, j in loaded]
     else:
         images = torch.stack([ds[i][0] for i in idx])
     out = {"images": images.flip(-1) if key.flip else images}

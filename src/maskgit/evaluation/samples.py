@@ -35,17 +35,23 @@ def uniform_labels(num: int, num_classes: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def generate(pipe: Pipeline, labels: torch.Tensor, arch: str = "maskgit", sample_kw: dict | None = None,
-             seed: int = 0, batch_size: int = 100, use_cache: bool = True) -> tuple[torch.Tensor, float]:
+             seed: int = 0, batch_size: int = 100, use_cache: bool = True,
+             progress: bool = False) -> tuple[torch.Tensor, float]:
     """Images (N,C,H,W) float for ``labels`` and the wall time in seconds (tokenizer decoding included); chunk c
-    of ``batch_size`` images is seeded with ``chunk_seed(seed, c)``, as `maskgit sample` seeds its chunks."""
+    of ``batch_size`` images is seeded with ``chunk_seed(seed, c)``, as `maskgit sample` seeds its chunks.
+    ``progress``: a progress bar on a terminal."""
+    from tqdm import tqdm
+
     from maskgit.sampling.decoding import chunk_seed
     sample_kw = sample_kw or {}
     out = []
     t0 = time.perf_counter()
-    for c, i in enumerate(range(0, len(labels), batch_size)):
-        lab = labels[i:i + batch_size]
-        out.append(pipe.generate(lab.tolist(), seed=chunk_seed(seed, c), output="tensor", arch=arch,
-                                 use_cache=use_cache, **sample_kw))
+    with tqdm(total=len(labels), unit="img", desc="sampling", disable=None if progress else True, leave=False) as bar:
+        for c, i in enumerate(range(0, len(labels), batch_size)):
+            lab = labels[i:i + batch_size]
+            out.append(pipe.generate(lab.tolist(), seed=chunk_seed(seed, c), output="tensor", arch=arch,
+                                     use_cache=use_cache, **sample_kw))
+            bar.update(len(lab))
     return torch.cat(out), time.perf_counter() - t0
 
 
