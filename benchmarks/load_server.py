@@ -7,6 +7,13 @@ label and seed asked for), and prints a Markdown table: images/s, latency p50/p9
 
     python benchmarks/load_server.py                       # 100 requests at concurrency 1, 4, 16, 64
     python benchmarks/load_server.py --levels 1,8 --requests 40 --steps 4
+    python benchmarks/load_server.py --abandon-after 0.3   # every other client gives up after 0.3 s
+
+With --abandon-after, every other request's client closes its connection after that many seconds; the table then
+counts those requests apart (they are not failures) and reports, from GET /v1/stats, how many of them the server
+dropped before decoding and how many images it decoded for clients that had already left (a batch already running
+when its client leaves finishes). With a server it started itself, the script also reports the server's resident
+memory before the first level and after the last.
 """
 
 from __future__ import annotations
@@ -72,13 +79,19 @@ async def level(client: httpx.AsyncClient, concurrency: int, n: int, first_seed:
     latencies, problems = [], []
     before = (await client.get("/v1/stats")).json()
 
+    gave_up = []
+
     async def one(i: int):
         label, seed = i % args.num_classes, first_seed + i
+        leaves = args.abandon_after is not None and i % 2 == 1
         async with sem:
             t0 = time.perf_counter()
             try:
                 r = await client.post("/v1/generate", json={"label": label, "seed": seed, "steps": args.steps},
-                                      timeout=max(1.0, deadline - time.monotonic()))
+                                      timeout=args.abandon_after if leaves else max(1.0, deadline - time.monotonic()))
+            except httpx.TimeoutException as e:
+                (gave_up if leaves else problems).append(type(e).__name__)
+                return
             except httpx.HTTPError as e:
                 problems.append(f"{type(e).__name__}")
                 return
@@ -89,10 +102,13 @@ async def level(client: httpx.AsyncClient, concurrency: int, n: int, first_seed:
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
     wall = time.perf_counter() - t0
+    await asyncio.sleep(0.5)  # the server notices the last disconnects
     after = (await client.get("/v1/stats")).json()
     batches = after["batches"] - before["batches"]
-    ok = n - len(problems)
-    return {"concurrency": concurrency, "requests": n, "ok": ok, "wall": wall, "images_s": ok / wall,
+    ok = n - len(problems) - len(gave_up)
+    return {"concurrency": concurrency, "requests": n - len(gave_up), "ok": ok, "wall": wall, "images_s": ok / wall,
+            "gave_up": len(gave_up), "dropped": after["abandoned"] - before["abandoned"],
+            "decoded_for_gone": after["abandoned_images_decoded"] - before["abandoned_images_decoded"],
             "p50": np.percentile(latencies, 50) * 1000 if latencies else float("nan"),
             "p95": np.percentile(latencies, 95) * 1000 if latencies else float("nan"),
             "mean_batch": (after["requests"] - before["requests"]) / batches if batches else float("nan"),
@@ -129,13 +145,23 @@ def table(rows: list[dict], args) -> str:
     head = (f"POST /v1/generate, {args.requests} requests per level, 1 image each, steps={args.steps}, "
             f"max_batch={args.max_batch}, max_wait_ms={args.max_wait_ms}; {os.cpu_count()} CPUs, load average "
             f"{args.load_before:.1f} before / {os.getloadavg()[0]:.1f} after")
+    if args.rss:
+        head += f"; server RSS {args.rss[0]:.0f} MiB before, {args.rss[1]:.0f} MiB after"
+    gone = args.abandon_after is not None
+    extra = " clients that gave up | dropped before decoding | images decoded for gone clients |" if gone else ""
     out = [head, "",
-           "| concurrency | ok | wall (s) | images/s | p50 latency (ms) | p95 latency (ms) | mean batch size |",
-           "|---:|---:|---:|---:|---:|---:|---:|"]
+           "| concurrency | ok | wall (s) | images/s | p50 latency (ms) | p95 latency (ms) | mean batch size |" + extra,
+           "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if gone else "")]
     for r in rows:
         out.append(f"| {r['concurrency']} | {r['ok']}/{r['requests']} | {r['wall']:.1f} | {r['images_s']:.1f} | "
-                   f"{r['p50']:.0f} | {r['p95']:.0f} | {r['mean_batch']:.1f} |")
+                   f"{r['p50']:.0f} | {r['p95']:.0f} | {r['mean_batch']:.1f} |"
+                   + (f" {r['gave_up']} | {r['dropped']} | {r['decoded_for_gone']} |" if gone else ""))
     return "\n".join(out)
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 def main() -> int:
@@ -148,6 +174,8 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--timeout", type=float, default=120.0, help="budget for all levels together, in seconds")
+    p.add_argument("--abandon-after", type=float, default=None,
+                   help="every other client gives up (closes its connection) after this many seconds")
     args = p.parse_args()
     args.levels = [int(v) for v in args.levels.split(",")]
     args.load_before = os.getloadavg()[0]  # other work on the machine skews every number
@@ -155,8 +183,12 @@ def main() -> int:
     url = args.url
     if url is None:
         proc, url = start_server(args)
+    args.rss = None
     try:
+        before = rss_mib(proc.pid) if proc is not None else None
         rows = asyncio.run(run(args, url))
+        if proc is not None:
+            args.rss = (before, rss_mib(proc.pid))
     finally:
         if proc is not None:
             proc.terminate()  # SIGTERM: uvicorn finishes in-flight requests, the worker drains its queue
