@@ -143,6 +143,7 @@ def loader_ceiling(folder: Path, workers: int, batch_size: int, limit: int) -> f
 
 @torch.no_grad()
 def encoder_ceiling(model: VQGAN, batch_size: int, batches: int) -> float:
+    model.prepare_for_inference(channels_last=True)  # what `maskgit tokenize` runs on a CPU
     x = torch.randint(0, 256, (batch_size, 3, 256, 256), dtype=torch.uint8)
     model.encode(x.float() / 255)
     t0 = time.time()

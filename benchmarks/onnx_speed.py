@@ -53,7 +53,8 @@ def main() -> None:
     make = lambda: Pipeline(VQGAN(vqgan_preset("imagenet-f16")).eval(),  # noqa: E731
                             MaskGITTransformer(transformer_preset("maskgit-imagenet256")).eval())
     pipe = make()
-    out = tempfile.mkdtemp(prefix="maskgit-onnx-speed-")
+    tmp = tempfile.TemporaryDirectory(prefix="maskgit-onnx-speed-")  # about 1 GB of graphs, removed at exit
+    out = tmp.name
     export_pipeline(pipe, out, encoder=False, int8=args.int8)
     cfg = dataclasses.replace(SampleConfig(), steps=args.steps, choice_temperature=4.5)
     N, mask = pipe.transformer.config.num_tokens, pipe.mask_id

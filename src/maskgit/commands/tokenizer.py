@@ -202,8 +202,10 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 7, sigma: float = 1.5) 
 @torch.no_grad()
 def reconstruct(model, images: torch.Tensor, batch_size: int, device: str):
     """uint8/float images (N,C,H,W) -> (reconstructions float (N,C,H,W), tokens (N,h,w))."""
+    from tqdm import tqdm
     tokens = encode_all(model, images, batch_size, device)
-    recs = [model.decode(tokens[i:i + batch_size].to(device)).cpu() for i in range(0, len(tokens), batch_size)]
+    starts = tqdm(range(0, len(tokens), batch_size), desc="decoding", unit="batch", disable=None, leave=False)
+    recs = [model.decode(tokens[i:i + batch_size].to(device)).cpu() for i in starts]  # a bar on a terminal
     return torch.cat(recs), tokens
 
 
@@ -274,6 +276,7 @@ def cmd_tokenize(args) -> int:
         meta = {"dataset": args.data, "split": args.split, "codebook_size": model.codebook_size,
                 "tokenizer": str(Path(args.model).resolve()), "tokenizer_hash": model_hash(model),
                 "classes": getattr(ds, "classes", None)}
+        model.prepare_for_inference(channels_last=dev.type == "cpu")  # the fast CPU encoder (after the hash)
         stats = tokenize_stream(model, ds, Path(args.out), batch_size=args.batch_size, flip=args.flip,
                                 resume=args.resume, workers=args.workers, device=dev, meta=meta, rank=rank,
                                 world=world)

@@ -259,7 +259,8 @@ def run_speed(args, command: str, device: str, batches: list[int]) -> int:
                    table,
                    notes=f"Machine: {machine}. "
                          "s/image: median of the repeats, with the peak probes taken out. peak: the 2048^3 matmul "
-                         "rate (best of 3) in the row's precision (fp32; bf16 for bf16 rows) probed before and "
+                         "rate (best of 3) in the row's precision (fp32; bf16 for bf16 rows), on the library the "
+                         "fp32 linears use (see the machine line), probed before and "
                          "after each repeat and, for the MaskGIT transformer, "
                          "between its decode steps; a repeat's peak is the mean of its probes (median over "
                          "repeats shown). % of peak: median over repeats of each repeat's achieved GFLOP/s over its "

@@ -211,13 +211,15 @@ class VQGAN(nn.Module):
         self.channels_last = False  # set by prepare_for_inference
 
     def prepare_for_inference(self, channels_last: bool = True, subpixel: bool = True) -> VQGAN:
-        """Eval mode, and the CPU decoder's fast forms (same results up to float rounding): channels_last
-        convolutions (~2.5x faster on CPU) and sub-pixel upsampling convs. Per instance; training is unaffected."""
+        """Eval mode, and the CPU's fast forms (same results up to float rounding): channels_last convolutions in
+        the encoder and decoder (~2.5x faster on CPU) and sub-pixel upsampling convs. Per instance; training is
+        unaffected."""
         self.eval()
         self.channels_last = channels_last
         self.decoder.subpixel = subpixel
         if channels_last:
             self.decoder.to(memory_format=torch.channels_last)
+            self.encoder.to(memory_format=torch.channels_last)
         return self
 
     @property
@@ -247,6 +249,8 @@ class VQGAN(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B,C,H,W) in [0,1] -> token grid (B,h,w) int64."""
         self._check(images)
+        if self.channels_last and images.device.type == "cpu" and not self.training:
+            images = images.contiguous(memory_format=torch.channels_last)
         z = self.encoder(images)
         B, D, h, w = z.shape
         return self.quantizer.distances(z.permute(0, 2, 3, 1).reshape(-1, D)).argmin(1).view(B, h, w)

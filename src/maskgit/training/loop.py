@@ -198,7 +198,9 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
         task.train()
         budget.start(step)
         while step < cfg.max_steps:
+            t_step = time.perf_counter()
             batch = rank_batch(data, step, cfg, rank, world, dev)
+            data_s = time.perf_counter() - t_step  # waiting for the batch (loader workers, or loading in-process)
             ctx = StepContext(step, cfg.seed, cfg.batch_size, rank, world, dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss, metrics = model_for_ddp(batch, ctx)
@@ -212,7 +214,8 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
                 ema.update(task.model)
             step += 1
             last = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
-                    **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in metrics.items()}}
+                    **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in metrics.items()},
+                    "data_s": round(data_s, 5), "step_s": round(time.perf_counter() - t_step, 5)}
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
