@@ -1,11 +1,12 @@
 """Self-attention alone at the ImageNet-256 transformer's shapes: the fused SDPA kernel the model uses against the
 alternatives a CPU user could reach for, interleaved in one process so they share the machine's moments.
 
-Shapes: batch B, the config's heads, 257 tokens (1 condition + 16x16), head width = width / heads; fp32, no mask.
-Each variant's output is checked against the fused kernel's. FLOPs: 4 B H L^2 d (QK^T and AV). Prints ms per call
+Shapes: batch B, the config's heads, 257 tokens (1 condition + 16x16), head width = width / heads; fp32 (or with
+--dtype bf16, the bf16 inference path's candidates), no mask. Each variant's output is checked against the fused
+kernel's. FLOPs: 4 B H L^2 d (QK^T and AV). Prints ms per call
 and % of the matmul peak probed before and after each timing (5 calls), median over rounds.
 
-    python benchmarks/attention_ab.py [--batch 8] [--rounds 5]
+    python benchmarks/attention_ab.py [--batch 8] [--rounds 5] [--dtype bf16]
 """
 
 import argparse
@@ -23,6 +24,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--config", default="maskgit-imagenet256")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args()
     tune_malloc()
     cfg = transformer_preset(args.config)
@@ -38,21 +40,31 @@ def main() -> None:
     def math():
         return torch.softmax((q * d ** -0.5) @ k.transpose(-1, -2), -1) @ v
 
-    from torch.nn.attention.flex_attention import flex_attention
-    math_compiled = torch.compile(math)
-    flex = torch.compile(flex_attention)
-    variants = {"fused SDPA (the model's)": fused, "math: matmul + softmax + matmul": math,
-                "math, torch.compile": math_compiled, "flex_attention, torch.compile": lambda: flex(q, k, v)}
+    if args.dtype == "bf16":  # the candidates for bf16 inference (CPU bf16 autocast gives bf16 q, k, v)
+        from maskgit.models.transformer import cpu_bf16_attention
+        q, k, v = (t.bfloat16() for t in (q, k, v))
+        variants = {"fused SDPA, bf16": fused,
+                    "one batch row at a time, bf16 (the model's)": lambda: cpu_bf16_attention(q, k, v),
+                    "fused SDPA, fp32 (inputs cast up, output cast down)":
+                        lambda: F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16()}
+        tol = {"rtol": 2e-2, "atol": 2e-2}
+    else:
+        from torch.nn.attention.flex_attention import flex_attention
+        math_compiled = torch.compile(math)
+        flex = torch.compile(flex_attention)
+        variants = {"fused SDPA (the model's)": fused, "math: matmul + softmax + matmul": math,
+                    "math, torch.compile": math_compiled, "flex_attention, torch.compile": lambda: flex(q, k, v)}
+        tol = {"rtol": 1e-4, "atol": 1e-5}
     res = {n: [] for n in variants}
     with torch.inference_mode():
         ref = fused()
         for n, f in variants.items():
-            torch.testing.assert_close(f(), ref, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(f(), ref, **tol)
         for _ in range(args.rounds):
             for n, f in variants.items():
                 res[n].append(between_probes(f, flops, calls=5))
     print(f"{args.config}: batch {B}, {H} heads x {d}, {L} tokens ({flops / 1e9:.2f} GFLOP per call), "
-          f"{args.rounds} rounds")
+          f"{args.dtype}, {args.rounds} rounds (% of the fp32 matmul peak)")
     print(ab_table(["attention", "ms per call (median)", "% of peak (median)", "per round"], res,
                    time_scale=1e3, time_digits=2))
 

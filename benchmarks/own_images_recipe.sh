@@ -11,10 +11,10 @@ T1=$(date +%s)
 DIR=$R/folder
 maskgit train-tokenizer --data imagefolder:$DIR --preset cpu32-f4 --batch-size 64 --max-minutes 8 --out $R/tok
 maskgit tokenize --model $R/tok/final --data imagefolder:$DIR --split train --out $R/tokens
-maskgit train --tokens $R/tokens --tokenizer $R/tok/final --preset maskgit-cpu-8x8 --batch-size 128 \
+maskgit train --tokens $R/tokens --tokenizer $R/tok/final --preset maskgit-cpu-8x8 --batch-size 32 \
   --lr 5e-4 --max-minutes 10 --out $R/mg
 mkdir -p $R/model && cp -r $R/tok/final $R/model/tokenizer && cp -r $R/mg/final $R/model/maskgit
-maskgit sample --model $R/model --labels 0,1,2,3,4,5,6,7,8,9 --num 8 --cfg 1 --out $R/grid.png
+maskgit sample --model $R/model --labels 0,1,2,3,4,5,6,7,8,9 --num 8 --cfg 2 --out $R/grid.png
 T2=$(date +%s)
 echo "export: $((T1 - T0)) s; recipe (train-tokenizer + tokenize + train + sample): $((T2 - T1)) s"
 for cfg in 0 1 2; do
