@@ -14,7 +14,6 @@ import io
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from collections import Counter
 
 import httpx
 import numpy as np
+from load_server import free_port, rss_mib  # this folder's load test: the same server helpers
 from PIL import Image
 
 HUGE = 10 ** 30
@@ -93,20 +93,13 @@ def cases(args, rng: random.Random, image: bytes):
             yield "fuzz: edit multipart", "/v1/edit", {"data": data, "files": files}
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="fashion-mnist")
     ap.add_argument("--fuzz", type=int, default=400, help="random bodies after the fixed cases")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
     cmd = [sys.executable, "-m", "maskgit", "serve", "--model", args.model, "--host", "127.0.0.1", "--port", str(port),
            "--device", "cpu", "--max-num", "4", "--max-steps", "8"]
