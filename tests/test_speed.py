@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from maskgit.config import SampleConfig
+from maskgit.errors import MaskGITError
 from maskgit.evaluation.speed import flops_of, matmul_peak
 from maskgit.models.transformer import count_flops
 from maskgit.pipeline import Pipeline
@@ -367,3 +368,33 @@ def test_tune_malloc_is_idempotent_and_can_be_turned_off(monkeypatch):
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert tuned is True
     assert S.tune_malloc() is tuned
+
+
+def test_onednn_fp32_linears_match_mkl_and_unpack_exactly(monkeypatch, tiny_pipeline_dir):
+    """fp32 linears on oneDNN (AMD's default, forced here) compute what MKL computes, to fp32 rounding; the packed
+    weights unpack bit for bit; the choice follows the CPU vendor and the override."""
+    import maskgit.accel as accel
+    from maskgit.accel import OneDNNLinear, plain_linears
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    monkeypatch.setenv("MASKGIT_FP32_LINEAR", "mkl")
+    ref = Pipeline.load(tiny_pipeline_dir)
+    assert not any(isinstance(m, OneDNNLinear) for m in ref.transformer.modules())
+    monkeypatch.setenv("MASKGIT_FP32_LINEAR", "onednn")
+    fast = Pipeline.load(tiny_pipeline_dir)
+    assert fast.precision == "fp32" and isinstance(fast.transformer.blocks[0].fc1, OneDNNLinear)
+    c = ref.transformer.config
+    tokens = torch.randint(0, c.codebook_size, (3, c.num_tokens), generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2])
+    a, b = ref.logits_fn(labels)(tokens, False), fast.logits_fn(labels)(tokens, False)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    back = plain_linears(fast.transformer)
+    for (name, p), q in zip(ref.transformer.state_dict().items(), back.state_dict().values()):
+        assert torch.equal(p, q), name
+    monkeypatch.setenv("MASKGIT_FP32_LINEAR", "auto")
+    for vendor, want in (("AuthenticAMD", "onednn"), ("GenuineIntel", "mkl")):
+        monkeypatch.setattr(accel, "cpu_capabilities", lambda v=vendor: {"vendor": v})
+        assert accel.fp32_linear_backend() == want
+    monkeypatch.setenv("MASKGIT_FP32_LINEAR", "fast")
+    with pytest.raises(MaskGITError, match="MASKGIT_FP32_LINEAR"):
+        accel.fp32_linear_backend()
