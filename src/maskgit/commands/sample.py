@@ -109,7 +109,7 @@ def cmd_sample(args) -> int:
     t0 = time.time()
     chunks, steps = sample_runs.run(pipe, args, n, labels, prompts, kw, rank, world)
     out = Path(args.out) if args.out is not None else None
-    from maskgit.storage.samples import is_png_folder, write_npz_chunks, write_png_folder
+    from maskgit.storage.samples import write_npz_chunks, write_png_folder
     if rank != 0:
         pass
     elif out is not None and out.suffix == ".npz":  # the ADM layout, streamed chunk by chunk
