@@ -108,3 +108,20 @@ def test_loss_ignores_unmasked_positions():
     changed2 = tokens.flatten(1).clone()
     changed2[mask] = (changed2[mask] + 7) % 32
     assert not torch.allclose(l1, _task_loss(task, changed2.view(4, 4, 4), labels))
+
+
+def test_cpu_bf16_attention_matches_sdpa_on_the_qkv_views():
+    """The bf16 CPU inference attention (one batch row at a time, strided q/k/v views of the fused QKV output)
+    computes SDPA to bf16 accuracy and hands back a view whose (B,L,H,d) transpose is contiguous (no copy)."""
+    from maskgit.models.transformer import cpu_bf16_attention
+    torch.manual_seed(0)
+    B, L, H, d = 3, 17, 4, 8
+    qkv = torch.randn(B, L, 3 * H * d).bfloat16()
+    q, k, v = qkv.view(B, L, 3, H, d).permute(2, 0, 3, 1, 4)
+    y = cpu_bf16_attention(q, k, v)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    assert y.shape == (B, H, L, d) and y.dtype == torch.bfloat16
+    assert (y.float() - ref).abs().max() < 3e-2
+    assert y.transpose(1, 2).is_contiguous()
+    # each row alone gives the same numbers as in the batch
+    assert torch.equal(cpu_bf16_attention(q[1:2], k[1:2], v[1:2]), y[1:2])
