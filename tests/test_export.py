@@ -45,9 +45,22 @@ def test_model_card_lists_graphs_with_their_hashes(exported):
     assert set(card["files"]) == {"transformer", "decoder", "encoder", "transformer_int8"}
     for f in card["files"].values():
         assert sha256(exported / f["path"]) == f["sha256"]
-    assert card["opset"] >= 17 and card["grid"] == [8, 8]
+    assert card["opset"] == 20 and card["grid"] == [8, 8]
     assert card["mask_id"] == card["transformer"]["codebook_size"] + 5  # 32 codes, 4 classes, "no class"
     assert card["sampling"]["steps"] == SampleConfig().steps and card["class_names"] == ["a", "b", "c", "d"]
+
+
+def test_transformer_graph_uses_the_gelu_operator(exported):
+    """The MLP's GELU is one opset-20 Gelu node per block (tanh form), which onnxruntime fuses with its bias, not the
+    Tanh/Pow/Mul decomposition older opsets need."""
+    import onnx
+    card = json.loads((exported / "model_card.json").read_text())
+    graph = onnx.load(str(exported / card["files"]["transformer"]["path"])).graph
+    gelus = [n for n in graph.node if n.op_type == "Gelu"]
+    assert len(gelus) == card["transformer"]["depth"] + 1  # every block's MLP and the head
+    assert all(onnx.helper.get_attribute_value(a) == b"tanh" for n in gelus for a in n.attribute
+               if a.name == "approximate")
+    assert not any(n.op_type == "Tanh" for n in graph.node)
 
 
 def test_graphs_match_torch_at_another_batch_size(tiny_pipeline_dir, exported):

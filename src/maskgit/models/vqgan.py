@@ -107,6 +107,9 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d, subpixel: bool | None = None
     bias = None if conv.bias is None else conv.bias.repeat(4)
     # window (i', j') of the padded input covers input rows i'-1, i': phase a of output row i sits at i' = i + a
     y4 = F.conv2d(x, k.to(x.dtype), None if bias is None else bias.to(x.dtype), padding=1)  # (B, 4O, H+1, W+1)
+    if torch.onnx.is_in_onnx_export():  # the interleave as ops every ONNX runtime has (no strided writes)
+        y = torch.stack([y4[:, p * O:(p + 1) * O, p // 2:p // 2 + H, p % 2:p % 2 + W] for p in range(4)], 2)
+        return F.pixel_shuffle(y.reshape(B, 4 * O, H, W), 2)
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     y = torch.empty(B, O, 2 * H, 2 * W, dtype=y4.dtype, device=y4.device, memory_format=fmt)
     for a in (0, 1):

@@ -32,7 +32,9 @@ from maskgit.models.transformer import MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
 from maskgit.storage.files import atomic_write, sha256_file
 
-OPSET = 18
+# opset 20 has a GELU operator (tanh form included): onnxruntime then runs the MLP's bias + GELU as one fused op
+# instead of the eight-op decomposition older opsets need (about 3% of a batch-1 forward on a 2-core CPU)
+OPSET = 20
 CARD = "model_card.json"
 CARD_VERSION = 1
 
@@ -62,10 +64,9 @@ class DecoderGraph(nn.Module):
     def __init__(self, vqgan: VQGAN):
         super().__init__()
         self.codebook = vqgan.quantizer.codebook
-        # the upsampling convs in their plain form (nearest resize + conv), which every ONNX runtime executes; the
-        # values equal the sub-pixel form's up to float rounding
+        # the upsampling convs in their sub-pixel form (vqgan.upsample_conv), phases interleaved by a reshape
         self.decoder = copy.deepcopy(vqgan.decoder)
-        self.decoder.subpixel = False
+        self.decoder.subpixel = True
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         z = self.codebook[tokens].permute(0, 3, 1, 2)  # (B, D, h, w)
