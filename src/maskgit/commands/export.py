@@ -19,6 +19,9 @@ def register(sub) -> None:
     p.add_argument("--int8", action="store_true",
                    help="also write transformer.int8.onnx (onnxruntime dynamic int8 quantisation; load it with "
                         "maskgit.runtime.load(DIR, int8=True))")
+    p.add_argument("--portable", action="store_true",
+                   help="standard ONNX operators only (for runtimes other than onnxruntime); by default each "
+                        "attention is onnxruntime's fused MultiHeadAttention op, which runs faster there")
     p.set_defaults(func=cmd_export)
 
 
@@ -29,7 +32,7 @@ def cmd_export(args) -> int:
     if out.exists() and not out.is_dir():
         raise MaskGITError(f"--out {out} is a file: give a directory")
     pipe = load(args.model, "cpu")
-    card = export_pipeline(pipe, out, encoder=not args.no_encoder, int8=args.int8)
+    card = export_pipeline(pipe, out, encoder=not args.no_encoder, int8=args.int8, portable=args.portable)
     for name, f in card["files"].items():
         size = (out / f["path"]).stat().st_size / 2 ** 20
         print(f"{name:<16} {out / f['path']}  {size:.1f} MiB  sha256 {f['sha256'][:16]}...")

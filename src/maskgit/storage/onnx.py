@@ -5,7 +5,8 @@ Graphs (batch dimension dynamic everywhere):
 
 - ``transformer.onnx``: ``tokens`` int64 (B, N) with mask ids, ``labels`` int64 (B,) (-1 = no class)
   -> ``logits`` float32 (B, N, K). One decoding step; classifier-free guidance runs it on a doubled batch
-  (conditional rows, then the same tokens with label -1), as the PyTorch pipeline does.
+  (conditional rows, then the same tokens with label -1), as the PyTorch pipeline does. Each block's attention is
+  onnxruntime's fused ``com.microsoft.MultiHeadAttention`` op; ``portable=True`` writes standard operators only.
 - ``decoder.onnx``: ``tokens`` int64 (B, h, w) -> ``images`` float32 (B, C, H, W) in [0, 1].
 - ``encoder.onnx``: ``images`` float32 (B, C, H, W) in [0, 1] -> ``tokens`` int64 (B, h, w) (for editing).
 - ``transformer.int8.onnx`` (optional): the transformer with onnxruntime's dynamic int8 quantisation of its
@@ -24,11 +25,12 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from maskgit.accel import plain_linears
 from maskgit.errors import MaskGITError
-from maskgit.models.transformer import MaskGITTransformer
+from maskgit.models.transformer import MaskGITTransformer, gelu_tanh
 from maskgit.models.vqgan import VQGAN
 from maskgit.storage.files import atomic_write, sha256_file
 
@@ -39,13 +41,43 @@ CARD = "model_card.json"
 CARD_VERSION = 1
 
 
+class _OrtAttention(torch.autograd.Function):
+    """Self-attention of a block as onnxruntime's ``com.microsoft.MultiHeadAttention``: q, k, v (B, L, W) before
+    their bias, the (3W,) bias, ``heads`` heads. Traced through ``forward`` (SDPA), exported as the one fused op."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, heads):
+        B, L, W = q.shape
+        q, k, v = q + bias[:W], k + bias[W:2 * W], v + bias[2 * W:]  # (written out: the tracer needs plain ops)
+
+        def heads_first(t):
+            return t.view(B, L, heads, W // heads).transpose(1, 2)
+        y = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v))
+        return y.transpose(1, 2).reshape(B, L, W)
+
+    @staticmethod
+    def symbolic(g, q, k, v, bias, heads):
+        return g.op("com.microsoft::MultiHeadAttention", q, k, v, bias, num_heads_i=heads).setType(q.type())
+
+
+def _fused_block(blk, x: torch.Tensor) -> torch.Tensor:
+    """``Block.forward`` (class-conditional, no text) with the attention as ``_OrtAttention``: the same function,
+    written so that the export holds one fused attention op per block instead of ~15 reshapes, transposes and
+    matmuls."""
+    W = x.shape[-1]
+    q, k, v = F.linear(x, blk.attn.qkv.weight).split(W, -1)  # the fused projection's (3, heads, d) column layout
+    x = blk.attn_ln(x + blk.attn.out(_OrtAttention.apply(q, k, v, blk.attn.qkv.bias, blk.attn.heads)))
+    return blk.mlp_ln(x + blk.fc2(gelu_tanh(blk.fc1(x))))
+
+
 class TransformerStep(nn.Module):
     """tokens (B,N), labels (B,) -> logits (B,N,K): the transformer's forward without its Python-side checks
-    (the runtime validates labels and tokens before calling the graph)."""
+    (the runtime validates labels and tokens before calling the graph). ``fused``: attention as onnxruntime's
+    fused MultiHeadAttention op (faster there; other runtimes need the standard-op graph, ``fused=False``)."""
 
-    def __init__(self, model: MaskGITTransformer):
+    def __init__(self, model: MaskGITTransformer, fused: bool = True):
         super().__init__()
-        self.model = model
+        self.model, self.fused = model, fused
         c = model.config
         self.codebook_size = c.codebook_size
         self.null_id = c.codebook_size + c.num_classes if c.null_class else c.mask_id
@@ -54,8 +86,13 @@ class TransformerStep(nn.Module):
         null = torch.full_like(labels, self.null_id)
         cond = torch.where(labels >= 0, labels + self.codebook_size, null)  # (B,)
         ids = torch.cat([cond[:, None], tokens], 1)  # (B, 1+N)
-        x = self.model.run_blocks(self.model.embed(ids))[:, 1:]  # (B, N, W)
-        return self.model.head(x)  # (B, N, K)
+        x = self.model.embed(ids)
+        if self.fused:
+            for blk in self.model.blocks:
+                x = _fused_block(blk, x)
+        else:
+            x = self.model.run_blocks(x)
+        return self.model.head(x[:, 1:])  # (B, N, K)
 
 
 class DecoderGraph(nn.Module):
@@ -99,7 +136,8 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), args, str(path), input_names=inputs, output_names=outputs,
-                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True,
+                          custom_opsets={"com.microsoft": 1})
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
@@ -120,8 +158,9 @@ def quantize_int8(src: Path, dst: Path) -> None:
         root.setLevel(level)
 
 
-def export_pipeline(pipe, out: str | Path, encoder: bool = True, int8: bool = False) -> dict:
-    """Write the graphs and ``model_card.json`` of a loaded ``Pipeline`` (fp32, CPU) to ``out``; returns the card."""
+def export_pipeline(pipe, out: str | Path, encoder: bool = True, int8: bool = False, portable: bool = False) -> dict:
+    """Write the graphs and ``model_card.json`` of a loaded ``Pipeline`` (fp32, CPU) to ``out``; returns the card.
+    ``portable``: standard ONNX operators only (attention unfused), for runtimes other than onnxruntime."""
     tr, tok = plain_linears(pipe.transformer), pipe.tokenizer
     c = tr.config
     if c.text_dim:
@@ -138,7 +177,7 @@ def export_pipeline(pipe, out: str | Path, encoder: bool = True, int8: bool = Fa
     tokens[:, ::3] = 1
     labels = torch.tensor([0 if c.num_classes else -1, -1][:B])
     files = {"transformer": "transformer.onnx", "decoder": "decoder.onnx"}
-    _export(TransformerStep(tr), (tokens, labels), out / files["transformer"], ["tokens", "labels"], ["logits"],
+    _export(TransformerStep(tr, fused=not portable), (tokens, labels), out / files["transformer"], ["tokens", "labels"], ["logits"],
             {"tokens": {0: "batch"}, "labels": {0: "batch"}, "logits": {0: "batch"}})
     grid = torch.zeros(B, h, w, dtype=torch.long)
     _export(DecoderGraph(tok), (grid,), out / files["decoder"], ["tokens"], ["images"],
@@ -152,6 +191,7 @@ def export_pipeline(pipe, out: str | Path, encoder: bool = True, int8: bool = Fa
         quantize_int8(out / files["transformer"], out / files["transformer_int8"])
     card = {
         "format": "maskgit-onnx", "format_version": CARD_VERSION, "opset": OPSET,
+        "operators": "standard" if portable else "standard + com.microsoft.MultiHeadAttention (onnxruntime)",
         "files": {k: {"path": v, "sha256": sha256_file(out / v)} for k, v in files.items()},
         "transformer": dataclasses.asdict(c), "tokenizer": dataclasses.asdict(tok.config),
         "mask_id": c.mask_id, "codebook_size": c.codebook_size, "num_classes": c.num_classes,
