@@ -177,8 +177,8 @@ def export_pipeline(pipe, out: str | Path, encoder: bool = True, int8: bool = Fa
     tokens[:, ::3] = 1
     labels = torch.tensor([0 if c.num_classes else -1, -1][:B])
     files = {"transformer": "transformer.onnx", "decoder": "decoder.onnx"}
-    _export(TransformerStep(tr, fused=not portable), (tokens, labels), out / files["transformer"], ["tokens", "labels"], ["logits"],
-            {"tokens": {0: "batch"}, "labels": {0: "batch"}, "logits": {0: "batch"}})
+    _export(TransformerStep(tr, fused=not portable), (tokens, labels), out / files["transformer"],
+            ["tokens", "labels"], ["logits"], {"tokens": {0: "batch"}, "labels": {0: "batch"}, "logits": {0: "batch"}})
     grid = torch.zeros(B, h, w, dtype=torch.long)
     _export(DecoderGraph(tok), (grid,), out / files["decoder"], ["tokens"], ["images"],
             {"tokens": {0: "batch"}, "images": {0: "batch"}})
