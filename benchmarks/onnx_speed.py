@@ -7,6 +7,7 @@ otherwise idle machine; every row comes from the same run.
 
     python benchmarks/onnx_speed.py                      # fp32: onnxruntime, torch eager, torch compiled
     python benchmarks/onnx_speed.py --int8               # also onnxruntime int8 and torch int8
+    python benchmarks/onnx_speed.py --portable           # also the standard-operator graph (export --portable)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--int8", action="store_true")
+    ap.add_argument("--portable", action="store_true", help="also time the standard-operator graph")
     ap.add_argument("--paths", default="onnx,eager,compiled", help="subset of onnx,eager,compiled")
     args = ap.parse_args()
     print(f"machine: {machine_description()}")
@@ -56,6 +58,8 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(prefix="maskgit-onnx-speed-")  # about 1 GB of graphs, removed at exit
     out = tmp.name
     export_pipeline(pipe, out, encoder=False, int8=args.int8)
+    if args.portable:
+        export_pipeline(pipe, f"{out}/portable", encoder=False, portable=True)
     cfg = dataclasses.replace(SampleConfig(), steps=args.steps, choice_temperature=4.5)
     N, mask = pipe.transformer.config.num_tokens, pipe.mask_id
     paths = args.paths.split(",")
@@ -79,6 +83,8 @@ def main() -> None:
     candidates = {}
     if "onnx" in paths:
         candidates["onnxruntime fp32"] = lambda: onnx_path(runtime.load(out))
+        if args.portable:
+            candidates["onnxruntime fp32, standard operators"] = lambda: onnx_path(runtime.load(f"{out}/portable"))
     if "eager" in paths:
         candidates["torch eager fp32"] = lambda: torch_path(pipe)
     if "compiled" in paths:

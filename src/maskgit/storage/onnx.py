@@ -127,7 +127,7 @@ class EncoderGraph(nn.Module):
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-            dynamic: dict[str, dict[int, str]]) -> None:
+            dynamic: dict[str, dict[int, str]], custom_opsets: dict[str, int] | None = None) -> None:
     try:
         import onnx  # noqa: F401  (torch.onnx needs it)
     except ImportError:
@@ -137,7 +137,7 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True,
-                          custom_opsets={"com.microsoft": 1})
+                          custom_opsets=custom_opsets)
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
@@ -178,7 +178,8 @@ def export_pipeline(pipe, out: str | Path, encoder: bool = True, int8: bool = Fa
     labels = torch.tensor([0 if c.num_classes else -1, -1][:B])
     files = {"transformer": "transformer.onnx", "decoder": "decoder.onnx"}
     _export(TransformerStep(tr, fused=not portable), (tokens, labels), out / files["transformer"],
-            ["tokens", "labels"], ["logits"], {"tokens": {0: "batch"}, "labels": {0: "batch"}, "logits": {0: "batch"}})
+            ["tokens", "labels"], ["logits"], {"tokens": {0: "batch"}, "labels": {0: "batch"}, "logits": {0: "batch"}},
+            None if portable else {"com.microsoft": 1})
     grid = torch.zeros(B, h, w, dtype=torch.long)
     _export(DecoderGraph(tok), (grid,), out / files["decoder"], ["tokens"], ["images"],
             {"tokens": {0: "batch"}, "images": {0: "batch"}})
