@@ -125,3 +125,22 @@ def test_cpu_bf16_attention_matches_sdpa_on_the_qkv_views():
     assert y.transpose(1, 2).is_contiguous()
     # each row alone gives the same numbers as in the batch
     assert torch.equal(cpu_bf16_attention(q[1:2], k[1:2], v[1:2]), y[1:2])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch's compiler, not by this code
+def test_cpu_bf16_attention_under_compile_gives_the_same_product():
+    """Under torch.compile the bf16 CPU attention takes its plain per-row ops (no out= writes into a strided
+    buffer), which inductor compiles to the same values up to bf16 rounding, in the same (B,H,L,d) shape."""
+    import shutil
+
+    from maskgit.models.transformer import cpu_bf16_attention
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    torch.manual_seed(1)
+    qkv = torch.randn(2, 9, 3 * 2 * 8).bfloat16()
+    q, k, v = qkv.view(2, 9, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    with torch.no_grad():
+        eager = cpu_bf16_attention(q, k, v)
+        compiled = torch.compile(cpu_bf16_attention, dynamic=False)(q, k, v)
+    assert compiled.shape == eager.shape == (2, 2, 9, 8)
+    assert (compiled.float() - eager.float()).abs().max() < 2e-2
