@@ -2,7 +2,8 @@
 alternatives a CPU user could reach for, interleaved in one process so they share the machine's moments.
 
 Shapes: batch B, the config's heads, 257 tokens (1 condition + 16x16), head width = width / heads; fp32 (or with
---dtype bf16, the bf16 inference path's candidates), no mask. Each variant's output is checked against the fused
+--dtype bf16, the bf16 inference path's candidates on the model's own strided q/k/v views, each ending in the
+(B, L, H*d) layout the output projection takes), no mask. Each variant's output is checked against the fused
 kernel's. FLOPs: 4 B H L^2 d (QK^T and AV). Prints ms per call
 and % of the matmul peak probed before and after each timing (5 calls), median over rounds.
 
@@ -42,11 +43,23 @@ def main() -> None:
 
     if args.dtype == "bf16":  # the candidates for bf16 inference (CPU bf16 autocast gives bf16 q, k, v)
         from maskgit.models.transformer import cpu_bf16_attention
-        q, k, v = (t.bfloat16() for t in (q, k, v))
-        variants = {"fused SDPA, bf16": fused,
-                    "one batch row at a time, bf16 (the model's)": lambda: cpu_bf16_attention(q, k, v),
+        # as in the model: q, k, v are strided views of the fused QKV projection's (B, L, 3, H, d) output, and
+        # each variant's result ends as the (B, L, H*d) input of the output projection
+        qkv = torch.randn(B, L, 3, H, d).bfloat16()
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+
+        def merged(y):
+            return y.transpose(1, 2).reshape(B, L, H * d)
+
+        def rows_concatenated():  # per row on the strided views, rows concatenated (the model's earlier form)
+            return torch.cat([torch.matmul(torch.matmul(q[i:i + 1] * d ** -0.5, k[i:i + 1].transpose(-1, -2))
+                                           .softmax(-1), v[i:i + 1]) for i in range(B)])
+
+        variants = {"fused SDPA, bf16": lambda: merged(fused()),
+                    "one batch row at a time, bf16 (the model's)": lambda: merged(cpu_bf16_attention(q, k, v)),
+                    "one batch row at a time, strided keys, rows concatenated": lambda: merged(rows_concatenated()),
                     "fused SDPA, fp32 (inputs cast up, output cast down)":
-                        lambda: F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16()}
+                        lambda: merged(F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16())}
         tol = {"rtol": 2e-2, "atol": 2e-2}
     else:
         from torch.nn.attention.flex_attention import flex_attention
@@ -57,7 +70,7 @@ def main() -> None:
         tol = {"rtol": 1e-4, "atol": 1e-5}
     res = {n: [] for n in variants}
     with torch.inference_mode():
-        ref = fused()
+        ref = fused() if args.dtype == "fp32" else merged(fused())
         for n, f in variants.items():
             torch.testing.assert_close(f(), ref, **tol)
         for _ in range(args.rounds):
