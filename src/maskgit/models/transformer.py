@@ -111,7 +111,7 @@ def cpu_bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     """softmax(q k^T / sqrt(d)) v for bf16 (B,H,L,d) on a CPU at inference, one batch row at a time: a row's
     (H,L,L) scores stay in cache, and the bf16 GEMMs run at oneDNN's speed; the fused CPU kernel ran the
     ImageNet-size batch-8 attention 2.3x slower in bf16 (and slower than in fp32). Each row's keys are made
-    contiguous first (a strided k^T operand made its GEMM take 1.6x as long) and each row's output is written straight
+    contiguous first (the GEMM runs far slower on a strided k^T operand) and each row's output is written straight
     into a (B,L,H,d) buffer, so the caller's (B,L,H*d) view needs no copy. Returns a (B,H,L,d) view of it."""
     scale = q.shape[-1] ** -0.5
     B, H, L, d = q.shape
