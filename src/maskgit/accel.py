@@ -170,8 +170,8 @@ def bf16_linears(module: torch.nn.Module) -> torch.nn.Module:
     its first GEMM (the same bf16 products; the fused GELU is computed in fp32 before its bf16 rounding)."""
     import copy
     if torch.backends.mkldnn.is_available():
-        return _replacing(module, lambda m: isinstance(m, torch.nn.Linear) and m.weight.device.type == "cpu",
-                          lambda m: OneDNNLinear(m, torch.bfloat16))
+        return replacing_modules(module, lambda m: isinstance(m, torch.nn.Linear) and m.weight.device.type == "cpu",
+                                 lambda m: OneDNNLinear(m, torch.bfloat16))
     module = copy.deepcopy(module)
     for m in module.modules():
         if isinstance(m, torch.nn.Linear):
@@ -231,7 +231,7 @@ class OneDNNLinear(torch.nn.Module):
                 f"dtype={self.dtype}")
 
 
-def _replacing(module: torch.nn.Module, pick, make) -> torch.nn.Module:
+def replacing_modules(module: torch.nn.Module, pick, make) -> torch.nn.Module:
     """A copy of ``module`` in which every submodule ``m`` with ``pick(m)`` is ``make(m)`` instead (the others
     copied); ``module`` itself when nothing is picked."""
     import copy
@@ -242,14 +242,14 @@ def _replacing(module: torch.nn.Module, pick, make) -> torch.nn.Module:
 def onednn_linears(module: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``module`` whose fp32 CPU nn.Linear layers are OneDNNLinear (inference only; other parameters
     are copied, the linear weights are packed instead)."""
-    return _replacing(module, lambda m: isinstance(m, torch.nn.Linear) and m.weight.device.type == "cpu"
-                      and m.weight.dtype == torch.float32, OneDNNLinear)
+    return replacing_modules(module, lambda m: isinstance(m, torch.nn.Linear) and m.weight.device.type == "cpu"
+                             and m.weight.dtype == torch.float32, OneDNNLinear)
 
 
 def plain_linears(module: torch.nn.Module) -> torch.nn.Module:
     """``module`` itself, or where it holds OneDNNLinear layers a copy with ordinary nn.Linear ones (for export,
     training or another precision)."""
-    return _replacing(module, lambda m: isinstance(m, OneDNNLinear), lambda m: m.to_linear())
+    return replacing_modules(module, lambda m: isinstance(m, OneDNNLinear), lambda m: m.to_linear())
 
 
 def resolve_device(name: str | torch.device) -> str:

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskgit.accel import plain_linears
+from maskgit.accel import plain_linears, replacing_modules
 from maskgit.errors import MaskGITError
-from maskgit.models.transformer import MaskGITTransformer, gelu_tanh
+from maskgit.models.transformer import Attention, MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
 from maskgit.storage.files import atomic_write, sha256_file
 
@@ -60,14 +60,19 @@ class _OrtAttention(torch.autograd.Function):
         return g.op("com.microsoft::MultiHeadAttention", q, k, v, bias, num_heads_i=heads).setType(q.type())
 
 
-def _fused_block(blk, x: torch.Tensor) -> torch.Tensor:
-    """``Block.forward`` (class-conditional, no text) with the attention as ``_OrtAttention``: the same function,
-    written so that the export holds one fused attention op per block instead of ~15 reshapes, transposes and
-    matmuls."""
-    W = x.shape[-1]
-    q, k, v = F.linear(x, blk.attn.qkv.weight).split(W, -1)  # the fused projection's (3, heads, d) column layout
-    x = blk.attn_ln(x + blk.attn.out(_OrtAttention.apply(q, k, v, blk.attn.qkv.bias, blk.attn.heads)))
-    return blk.mlp_ln(x + blk.fc2(gelu_tanh(blk.fc1(x))))
+class _FusedAttention(nn.Module):
+    """Stands in for a block's ``Attention`` at export (class-conditional models: no cache, no key mask): the same
+    projections around ``_OrtAttention``, so the graph holds one fused attention op per block instead of ~15
+    reshapes, transposes and matmuls. Shares the original's projection layers."""
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.qkv, self.out, self.heads = attn.qkv, attn.out, attn.heads
+
+    def forward(self, x: torch.Tensor, causal: bool = False, cache=None, key_mask=None) -> torch.Tensor:
+        W = x.shape[-1]
+        q, k, v = F.linear(x, self.qkv.weight).split(W, -1)  # the fused projection's (3, heads, d) column layout
+        return self.out(_OrtAttention.apply(q, k, v, self.qkv.bias, self.heads))
 
 
 class TransformerStep(nn.Module):
@@ -77,7 +82,9 @@ class TransformerStep(nn.Module):
 
     def __init__(self, model: MaskGITTransformer, fused: bool = True):
         super().__init__()
-        self.model, self.fused = model, fused
+        if fused:  # a copy whose blocks' attention is _FusedAttention (the projections shared, not copied)
+            model = replacing_modules(model, lambda m: isinstance(m, Attention), _FusedAttention)
+        self.model = model
         c = model.config
         self.codebook_size = c.codebook_size
         self.null_id = c.codebook_size + c.num_classes if c.null_class else c.mask_id
@@ -86,13 +93,8 @@ class TransformerStep(nn.Module):
         null = torch.full_like(labels, self.null_id)
         cond = torch.where(labels >= 0, labels + self.codebook_size, null)  # (B,)
         ids = torch.cat([cond[:, None], tokens], 1)  # (B, 1+N)
-        x = self.model.embed(ids)
-        if self.fused:
-            for blk in self.model.blocks:
-                x = _fused_block(blk, x)
-        else:
-            x = self.model.run_blocks(x)
-        return self.model.head(x[:, 1:])  # (B, N, K)
+        x = self.model.run_blocks(self.model.embed(ids))[:, 1:]  # (B, N, W)
+        return self.model.head(x)  # (B, N, K)
 
 
 class DecoderGraph(nn.Module):
