@@ -11,6 +11,7 @@ and % of the matmul peak probed before and after each timing (5 calls), median o
 """
 
 import argparse
+import os
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +56,16 @@ def main() -> None:
             return torch.cat([torch.matmul(torch.matmul(q[i:i + 1] * d ** -0.5, k[i:i + 1].transpose(-1, -2))
                                            .softmax(-1), v[i:i + 1]) for i in range(B)])
 
+        def rows():
+            os.environ["MASKGIT_FUSED_ATTENTION"] = "0"
+            try:
+                return merged(cpu_bf16_attention(q, k, v))
+            finally:
+                del os.environ["MASKGIT_FUSED_ATTENTION"]
+
         variants = {"fused SDPA, bf16": lambda: merged(fused()),
-                    "one batch row at a time, bf16 (the model's)": lambda: merged(cpu_bf16_attention(q, k, v)),
+                    "oneDNN Graph fused kernel (the model's)": lambda: merged(cpu_bf16_attention(q, k, v)),
+                    "one batch row at a time, bf16 (the model's fallback)": rows,
                     "one batch row at a time, strided keys, rows concatenated": lambda: merged(rows_concatenated()),
                     "fused SDPA, fp32 (inputs cast up, output cast down)":
                         lambda: merged(F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16())}

@@ -110,10 +110,12 @@ def test_loss_ignores_unmasked_positions():
     assert not torch.allclose(l1, _task_loss(task, changed2.view(4, 4, 4), labels))
 
 
-def test_cpu_bf16_attention_matches_sdpa_on_the_qkv_views():
-    """The bf16 CPU inference attention (one batch row at a time, strided q/k/v views of the fused QKV output)
-    computes SDPA to bf16 accuracy and hands back a view whose (B,L,H,d) transpose is contiguous (no copy)."""
+def test_cpu_bf16_attention_matches_sdpa_on_the_qkv_views(monkeypatch):
+    """The bf16 CPU inference attention's own path (one batch row at a time on the strided q/k/v views of the fused
+    QKV output; the oneDNN Graph kernel turned off) computes SDPA to bf16 accuracy and hands back a view whose
+    (B,L,H,d) transpose is contiguous (no copy)."""
     from maskgit.models.transformer import cpu_bf16_attention
+    monkeypatch.setenv("MASKGIT_FUSED_ATTENTION", "0")
     torch.manual_seed(0)
     B, L, H, d = 3, 17, 4, 8
     qkv = torch.randn(B, L, 3 * H * d).bfloat16()
@@ -144,3 +146,22 @@ def test_cpu_bf16_attention_under_compile_gives_the_same_product():
         compiled = torch.compile(cpu_bf16_attention, dynamic=False)(q, k, v)
     assert compiled.shape == eager.shape == (2, 2, 9, 8)
     assert (compiled.float() - eager.float()).abs().max() < 2e-2
+
+
+def test_fused_cpu_attention_matches_sdpa_and_is_the_same_per_row(monkeypatch):
+    """The oneDNN Graph attention (where this torch build has it) computes SDPA to bf16 accuracy on the model's
+    strided q/k/v views, gives a row the same numbers alone as in a batch, and is skipped when turned off."""
+    from maskgit import accel
+    torch.manual_seed(2)
+    qkv = torch.randn(3, 17, 3, 4, 8).bfloat16()
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = accel.fused_cpu_attention(q, k, v)
+        if y is None:
+            pytest.skip("this torch build has no oneDNN Graph fusion")
+        ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+        assert y.shape == (3, 4, 17, 8) and y.dtype == torch.bfloat16
+        assert (y.float() - ref).abs().max() < 3e-2
+        assert torch.equal(accel.fused_cpu_attention(q[1:2], k[1:2], v[1:2]), y[1:2])
+        monkeypatch.setenv("MASKGIT_FUSED_ATTENTION", "0")
+        assert accel.fused_cpu_attention(q, k, v) is None

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskgit.accel import fused_cpu_attention
 from maskgit.config import TransformerConfig
 from maskgit.errors import MaskGITError
 
@@ -108,16 +109,20 @@ class Block(nn.Module):
 
 
 def cpu_bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v for bf16 (B,H,L,d) on a CPU at inference, one batch row at a time: a row's
-    (H,L,L) scores stay in cache, and the bf16 GEMMs run at oneDNN's speed; the fused CPU kernel ran the
-    ImageNet-size batch-8 attention 2.3x slower in bf16 (and slower than in fp32). Each row's keys are made
-    contiguous first (the GEMM runs far slower on a strided k^T operand) and each row's output is written straight
-    into a (B,L,H,d) buffer, so the caller's (B,L,H*d) view needs no copy. Returns a (B,H,L,d) view of it."""
+    """softmax(q k^T / sqrt(d)) v for bf16 (B,H,L,d) on a CPU at inference (torch's fused CPU kernel ran the
+    ImageNet-size batch-8 attention 3x slower in bf16 than what follows). Where the torch build has it, oneDNN
+    Graph's fused attention kernel (``accel.fused_cpu_attention``); otherwise one batch row at a time: a row's
+    (H,L,L) scores stay in cache and its two bf16 GEMMs run at oneDNN's speed, each row's keys made contiguous
+    first (the GEMM runs far slower on a strided k^T operand) and its output written straight into a (B,L,H,d)
+    buffer, so the caller's (B,L,H*d) view needs no copy. Returns (B,H,L,d)."""
     scale = q.shape[-1] ** -0.5
     B, H, L, d = q.shape
     if torch.compiler.is_compiling():  # the same product in plain ops, which inductor fuses its own way
         return torch.cat([torch.matmul(torch.matmul(q[i:i + 1] * scale, k[i:i + 1].transpose(-1, -2)).softmax(-1),
                                        v[i:i + 1]) for i in range(B)])
+    fused = fused_cpu_attention(q, k, v)
+    if fused is not None:
+        return fused
     out = q.new_empty(B, L, H, d)
     for i in range(B):
         s = torch.bmm(q[i] * scale, k[i].contiguous().transpose(1, 2)).softmax(-1)
