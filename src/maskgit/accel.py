@@ -129,14 +129,13 @@ _fused_lock = threading.Lock()
 
 
 def _with_onednn_fusion(fn):
-    """``fn()`` with TorchScript's oneDNN Graph fusion on (restored after) and autocast off."""
-    prev = torch.jit.onednn_fusion_enabled()
-    torch.jit.enable_onednn_fusion(True)
-    try:
-        with torch.autocast("cpu", enabled=False):
-            return fn()
-    finally:
-        torch.jit.enable_onednn_fusion(prev)
+    """``fn()`` with autocast off and TorchScript's oneDNN Graph fusion on. The fusion switch is process-wide and
+    stays on once set: switching it back after each call would race with other threads' calls (which would then
+    run the traced graph unfused); it only concerns TorchScript graphs, which the package uses for nothing else."""
+    if not torch.jit.onednn_fusion_enabled():
+        torch.jit.enable_onednn_fusion(True)
+    with torch.autocast("cpu", enabled=False):
+        return fn()
 
 
 def _trace_fused_attention(q, k, v):
