@@ -147,7 +147,12 @@ def _trace_fused_attention(q, k, v):
             warnings.simplefilter("ignore")
             with torch.autocast("cpu", enabled=False):  # traced as written, whatever context the caller is in
                 m = torch.jit.freeze(torch.jit.trace(_ScaledAttention(q.shape[-1] ** -0.5).eval(), (q, k, v)))
-            graph = _with_onednn_fusion(lambda: [m(q, k, v) for _ in range(3)] and str(m.graph_for(q, k, v)))
+
+            def warm_up():  # TorchScript's profiling executor fuses during the first calls
+                for _ in range(3):
+                    m(q, k, v)
+                return str(m.graph_for(q, k, v))
+            graph = _with_onednn_fusion(warm_up)
     except Exception:  # TorchScript or oneDNN Graph missing or refusing: the caller's own path is used
         return None
     return m if "oneDNNFusionGroup" in graph else None
