@@ -124,7 +124,8 @@ class _ScaledAttention(torch.nn.Module):
 
 
 FUSED_ATTENTION_SHAPES = 16  # traced kernels kept (one per shape and layout; the oldest is dropped)
-_fused_attention: dict = {}
+_fused_attention: dict = {}  # (shape, strides, dtype) -> traced module, or None where oneDNN did not fuse
+_UNTRACED = object()
 _fused_lock = threading.Lock()
 
 
@@ -170,9 +171,8 @@ def fused_cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
         return None
     key = (tuple(q.shape), q.stride(), k.stride(), v.stride(), q.dtype)
     with _fused_lock:
-        known = key in _fused_attention
-        m = _fused_attention.get(key)
-    if not known:
+        m = _fused_attention.get(key, _UNTRACED)
+    if m is _UNTRACED:
         m = _trace_fused_attention(q, k, v)
         with _fused_lock:
             while len(_fused_attention) >= FUSED_ATTENTION_SHAPES:
