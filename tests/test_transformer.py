@@ -165,3 +165,28 @@ def test_fused_cpu_attention_matches_sdpa_and_is_the_same_per_row(monkeypatch):
         assert torch.equal(accel.fused_cpu_attention(q[1:2], k[1:2], v[1:2]), y[1:2])
         monkeypatch.setenv("MASKGIT_FUSED_ATTENTION", "0")
         assert accel.fused_cpu_attention(q, k, v) is None
+
+
+def test_fused_cpu_attention_bounds_its_kernels_with_power_of_two_chunks(monkeypatch):
+    """Batch sizes other than powers of two run as power-of-two chunks written into one (B,L,H,d) buffer: the same
+    numbers as each chunk alone, a (B,L,H,d)-contiguous result, and only power-of-two batch sizes traced, so sizes
+    1..12 leave 4 kernels, not 12."""
+    from maskgit import accel
+    monkeypatch.setattr(accel, "_fused_attention", {})
+    torch.manual_seed(3)
+    qkv = torch.randn(12, 9, 3, 2, 8).bfloat16()
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    with torch.inference_mode():
+        if accel.fused_cpu_attention(q[:1], k[:1], v[:1]) is None:
+            pytest.skip("this torch build has no oneDNN Graph fusion")
+        y = accel.fused_cpu_attention(q[:7], k[:7], v[:7])  # 4 + 2 + 1
+        assert y.shape == (7, 2, 9, 8) and y.transpose(1, 2).is_contiguous()
+        assert torch.equal(y[4:6], accel.fused_cpu_attention(q[4:6], k[4:6], v[4:6]))
+        assert torch.equal(y[6:], accel.fused_cpu_attention(q[6:7], k[6:7], v[6:7]))
+        ref = torch.nn.functional.scaled_dot_product_attention(q[:7].float(), k[:7].float(), v[:7].float())
+        assert (y.float() - ref).abs().max() < 3e-2
+        for b in range(1, 13):
+            accel.fused_cpu_attention(q[:b], k[:b], v[:b])
+    assert sorted(key[0][0] for key in accel._fused_attention) == [1, 2, 4, 8]
+    assert accel.pow2_slices(13) == [slice(0, 8), slice(8, 12), slice(12, 13)]
+    assert [s.stop - s.start for s in accel.pow2_slices(150)] == [64, 64, 16, 4, 2]

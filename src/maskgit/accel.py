@@ -102,14 +102,19 @@ def pow2_chunks(fn, max_chunk: int = MAX_CHUNK):
 
         def part(x, sl):
             return x[sl] if isinstance(x, torch.Tensor) and x.ndim and x.shape[0] == B else x
-        outs, i = [], 0
-        while i < B:
-            n = min(max_chunk, 1 << ((B - i).bit_length() - 1))
-            sl = slice(i, i + n)
-            outs.append(fn(*(part(a, sl) for a in args), **{k: part(v, sl) for k, v in kwargs.items()}))
-            i += n
-        return torch.cat(outs)
+        return torch.cat([fn(*(part(a, sl) for a in args), **{k: part(v, sl) for k, v in kwargs.items()})
+                          for sl in pow2_slices(B, max_chunk)])
     return run
+
+
+def pow2_slices(n: int, max_chunk: int = MAX_CHUNK) -> list[slice]:
+    """Slices of range(n) in power-of-two lengths up to ``max_chunk``, largest first (13 -> 8, 4, 1)."""
+    out, i = [], 0
+    while i < n:
+        m = min(max_chunk, 1 << ((n - i).bit_length() - 1))
+        out.append(slice(i, i + m))
+        i += m
+    return out
 
 
 class _ScaledAttention(torch.nn.Module):
@@ -162,13 +167,29 @@ def _trace_fused_attention(q, k, v):
 def fused_cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
     """softmax(q k^T / sqrt(d)) v for bf16 (B,H,L,d) CPU tensors at inference as one oneDNN Graph kernel (through
     TorchScript's oneDNN fusion), or None where that is not available (then the caller computes it its own way).
-    The first call for a shape and layout traces and compiles the kernel (under a second at the ImageNet size); the
-    last ``FUSED_ATTENTION_SHAPES`` are kept. The fused kernel ran the ImageNet-size attention 1.38x faster than two
-    bf16 GEMMs and a softmax per row (``benchmarks/attention_ab.py``); a row gives the same numbers alone as in a
-    batch. ``MASKGIT_FUSED_ATTENTION=0`` turns it off."""
+    The first call for a shape and layout traces and compiles the kernel (a fraction of a second at the ImageNet
+    size); the last ``FUSED_ATTENTION_SHAPES`` are kept. Batch sizes other than powers of two up to ``MAX_CHUNK`` run
+    in power-of-two chunks, so a server's many batch sizes share at most 7 kernels per layout instead of evicting and
+    retracing each other (``benchmarks/attention_shapes.py``). The fused kernel ran the ImageNet-size attention 1.38x
+    faster than two bf16 GEMMs and a softmax per row (``benchmarks/attention_ab.py``); a row gives the same numbers
+    alone as in a batch. ``MASKGIT_FUSED_ATTENTION=0`` turns it off."""
     import os
     if os.environ.get("MASKGIT_FUSED_ATTENTION", "1") == "0" or not torch.backends.mkldnn.is_available():
         return None
+    B, H, L, d = q.shape
+    if B & (B - 1) or B > MAX_CHUNK:  # power-of-two chunks: at most 7 batch sizes to trace per layout
+        out = q.new_empty(B, L, H, d)  # written chunk by chunk; the caller's (B,L,H*d) view of it needs no copy
+        for sl in pow2_slices(B):
+            part = _fused_kernel(q[sl], k[sl], v[sl])
+            if part is None:
+                return None
+            out[sl].transpose(1, 2).copy_(part)
+        return out.transpose(1, 2)
+    return _fused_kernel(q, k, v)
+
+
+def _fused_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+    """The traced oneDNN Graph attention for these inputs' shape and layout (traced on first use), run; or None."""
     key = (tuple(q.shape), q.stride(), k.stride(), v.stride(), q.dtype)
     with _fused_lock:
         m = _fused_attention.get(key, _UNTRACED)
