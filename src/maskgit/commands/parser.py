@@ -40,3 +40,62 @@ class CommandParser(argparse.ArgumentParser):
                                                                               (DefaultsFormatter, fc), {})
         kwargs["formatter_class"] = fc
         super().__init__(*args, **kwargs)
+
+
+# ---------------------------------------------------------------- decoding flags of sample / edit
+
+SAMPLE_HELP = {
+    "steps": "decoding steps T",
+    "schedule": "mask schedule gamma: {choices}",
+    "temperature": "token sampling temperature (0 = greedy)",
+    "top_k": "sample only among the k most likely tokens (0 = off)",
+    "top_p": "nucleus sampling: only the most likely tokens holding this probability mass (1 = off)",
+    "choice_temperature": "Gumbel noise on the confidences that choose which tokens to keep, annealed to 0 over "
+                          "the steps (0 = keep the most confident)",
+    "cfg": "classifier-free guidance scale (0 = off; needs a model trained with a 'no class' id)",
+    "cfg_schedule": "guidance over the steps: {choices} (linear ramps 0 -> cfg)",
+    "order": "which tokens each step reveals: {choices}",
+    "candidates": "decode k images per image and keep the one the model's classifier finds most on-class (k times "
+                  "the cost)",
+}
+
+
+def _sample_choices() -> dict[str, tuple[str, ...]]:
+    from maskgit.sampling.arithmetic import ORDERS, SCHEDULE_NAMES
+    return {"schedule": SCHEDULE_NAMES, "cfg_schedule": ("constant", "linear"), "order": ORDERS}
+
+
+def stored_sampling_defaults(model: str | None = None) -> tuple[str, dict]:
+    """(name, meta.sampling) of a shipped model (default: the one `sample` uses without --model), read from its
+    config.json without loading it; {} when it stores none or cannot be read."""
+    import json
+
+    from maskgit.pipeline import DEFAULT_MODEL, WEIGHTS_DIR
+    name = model or DEFAULT_MODEL
+    try:
+        meta = json.loads((WEIGHTS_DIR / name / "maskgit" / "config.json").read_text()).get("meta", {})
+        section = meta.get("sampling") or {}
+    except (OSError, ValueError, AttributeError):
+        section = {}
+    return name, section if isinstance(section, dict) else {}
+
+
+def add_sample_args(parser, skip: tuple[str, ...] = ("start_step",)) -> None:
+    """One flag per SampleConfig field (default None: the model's stored setting, else SampleConfig's), with help
+    text, the choices of the named ones, and what the default model actually uses."""
+    import dataclasses
+    import typing
+
+    from maskgit.config import SampleConfig
+    hints = typing.get_type_hints(SampleConfig)
+    choices = _sample_choices()
+    name, stored = stored_sampling_defaults()
+    for f in dataclasses.fields(SampleConfig):
+        if f.name in skip:
+            continue
+        text = SAMPLE_HELP.get(f.name, "").format(choices=", ".join(choices.get(f.name, ())))
+        default = (f"default: the model's own setting; {name}: {stored[f.name]}; without one: {f.default}"
+                   if f.name in stored else f"default: {f.default}, unless the model stores its own")
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, type=hints[f.name],
+                            metavar="{" + ",".join(choices[f.name]) + "}" if f.name in choices else None,
+                            help=f"{text} ({default})")

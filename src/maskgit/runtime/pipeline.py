@@ -11,6 +11,7 @@ import numpy as np
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
 from maskgit.runtime.decoding import Noise, decode
+from maskgit.sampling.arithmetic import batch_rows, class_ids
 from maskgit.storage.files import sha256_file
 
 CARD = "model_card.json"
@@ -26,7 +27,7 @@ class OnnxPipeline:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise MaskGITError("maskgit.runtime needs onnxruntime: pip install 'maskgit[runtime]'") from None
+            raise MaskGITError("maskgit.runtime needs onnxruntime: pip install maskgit-suite-runtime") from None
         self.root = Path(root)
         card_path = self.root / CARD
         if not card_path.is_file():
@@ -84,7 +85,7 @@ class OnnxPipeline:
         return cfg
 
     def check_labels(self, labels) -> np.ndarray:
-        lab = np.asarray(labels, dtype=np.int64).reshape(-1)
+        lab = np.asarray(class_ids(labels), dtype=np.int64).reshape(-1)  # "3", 3.0 and True are refused
         bad = [int(v) for v in lab if not -1 <= v < self.num_classes]
         if bad:
             raise MaskGITError(f"class label(s) {bad} out of range: this model has classes 0..{self.num_classes - 1}")
@@ -130,20 +131,22 @@ class OnnxPipeline:
         return decode(self.logits_fn(lab), tokens, self.sample_config(**sample_kw), self.mask_id, noise, callback)
 
     def generate(self, labels=None, num: int | None = None, seed: int | list[int] | None = 0, noise=None,
-                 **sample_kw) -> np.ndarray:
-        """Class-conditional (``labels``) or unconditional (``num``) samples -> uint8 images (B,H,W,C)."""
-        if labels is None:
-            if num is None or num < 1:
-                raise MaskGITError("give class labels or a number of samples >= 1")
-            labels = [-1] * num
-        lab = self.check_labels(labels)
+                 output: str = "np", **sample_kw):
+        """Class-conditional (``labels``; with ``num``: that many of each, as the CLI's --num) or unconditional
+        (``num``) samples -> uint8 images (B,H,W,C), or with ``output="pil"`` a list of PIL images (the PyTorch
+        pipeline's default)."""
+        check_output(output)
+        lab = self.check_labels(batch_rows(labels, num)[0])
         tokens = np.full((len(lab), self.grid[0] * self.grid[1]), self.mask_id, np.int64)
-        return to_uint8(self.to_images(self.decode_tokens(tokens, lab, seed, noise, **sample_kw)))
+        return as_output(to_uint8(self.to_images(self.decode_tokens(tokens, lab, seed, noise, **sample_kw))), output)
 
-    def inpaint(self, image: np.ndarray, mask=None, box=None, label: int | None = None, seed: int | None = 0,
-                **sample_kw) -> np.ndarray:
-        """Regenerate the token cells under ``mask`` (bool (H,W), True = regenerate) or ``box`` (x,y,w,h) of a
-        uint8 image (H,W[,C]); pixels outside those cells are kept exactly. Returns uint8 (H,W,C)."""
+    def inpaint(self, image, mask=None, box=None, label: int | None = None, seed: int | None = 0,
+                output: str = "np", **sample_kw):
+        """Regenerate the token cells under ``mask`` (bool (H,W), True = regenerate) or ``box`` (x,y,w,h) of one
+        uint8 image (H,W[,C]) or PIL image; pixels outside those cells are kept exactly. Returns one image, as
+        the PyTorch pipeline's ``inpaint`` of one image does: uint8 (H,W,C), or with ``output="pil"`` a PIL
+        image."""
+        check_output(output)
         x = np.asarray(image)
         if x.dtype != np.uint8 or x.ndim not in (2, 3):
             raise MaskGITError(f"image must be uint8 (H,W[,C]), got {x.dtype} {x.shape}")
@@ -169,7 +172,7 @@ class OnnxPipeline:
         out = to_uint8(self.to_images(self.decode_tokens(tokens, [-1 if label is None else label], seed,
                                                          **sample_kw)))[0]
         keep = np.repeat(np.repeat(tm, cell, 0), cell, 1)[..., None]  # (H, W, 1)
-        return np.where(keep, out, x)
+        return as_output(np.where(keep, out, x)[None], output)[0]
 
 
 def _pixel_mask(mask, box, size: int) -> np.ndarray:
@@ -188,6 +191,19 @@ def _pixel_mask(mask, box, size: int) -> np.ndarray:
     if m.shape != (size, size):
         raise MaskGITError(f"mask is {m.shape} but the image is ({size}, {size})")
     return m
+
+
+def check_output(output: str) -> None:
+    if output not in ("np", "pil"):
+        raise MaskGITError(f"output must be 'np' or 'pil', got {output!r}")
+
+
+def as_output(images: np.ndarray, output: str):
+    """uint8 (B,H,W,C) -> itself, or a list of PIL images (grey as mode L) for ``output="pil"``."""
+    if output == "np":
+        return images
+    from PIL import Image
+    return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in images]
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import numpy as np
 
@@ -144,3 +145,48 @@ def halton_priority(n: int) -> np.ndarray:
     rank = np.empty(n, dtype=F32)
     rank[list(halton_order(*grid_of(n)))] = np.arange(n, dtype=F32)
     return -rank
+
+
+# ---------------------------------------------------------------- the rows of a generate call (both pipelines)
+
+def check_count(value, name: str) -> None:
+    """None, or an integer >= 1 (not a bool, a float or a string)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+        raise MaskGITError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def class_ids(labels) -> list[int]:
+    """Class ids as ints, from a list/tuple/range, a numpy or torch array, or one id; "3", 3.0 and True are
+    refused rather than converted (-1 = no class)."""
+    items = labels.tolist() if hasattr(labels, "tolist") else labels
+    items = list(items) if isinstance(items, (list, tuple, range)) else [items]
+    bad = [v for v in items if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+    if bad:
+        raise MaskGITError(f"class labels must be integer class ids, got {bad[0]!r} ({type(bad[0]).__name__})")
+    return [int(v) for v in items]
+
+
+def batch_rows(labels=None, num=None, prompts=None, negative_prompts=None):
+    """(class ids, prompts, negative prompts) with one entry per image. ``num`` alone: that many images without
+    a class; with ``labels`` or ``prompts``: ``num`` images of each, label-major (0,0,1,1,...) as the CLI's --num.
+    ``negative_prompts``: one string for all, or one per prompt."""
+    check_count(num, "num")
+    if prompts is not None:
+        if labels is not None:
+            raise MaskGITError("give class labels or prompts, not both")
+        if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise MaskGITError("prompts must be a non-empty list of strings")
+        if negative_prompts is not None and not isinstance(negative_prompts, str):
+            if len(negative_prompts) != len(prompts):
+                raise MaskGITError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts: give "
+                                   "one, or one per prompt")
+            negative_prompts = [p for p in negative_prompts for _ in range(num or 1)]
+        prompts = [p for p in prompts for _ in range(num or 1)]
+        return [-1] * len(prompts), prompts, negative_prompts
+    if negative_prompts is not None:
+        raise MaskGITError("negative prompts need prompts")
+    if labels is None:
+        if num is None:
+            raise MaskGITError("give class labels or a number of samples >= 1")
+        return [-1] * num, None, None
+    return [v for v in class_ids(labels) for _ in range(num or 1)], None, None

@@ -3,6 +3,8 @@ feathered blending of decoded pixels with the original ones. The decoding itself
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -61,6 +63,25 @@ def blend(original: torch.Tensor, generated: torch.Tensor, alpha: torch.Tensor) 
     return torch.where(alpha > 0, out, original)
 
 
+SIDES = ("left", "right", "top", "bottom")
+
+
+def check_outpaint(side, n, grid: tuple[int, int] | None = None) -> tuple[str, int]:
+    """The one rule for an outpaint request (CLI, Python API, server): ``side`` one of SIDES, ``n`` an integer
+    >= 1 and, given the token ``grid`` (h, w), smaller than the grid along that side."""
+    if not isinstance(side, str) or side not in SIDES:
+        raise MaskGITError(f"outpaint side must be one of {', '.join(SIDES)}; got {side!r}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise MaskGITError(f"outpaint tokens must be an integer >= 1; got {n!r}")
+    n = int(n)
+    if grid is not None:
+        limit = grid[1] if side in ("left", "right") else grid[0]
+        if n >= limit:
+            raise MaskGITError(f"outpaint by {n} tokens needs a grid wider than {n}; the grid is "
+                               f"{grid[0]}x{grid[1]}")
+    return side, n
+
+
 def parse_outpaint(spec: str) -> tuple[str, int]:
     """"right:4" -> ("right", 4)."""
     try:
@@ -68,18 +89,14 @@ def parse_outpaint(spec: str) -> tuple[str, int]:
         n = int(n)
     except ValueError:
         raise MaskGITError(f"outpaint takes SIDE:TOKENS, e.g. right:4; got {spec!r}") from None
-    if side not in ("left", "right", "top", "bottom") or n < 1:
-        raise MaskGITError(f"outpaint side must be left/right/top/bottom and tokens >= 1; got {spec!r}")
-    return side, n
+    return check_outpaint(side, n)
 
 
 def shift_window(tokens: torch.Tensor, side: str, n: int, mask_id: int) -> torch.Tensor:
     """Token grid (B,h,w) -> the same-size window moved ``n`` tokens past the ``side`` edge: the kept part of
     the original plus ``n`` masked rows/columns to generate."""
     B, h, w = tokens.shape
-    limit = w if side in ("left", "right") else h
-    if n >= limit:
-        raise MaskGITError(f"outpaint by {n} tokens needs a grid wider than {n}; the grid is {h}x{w}")
+    check_outpaint(side, n, (h, w))
     out = torch.full_like(tokens, mask_id)
     if side == "right":
         out[:, :, :w - n] = tokens[:, :, n:]
@@ -94,6 +111,9 @@ def shift_window(tokens: torch.Tensor, side: str, n: int, mask_id: int) -> torch
 
 def stitch(original: torch.Tensor, window: torch.Tensor, side: str, n_px: int) -> torch.Tensor:
     """Place the decoded window's new strip beside the original image: (B,C,H,W+n_px) or (B,C,H+n_px,W)."""
+    if side not in SIDES or n_px < 1:
+        raise MaskGITError(f"outpaint side must be one of {', '.join(SIDES)} and the strip >= 1 px; got {side!r}, "
+                           f"{n_px}")
     if side == "right":
         return torch.cat([original, window[..., -n_px:]], -1)
     if side == "left":

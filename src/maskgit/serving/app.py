@@ -1,4 +1,4 @@
-"""HTTP API and web page for a pipeline (FastAPI + uvicorn; ``pip install maskgit[server]``).
+"""HTTP API and web page for a pipeline (FastAPI + uvicorn; ``pip install maskgit-suite[server]``).
 
 Endpoints: ``POST /v1/generate``, ``POST /v1/edit`` (inpaint / outpaint / class edit), ``GET /v1/models``,
 ``GET /v1/stats``, ``GET /healthz``, the page at ``/`` and the OpenAPI docs at ``/docs``. Images travel as
@@ -62,7 +62,7 @@ def require_server() -> None:
     import importlib.util
     missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
     if missing:
-        raise MaskGITError(f"the server needs {', '.join(missing)}: pip install maskgit[server]")
+        raise MaskGITError(f"the server needs {', '.join(missing)}: pip install maskgit-suite[server]")
 
 
 def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig()):

@@ -175,14 +175,14 @@ class Handlers:
             if req.tokens >= pipe.grid[0]:
                 raise APIError(422, f"outpaint tokens must be below the grid size {pipe.grid[0]}")
             fn = lambda: pipe.outpaint(image, req.side, req.tokens, label=req.label,
-                                       seed=req.seed, output="np", **kw)
+                                       seed=req.seed, output="np", **kw)[None]  # one image -> a batch of one
         elif mode == "edit":
             if req.box is None or req.label is None:
                 raise APIError(422, "a class edit (mode edit) needs box [x, y, w, h] and label")
             if req.start_step is not None and req.start_step >= cfg.steps:
                 raise APIError(422, f"start_step must be below steps ({cfg.steps})")
             fn = lambda: pipe.class_edit(image, box=req.box, label=req.label, start_step=req.start_step,
-                                   feather=req.feather, seed=req.seed, output="np", **kw)
+                                   feather=req.feather, seed=req.seed, output="np", **kw)[None]
         else:
             if (mask_bytes is None) == (req.box is None):
                 raise APIError(422, "inpaint needs exactly one of mask (PNG of the image's size) or box")
@@ -190,7 +190,7 @@ class Handlers:
             if mask is not None and not mask.any():
                 raise APIError(422, "the mask is empty: paint (white) at least one pixel to regenerate")
             fn = lambda: pipe.inpaint(image, mask=mask, box=req.box, label=req.label,
-                                      dilate=req.dilate, feather=req.feather, seed=req.seed, output="np", **kw)
+                                      dilate=req.dilate, feather=req.feather, seed=req.seed, output="np", **kw)[None]
         out = await self.run(Job(fn=fn, shared=False), request)
         return self.answer(out, request, t0, {"mode": mode, "seed": req.seed})
 

@@ -32,7 +32,7 @@ def _msgpack():
         import msgpack
     except ImportError:
         raise MaskGITError("reading official (Flax) checkpoints needs the msgpack package: "
-                           "pip install 'maskgit[convert]' (or pip install msgpack)") from None
+                           "pip install 'maskgit-suite[convert]' (or pip install msgpack)") from None
     return msgpack
 
 

@@ -141,13 +141,27 @@ def to_pil(image) -> Image.Image:
     return Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a)
 
 
-def save_png(image, path: str | Path) -> Path:
-    """Write ``image`` (PIL, uint8 (H,W,C) array or float (C,H,W) tensor) as PNG, creating parent folders."""
+def png_text(text: dict[str, str] | None):
+    """PNG tEXt chunks: ``text`` (e.g. {"maskgit": settings as JSON}) and "Software"; None without ``text``."""
+    if not text:
+        return None
+    from PIL.PngImagePlugin import PngInfo
+
+    from maskgit import __version__
+    info = PngInfo()
+    for key, value in {"Software": f"maskgit {__version__}", **text}.items():
+        info.add_text(key, str(value))
+    return info
+
+
+def save_png(image, path: str | Path, text: dict[str, str] | None = None) -> Path:
+    """Write ``image`` (PIL, uint8 (H,W,C) array or float (C,H,W) tensor) as PNG, creating parent folders;
+    ``text``: tEXt chunks to store with it (read back with ``Image.open(path).text``)."""
     path = Path(path)
     img = to_pil(image)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path, format="PNG")
+        img.save(path, format="PNG", pnginfo=png_text(text))
     except OSError as e:
         raise MaskGITError(f"cannot write {path} ({e.strerror or e}): choose a writable path") from None
     return path
@@ -171,11 +185,20 @@ def _fit_lines(text: str, font, width: int, max_lines: int) -> list[str]:
             line += " " + words.pop(0)
         lines.append(line)
     if lines and (words or font.getlength(lines[-1]) > width):
-        last = lines[-1]
-        while last and font.getlength(last + "…") > width:
+        last = lines[-1].split()
+        while len(last) > 1 and font.getlength(" ".join(last) + "…") > width:
+            last.pop()  # cut between words
+        last = " ".join(last)
+        while last and font.getlength(last + "…") > width:  # one word wider than the cell
             last = last[:-1]
         lines[-1] = last.rstrip() + "…"
     return lines
+
+
+def label_lines_needed(labels, width: int, font_size: int = 11, most: int = 6) -> int:
+    """The lines that the longest label needs when word-wrapped to ``width`` px (at most ``most``)."""
+    font = _font(font_size)
+    return max(1, min(most, max((len(_fit_lines(str(t), font, width, most + 1)) for t in labels), default=1)))
 
 
 def make_grid(images, labels: list[str] | None = None, ncol: int | None = None, scale: int = 1,
@@ -205,7 +228,25 @@ def make_grid(images, labels: list[str] | None = None, ncol: int | None = None, 
         if labels is not None:
             for j, line in enumerate(_fit_lines(str(labels[i]), font, cw, label_lines)):
                 draw.text((x + cw / 2, y + ch + 1 + j * line_h), line, fill=(40, 40, 40), font=font, anchor="ma")
+    grid.info["grid"] = {"n": n, "ncol": ncol, "nrow": nrow, "size": [w, h], "scale": scale, "pad": pad,
+                         "label_h": label_h}  # where each cell is (grid_cell reads it back)
     return grid
+
+
+def grid_cell(img: Image.Image, layout: dict, row: int, col: int) -> Image.Image:
+    """Cell (``row``, ``col``) of a grid that ``make_grid`` drew with ``layout`` (its ``info["grid"]``), at the
+    image's own size: the enlargement undone exactly (it was nearest-neighbour)."""
+    try:
+        n, ncol, nrow, (w, h) = int(layout["n"]), int(layout["ncol"]), int(layout["nrow"]), layout["size"]
+        scale, pad, label_h = int(layout["scale"]), int(layout["pad"]), int(layout["label_h"])
+    except (KeyError, TypeError, ValueError):
+        raise MaskGITError("the grid's layout record is damaged: write single images with --out DIR/") from None
+    if not (0 <= row < nrow and 0 <= col < ncol) or row * ncol + col >= n:
+        raise MaskGITError(f"cell {row},{col} is not in this grid of {n} images ({nrow} rows x {ncol} columns, "
+                           f"counted from 0,0)")
+    x, y = pad + col * (w * scale + pad), pad + row * (h * scale + label_h + pad)
+    cell = img.crop((x, y, x + w * scale, y + h * scale))
+    return cell.resize((w, h), Image.Resampling.NEAREST) if scale != 1 else cell
 
 
 def hstrip(images, pad: int = 2, scale: int = 1) -> Image.Image:
@@ -272,14 +313,16 @@ def as_pixel_mask(mask, H: int, W: int) -> torch.Tensor:
     return m
 
 
-def format_images(images: torch.Tensor, output: str):
-    """(B,C,H,W) in [0,1] -> list of PIL images / uint8 (B,H,W,C) array / the tensor."""
+def format_images(images: torch.Tensor, output: str, one: bool = False):
+    """(B,C,H,W) in [0,1] -> list of PIL images / uint8 (B,H,W,C) array / the tensor; ``one``: the first image
+    alone (a PIL image, (H,W,C) or (C,H,W))."""
+    if output not in ("pil", "np", "tensor"):
+        raise MaskGITError(f"output must be 'pil', 'np' or 'tensor', got {output!r}")
     if output == "tensor":
-        return images
+        return images[0] if one else images
     arr = to_uint8(images)
     if output == "np":
-        return arr
-    if output == "pil":
-        from PIL import Image
-        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
-    raise MaskGITError(f"output must be 'pil', 'np' or 'tensor', got {output!r}")
+        return arr[0] if one else arr
+    from PIL import Image
+    pils = [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
+    return pils[0] if one else pils

@@ -83,9 +83,12 @@ def write_npz_chunks(path: str | Path, chunks, n: int, labels=None, prompts: lis
         raise MaskGITError(f"cannot write {path} ({e.strerror or e}): choose a writable path") from None
 
 
-def write_png_folder(folder: str | Path, images: np.ndarray, labels=None) -> Path:
-    """Numbered PNGs (grey stays one channel) plus ``labels.txt``; files already there are overwritten."""
+def write_png_folder(folder: str | Path, images: np.ndarray, labels=None, text=None) -> Path:
+    """Numbered PNGs (grey stays one channel) plus ``labels.txt``; files already there are overwritten.
+    ``text(i)``: the tEXt chunks of image i (e.g. the settings that made it), or None."""
     from PIL import Image
+
+    from maskgit.storage.images import png_text
     a = np.asarray(images)
     if a.dtype != np.uint8 or a.ndim not in (3, 4):
         raise MaskGITError(f"sample images must be uint8 (N,H,W[,C]), got {a.dtype} {a.shape}")
@@ -96,7 +99,7 @@ def write_png_folder(folder: str | Path, images: np.ndarray, labels=None) -> Pat
         for i, img in enumerate(a):
             img = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
             buf = io.BytesIO()
-            Image.fromarray(img).save(buf, format="PNG")
+            Image.fromarray(img).save(buf, format="PNG", pnginfo=png_text(text(i)) if text else None)
             atomic_write(folder / f"{i:0{width}d}.png", lambda f, b=buf: f.write(b.getvalue()))
         lab = [-1] * len(a) if labels is None else [int(v) for v in np.asarray(labels).reshape(-1)]
         atomic_write(folder / LABELS_FILE, lambda f: f.write("".join(f"{v}\n" for v in lab).encode()))
