@@ -48,9 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--"]:  # `torchrun ... -m maskgit -- sample ...` (where torchrun passes the separator on)
+        argv = argv[1:]
     args = parser.parse_args(argv)
     # the command as typed (quoted), recorded beside results and in checkpoints' metadata
-    args.command_line = "maskgit " + shlex.join(sys.argv[1:] if argv is None else argv)
+    args.command_line = "maskgit " + shlex.join(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -235,7 +235,7 @@ def _edit_input(args, channels: int, size: int) -> torch.Tensor:
     from maskgit.storage.images import grid_cell, open_image, pil_to_tensor, to_rgb
     img = open_image(args.image)
     try:  # the layout record `sample` stores in a grid PNG's "maskgit" text chunk
-        layout = json.loads(getattr(img, "text", {}).get("maskgit", "{}")).get("grid")
+        layout = json.loads(img.info.get("maskgit", "{}")).get("grid")
     except (ValueError, AttributeError):
         layout = None
     if args.cell is not None:
