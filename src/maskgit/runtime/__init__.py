@@ -1,5 +1,6 @@
 """Run exported MaskGIT models (``maskgit export onnx``) with numpy + onnxruntime: no PyTorch needed
-(``pip install maskgit-suite-runtime``). Same decoding semantics as the PyTorch pipeline; noise from numpy seeds.
+(``pip install ./runtime`` from a clone: the maskgit-suite-runtime distribution). Same decoding semantics as
+the PyTorch pipeline; noise from numpy seeds.
 
     from maskgit import runtime
     pipe = runtime.load("exported/")

@@ -27,7 +27,8 @@ class OnnxPipeline:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise MaskGITError("maskgit.runtime needs onnxruntime: pip install maskgit-suite-runtime") from None
+            raise MaskGITError("maskgit.runtime needs onnxruntime: pip install onnxruntime (a clone's `pip install "
+                               "./runtime` installs the runtime with it)") from None
         self.root = Path(root)
         card_path = self.root / CARD
         if not card_path.is_file():
