@@ -301,3 +301,16 @@ def test_readme_torchrun_line_runs_with_two_processes(tmp_path):
     assert "2 processes" in r.stdout
     z = np.load(tmp_path / "fid50k.npz")
     assert z["arr_0"].shape == (10, 32, 32, 3) and z["arr_1"].tolist() == list(range(10))
+
+
+def test_num_repeats_each_prompt_and_its_negative_prompt_as_it_repeats_labels():
+    from maskgit.sampling.arithmetic import batch_rows
+    assert batch_rows([1, 2], 2) == ([1, 1, 2, 2], None, None)
+    assert batch_rows(None, 3) == ([-1, -1, -1], None, None)
+    assert batch_rows(None, 2, ["a", "b"], ["x", "y"]) == ([-1] * 4, ["a", "a", "b", "b"], ["x", "x", "y", "y"])
+    assert batch_rows(None, 2, ["a"], "x") == ([-1, -1], ["a", "a"], "x")
+    for args, match in ((([1], None, ["a"]), "not both"), ((None, None, "a"), "list of strings"),
+                        ((None, None, ["a", "b"], ["x"]), "1 negative prompts for 2"), (([1], None, None, "x"),
+                                                                                        "need prompts")):
+        with pytest.raises(MaskGITError, match=match):
+            batch_rows(*args)

@@ -277,9 +277,9 @@ class Pipeline:
                  return_steps: bool = False, generator: NoiseSource = None,
                  prompts: list[str] | None = None, negative_prompts=None, arch: str = "maskgit",
                  use_cache: bool = True, **sample_kw):
-        """Class-conditional (``labels``), text-conditional (``prompts``: one image each; ``negative_prompts``,
-        one for all or one per prompt, replace the null text in CFG's unconditional branch) or unconditional
-        (``num``) samples; ``sample_kw`` are SampleConfig fields (steps, schedule, temperature, top_k, top_p,
+        """Class-conditional (``labels``), text-conditional (``prompts``; ``negative_prompts``, one for all or one
+        per prompt, replace the null text in CFG's unconditional branch) or unconditional (``num``) samples; with
+        labels or prompts ``num`` images of each (as --num); ``sample_kw``: SampleConfig fields (steps, top_k, top_p,
         choice_temperature, cfg, cfg_schedule). ``seed``: one for the batch, or one per image (each image is then
         the one its seed gives alone, up to float rounding). ``generator`` (a torch.Generator, or
         ``sampling.RowGenerators`` for blocks of rows with their own seeds) replaces ``seed``. ``arch="ar"``: the
