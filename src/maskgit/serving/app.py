@@ -4,12 +4,15 @@ Endpoints: ``POST /v1/generate``, ``POST /v1/edit`` (inpaint / outpaint / class 
 ``GET /v1/stats``, ``GET /healthz``, the page at ``/`` and the OpenAPI docs at ``/docs``. Images travel as
 base64 PNG in JSON, or as the PNG bytes when the client sends ``Accept: image/png`` and the answer is one image.
 Every error is JSON ``{"error": "..."}``: 400 unreadable input (bad JSON, JSON nested deeper than
-``MAX_JSON_DEPTH``, bad base64, not a PNG), 406 PNG asked for several images, 408 a body that stalls for
-``body_timeout`` seconds, 413 body too large, 415 unknown content type, 422 a well-formed request the model cannot
-serve (a field of the wrong type: ``"7"`` or ``true`` is not an int; a non-finite or out-of-range number; label
-out of range, a prompt for a class model or a label for a text model, a prompt above ``MAX_PROMPT_CHARS``, wrong
-image or mask size, unknown schedule, steps/num above the limits, ...), 503 queue full or shutting down (with
-``Retry-After``). Field types and ranges are checked before any work (see schemas.py and handlers.py).
+``MAX_JSON_DEPTH``, bad base64, not a PNG), 406 PNG asked for several images, 408 a body not all there
+``body_timeout`` seconds after the request began (stalled or drip-fed), 413 body too large, 415 unknown content
+type, 422 a well-formed request the model cannot serve (a field of the wrong type: ``"7"`` or ``true`` is not an
+int; a non-finite or out-of-range number; label out of range, a prompt for a class model or a label for a text
+model, a prompt above ``MAX_PROMPT_CHARS``, wrong image or mask size, unknown schedule, steps/num above the limits,
+an integer of more than 4300 digits, a multipart ``box`` with other than ASCII digits, ...), 503 queue full or
+shutting down (with ``Retry-After``). Field types and ranges are checked before any work (see schemas.py and
+handlers.py). A client that closes its connection mid-body is dropped without a log entry; a connection that takes
+more than ``header_timeout`` seconds to send a request head is closed (connections.py).
 
 Text-conditioned models take ``prompt`` (and ``negative_prompt``, CFG's unconditional branch) in generate and in
 inpaint/outpaint edits; an empty or missing prompt is the learned null text (unconditional). Requests with
@@ -24,8 +27,8 @@ Each request is answered exactly once. The queue bound counts images, not reques
 disconnects while it waits is taken out of the queue and never decoded.
 
 Shutdown (SIGTERM / SIGINT): new requests get 503 at once; accepted ones are decoded until ``shutdown_timeout``
-seconds have passed; then every request still waiting gets 503, connections still open (a stalled upload) are
-closed, and the process exits.
+seconds have passed; then every request not yet answered gets 503 (also one whose batch is still being decoded:
+the decode is not waited for), uploads still arriving get 503, and the process exits.
 
 Seeds. Every request draws its decoding noise from its own ``torch.Generator().manual_seed(seed)``, also inside a
 shared decode (``sampling.RowGenerators``: each request's block of rows has its own generator), so it gets the
@@ -36,6 +39,9 @@ images of ``maskgit.load(model).generate(labels, seed=seed, **settings)``:
   within 1/255 per pixel. Edits always run alone, so they are always exact."""
 
 import asyncio
+import os
+import sys
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -55,6 +61,18 @@ from maskgit.serving.schemas import (  # noqa: F401  (re-exported)
 )
 
 WEB_DIR = Path(__file__).parent / "web"
+SWAGGER_UI = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5"
+# no installed package ships Swagger UI's files, so /docs loads them from a CDN and says so: offline, the page
+# shows where the same API description is (/openapi.json) instead of a blank page
+DOCS_HTML = f"""<!doctype html><html><head><meta charset="utf-8"><title>MaskGIT API</title>
+<link rel="stylesheet" href="{SWAGGER_UI}/swagger-ui.css"></head><body>
+<p id="offline" style="font-family:sans-serif;margin:1em">This page loads Swagger UI from {SWAGGER_UI} and needs
+the internet for that. Without it, the API's description is at <a href="/openapi.json">/openapi.json</a> (OpenAPI
+3 JSON, served by this server) and the endpoints are listed at the top of <code>maskgit.serving.app</code>.</p>
+<div id="swagger-ui"></div>
+<script src="{SWAGGER_UI}/swagger-ui-bundle.js"></script>
+<script>if (window.SwaggerUIBundle) {{ document.getElementById("offline").style.display = "none";
+  SwaggerUIBundle({{url: "/openapi.json", dom_id: "#swagger-ui"}}); }}</script></body></html>"""
 
 
 def require_server() -> None:
@@ -70,8 +88,9 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
     require_server()
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     S = schemas()
     batcher = Batcher(pipe, config.max_batch, config.max_wait_ms / 1000, config.queue_size)
@@ -83,11 +102,13 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
         batcher.start()
         try:
             yield
-        finally:  # after a shutdown deadline, only the batch being decoded is waited for
-            await asyncio.to_thread(batcher.close, config.shutdown_timeout + 5)
+        finally:  # the batch being decoded is waited for until the shutdown deadline, not past it
+            stop = batcher.stop_at
+            left = config.shutdown_timeout if stop is None else max(0.0, stop - time.monotonic())
+            await asyncio.to_thread(batcher.close, left + 0.5)
 
     from maskgit import __version__
-    app = FastAPI(title="MaskGIT", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="MaskGIT", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Generation and editing with a MaskGIT pipeline. See maskgit.serving.app for the "
                               "batching and seed semantics.")
     app.state.batcher, app.state.pipe, app.state.config = batcher, pipe, config
@@ -101,6 +122,10 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
     @app.exception_handler(MaskGITError)
     async def _user_error(request, exc: MaskGITError):
         return JSONResponse({"error": str(exc)}, 422)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request, exc: ClientDisconnect):  # nobody reads this answer; no traceback in the log
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def _bug(request, exc: Exception):
@@ -153,6 +178,10 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
     async def index():
         return HTMLResponse(index_html or "<p>the web page is not installed</p>")
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs():
+        return HTMLResponse(DOCS_HTML)
+
     return app
 
 
@@ -176,12 +205,18 @@ def serve(model: str | None, host: str = "127.0.0.1", port: int = 8000, device: 
             app.state.batcher.begin_shutdown(config.shutdown_timeout)
             super().handle_exit(sig, frame)
 
-    # uvicorn cancels the requests still open a moment after the deadline (the worker has answered the waiting
-    # ones with 503 by then), so a client stalled mid-upload cannot keep the process alive
+    # every request has its answer (200 or 503) by the deadline; uvicorn cancels what is still open only a
+    # moment later (a cancelled request would be a 500 with a traceback), so nothing can keep the process alive
+    from maskgit.serving.connections import header_timeout_protocol
     server = Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                   timeout_graceful_shutdown=config.shutdown_timeout + 1))
+                                   http=header_timeout_protocol(config.header_timeout),
+                                   timeout_graceful_shutdown=config.shutdown_timeout + 2))
     print(f"maskgit: serving {name} at http://{host}:{port}/ (API docs at /docs); Ctrl+C stops", flush=True)
     try:
         server.run()  # re-raises the signal that stopped it once the shutdown is done, as uvicorn.run does
     except KeyboardInterrupt:
         pass
+    if app.state.batcher._thread.is_alive():  # a decode past the deadline (its clients got 503): do not wait
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

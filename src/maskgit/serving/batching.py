@@ -40,15 +40,16 @@ class ServerConfig:
     max_num: int = 64  # images per request
     max_steps: int = 64  # decoding steps per request
     max_body_mb: float = 8.0  # request body (beyond: 413)
-    body_timeout: float = 30.0  # seconds to wait for the next part of a request body (beyond: 408)
-    shutdown_timeout: float = 30.0  # SIGTERM/SIGINT: requests still waiting after this many seconds get 503
+    body_timeout: float = 30.0  # seconds a whole request body may take to arrive (beyond: 408)
+    header_timeout: float = 10.0  # seconds a connection may take to send a request's headers (beyond: closed)
+    shutdown_timeout: float = 30.0  # SIGTERM/SIGINT: requests not answered after this many seconds get 503
 
     def __post_init__(self):
         numbers = (self.max_batch, self.queue_size, self.max_num, self.max_steps, self.max_wait_ms,
-                   self.max_body_mb, self.body_timeout, self.shutdown_timeout)
+                   self.max_body_mb, self.body_timeout, self.header_timeout, self.shutdown_timeout)
         if not all(math.isfinite(v) for v in numbers) or min(self.max_batch, self.queue_size, self.max_num,
                                                              self.max_steps) < 1 or self.max_wait_ms < 0 \
-                or min(self.max_body_mb, self.body_timeout) <= 0 or self.shutdown_timeout < 0:
+                or min(self.max_body_mb, self.body_timeout, self.header_timeout) <= 0 or self.shutdown_timeout < 0:
             raise MaskGITError(f"server limits must be positive and finite (max_wait_ms and shutdown_timeout may "
                                f"be 0), got {self}")
 

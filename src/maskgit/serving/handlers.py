@@ -97,7 +97,8 @@ class Handlers:
 
     # ------------------------------------------------------------ running
     async def run(self, job: Job, request):
-        """Queue ``job`` and wait for it; a client that leaves while it waits takes it out of the queue."""
+        """Queue ``job`` and wait for it; a client that leaves while it waits takes it out of the queue. Past the
+        shutdown deadline the answer is 503 at once, also while the job's batch is still being decoded."""
         future = self.batcher.submit(job)  # APIError 503 when full or shutting down
         waiting = asyncio.wrap_future(future)
         try:
@@ -105,6 +106,11 @@ class Handlers:
                 done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
                 if done:
                     return waiting.result()
+                stop = self.batcher.stop_at
+                if stop is not None and time.monotonic() >= stop:  # shutdown deadline: answer now, not at exit
+                    self.batcher.abandon(job)
+                    raise APIError(503, "the server shut down before this request's decode finished",
+                                   {"Retry-After": "5"})
                 if await request.is_disconnected():
                     if self.batcher.abandon(job):
                         raise APIError(499, "the client closed the connection before its request was decoded")

@@ -62,6 +62,8 @@ def parse_json_object(body: bytes) -> dict:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise APIError(400, f"the body is not valid JSON ({e})") from None
+    except ValueError as e:  # an integer longer than Python's int-from-string limit (sys.get_int_max_str_digits)
+        raise APIError(422, f"the body has a number too long to read ({str(e)[:80]})") from None
     if not isinstance(data, dict):
         raise APIError(422, "the body must be a JSON object")
     return data
@@ -141,12 +143,17 @@ def schemas() -> SimpleNamespace:
     return SimpleNamespace(SampleFields=SampleFields, GenerateRequest=GenerateRequest, EditRequest=EditRequest)
 
 
+_BOX = re.compile(r"\s*\[?\s*([0-9]{1,6})\s*,\s*([0-9]{1,6})\s*,\s*([0-9]{1,6})\s*,\s*([0-9]{1,6})\s*\]?\s*",
+                  re.ASCII)
+
+
 def parse_box(text: str) -> list[int]:
-    """A multipart ``box`` field: "x,y,w,h" (or "[x, y, w, h]") -> four ints; 422 otherwise."""
-    parts = text.strip().strip("[]").split(",")
-    if len(parts) != 4 or not all(p.strip().isdigit() and len(p.strip()) <= 6 for p in parts):
-        raise APIError(422, f"box must be x,y,w,h non-negative integers, got {text[:40]!r}")
-    return [int(p) for p in parts]
+    """A multipart ``box`` field: "x,y,w,h" (or "[x, y, w, h]") of ASCII digits -> four ints; 422 otherwise
+    (``str.isdigit`` and ``int`` also take superscripts, Arabic-Indic and full-width digits)."""
+    m = _BOX.fullmatch(text)
+    if m is None:
+        raise APIError(422, f"box must be x,y,w,h non-negative integers (ASCII digits), got {text[:40]!r}")
+    return [int(g) for g in m.groups()]
 
 
 async def read_edit_body(request) -> tuple[Any, bytes, bytes | None]:
@@ -227,17 +234,17 @@ def read_png(data: bytes, what: str, size: int, channels: int) -> np.ndarray:
 
 class BodyLimit:
     """ASGI middleware: 413 for a body above ``max_bytes`` (by Content-Length, or counted while streaming); 408
-    when the next part of a body takes longer than ``timeout_s`` to arrive (a stalled upload); 503 for a body
-    still arriving when ``stop_at()`` (a ``time.monotonic()`` shutdown deadline, or None) has passed."""
+    when the whole body has not arrived ``timeout_s`` seconds after the app first asked for it (a stalled upload,
+    or one drip-fed a byte at a time); 503 for a body still arriving when ``stop_at()`` (a ``time.monotonic()``
+    shutdown deadline, or None) has passed."""
 
     def __init__(self, app, max_bytes: int, timeout_s: float = 30.0, stop_at=lambda: None):
         self.app, self.max_bytes, self.timeout_s, self.stop_at = app, max_bytes, timeout_s, stop_at
 
-    async def _next(self, receive):
-        """``await receive()`` within the body timeout and the shutdown deadline."""
+    async def _next(self, receive, give_up: float):
+        """``await receive()`` before ``give_up`` (the body's deadline) and the shutdown deadline."""
         from starlette.exceptions import HTTPException  # FastAPI passes it through while reading the body
         task = asyncio.ensure_future(receive())
-        give_up = time.monotonic() + self.timeout_s
         while True:
             stop = self.stop_at()
             left = min(give_up, stop if stop is not None else give_up) - time.monotonic()
@@ -263,13 +270,15 @@ class BodyLimit:
             return await JSONResponse({"error": "Content-Length is not a number"}, 400)(scope, receive, send)
         if length is not None and int(length) > self.max_bytes:
             return await JSONResponse({"error": message}, 413)(scope, receive, send)
-        seen, complete = 0, False
+        seen, complete, give_up = 0, False, None
 
         async def limited():
-            nonlocal seen, complete
+            nonlocal seen, complete, give_up
             if complete:  # the body is in: what follows is the disconnect (waited for without a deadline)
                 return await receive()
-            msg = await self._next(receive)
+            if give_up is None:  # the whole body, however it is split, within timeout_s
+                give_up = time.monotonic() + self.timeout_s
+            msg = await self._next(receive, give_up)
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 complete = not msg.get("more_body", False)
