@@ -15,6 +15,7 @@ LAYERS = [
     ["maskgit.storage"],
     ["maskgit.data"],
     ["maskgit.training"],
+    ["maskgit.families"],  # model families from outside (aMUSEd): parts in the Pipeline's interface
     ["maskgit.pipeline"],
     ["maskgit.evaluation"],
     ["maskgit.serving"],

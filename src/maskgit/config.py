@@ -98,6 +98,7 @@ class SampleConfig:
     start_step: int = 0  # >0 starts later in the schedule (class-conditional editing)
     order: str = "confidence"  # which tokens each step reveals: "confidence" | "halton" | "random"
     candidates: int = 1  # >1: decode this many per image, keep the one the classifier finds most on-class
+    sampler: str = "maskgit"  # "amused": the aMUSEd reference scheduler's arithmetic (sampling/amused.py)
 
 
 def explicit_sample_kwargs(args: Any) -> dict:

@@ -8,6 +8,7 @@ negative prompt's embedding when one is given."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from maskgit.errors import MaskGITError
 from maskgit.models.text import TextCondition
 from maskgit.sampling import editing
 from maskgit.sampling.arithmetic import batch_rows, class_ids
-from maskgit.sampling.decoding import NoiseSource, check_sample_config, decode, seeded
+from maskgit.sampling.decoding import NoiseSource, check_sample_config, decode, seeded, uniform
 from maskgit.sampling.defaults import defaults_from_meta
+from maskgit.sampling.schedules import gamma
 from maskgit.sampling.selection import best_of, candidate_noise
 from maskgit.storage.checkpoint import load_model, read_config
 from maskgit.storage.images import as_image_batch, as_pixel_mask, format_images
@@ -188,6 +190,8 @@ class Pipeline:
             raise MaskGITError("this model is not text-conditioned: it takes class labels, not prompts")
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
             raise MaskGITError("prompts must be a list of strings")
+        if getattr(self.transformer, "null_text", None) is None:  # no learned null text: the encoder embeds ""
+            return self.text_encoder(list(prompts))[:2]
         B = len(prompts)
         null = self.transformer.null_text.detach()
         emb = null[None].expand(B, -1, -1)  # (B, L, D)
@@ -206,17 +210,26 @@ class Pipeline:
 
     def text_condition(self, prompts: list[str], negative_prompts=None) -> TextCondition:
         """Embeddings for the conditional and (with CFG) the unconditional branch. ``negative_prompts``: one
-        string for all, or one per prompt; None or "" = the null text."""
-        emb, mask = self.encode_prompts(prompts)
-        neg = (None, None)
+        string for all, or one per prompt; None or "" = the null text (for a model without a learned null text,
+        such as aMUSEd, the encoder's embedding of "", as its reference pipeline builds it)."""
         if negative_prompts is not None:
             if isinstance(negative_prompts, str):
                 negative_prompts = [negative_prompts] * len(prompts)
             if len(negative_prompts) != len(prompts):
                 raise MaskGITError(f"{len(negative_prompts)} negative prompts for {len(prompts)} prompts: give "
                                    "one, or one per prompt")
-            if any(p.strip() for p in negative_prompts):
-                neg = self.encode_prompts(list(negative_prompts))
+        if getattr(self.transformer, "null_text", None) is None:  # the encoder embeds every prompt, "" included
+            if not self.transformer.config.text_dim:
+                raise MaskGITError("this model is not text-conditioned: it takes class labels, not prompts")
+            if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+                raise MaskGITError("prompts must be a list of strings")
+            emb, mask, pooled = self.text_encoder(list(prompts))
+            neg_emb, neg_mask, neg_pooled = self.text_encoder(list(negative_prompts or [""] * len(prompts)))
+            return TextCondition(emb, mask, neg_emb, neg_mask, pooled, neg_pooled)
+        emb, mask = self.encode_prompts(prompts)
+        neg = (None, None)
+        if negative_prompts is not None and any(p.strip() for p in negative_prompts):
+            neg = self.encode_prompts(list(negative_prompts))
         return TextCondition(emb, mask, *neg)
 
     # ------------------------------------------------------------ decoding
@@ -233,9 +246,10 @@ class Pipeline:
             B = len(tokens)
             with self._autocast():
                 if not guided:
-                    return run(tokens, labels, text=text.emb, text_mask=text.mask).float()
+                    return run(tokens, labels, text=text.emb, text_mask=text.mask, **text.pooled_kw(False)).float()
                 t, m = text.both(model, B)
-                out = run(torch.cat([tokens, tokens]), torch.cat([labels, null]), text=t, text_mask=m)  # (2B,N,K)
+                out = run(torch.cat([tokens, tokens]), torch.cat([labels, null]), text=t, text_mask=m,
+                          **text.pooled_kw(True))  # (2B,N,K)
             out = out.float()  # sampling reads fp32 logits whatever the precision
             return out[:B], out[B:]
 
@@ -382,6 +396,36 @@ class Pipeline:
         cell = self.tokenizer.config.downsample
         result = editing.stitch(x, self.to_images(out), side, tokens * cell)
         return format_images(result, output, one=not _is_batch(image))
+
+    def img2img(self, image, prompt: str | None = None, negative_prompt: str | None = None, strength: float = 0.5,
+                label: int | None = None, seed: int | list[int] | None = 0, output: str = "pil", **sample_kw):
+        """A variation of ``image``: the last ``int(steps * strength)`` steps of the schedule, from the image's
+        tokens with each position masked with probability gamma(start / steps) (start = the first step run), as
+        the aMUSEd reference img2img pipeline does (strength 1: every position masked, i.e. a fresh sample)."""
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise MaskGITError(f"strength must be a number in (0, 1], got {strength!r}")
+        if "start_step" in sample_kw:
+            raise MaskGITError("img2img chooses start_step from strength")
+        x = self._prepare_image(image)
+        cfg = self.sample_config(**sample_kw)
+        start = cfg.steps - int(cfg.steps * strength)
+        if start >= cfg.steps:
+            raise MaskGITError(f"strength {strength} with {cfg.steps} steps runs no step: raise strength or steps")
+        tokens = self.encode(x).flatten(1)  # (B, N)
+        generator = seeded(seed, len(tokens))
+        if start == 0:
+            masked = torch.ones_like(tokens, dtype=torch.bool)
+        else:  # the schedule's mask ratio where decoding resumes, in float32 as the reference computes it
+            r = torch.tensor([[start]]) / cfg.steps
+            ratio = (torch.cos(r * math.pi / 2) if cfg.schedule == "cosine" else 1 - r if cfg.schedule == "linear"
+                     else gamma(cfg.schedule, r, tokens.shape[1]))
+            masked = uniform(tokens.shape, generator, "cpu") < ratio.float()
+        tokens = torch.where(masked, torch.full_like(tokens, self.mask_id), tokens)
+        labels = self.check_labels([-1 if label is None else label] * x.shape[0])
+        text = self._prompt_condition(prompt, negative_prompt, x.shape[0])
+        cfg = dataclasses.replace(cfg, start_step=start)
+        out = self.decode_tokens(tokens, labels, cfg, None, generator, text=text)
+        return format_images(self.to_images(out), output, one=not _is_batch(image))
 
 
 def _is_batch(image) -> bool:  # edits of one image (PIL, path, array, (C,H,W)) give one image; of (B,C,H,W), a batch

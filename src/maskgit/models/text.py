@@ -309,18 +309,28 @@ def ensure_store_text(store: str | Path, spec: str, encoder: TextEncoder | None 
 @dataclass
 class TextCondition:
     """Text embeddings of the conditional branch and, for CFG, of the unconditional one (None = the null text).
-    Masks: (B,L) bool, True = attend; None = attend to every position."""
+    Masks: (B,L) bool, True = attend; None = attend to every position. ``pooled`` / ``neg_pooled``: (B,C) pooled
+    text embeddings for models that also take one (aMUSEd's CLIP projection); None for the others."""
 
     emb: torch.Tensor | None
     mask: torch.Tensor | None
     neg_emb: torch.Tensor | None = None
     neg_mask: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    neg_pooled: torch.Tensor | None = None
+
+    def pooled_kw(self, guided: bool) -> dict:
+        """The forward's ``pooled=`` argument ({} for models without one): (B,C), or (2B,C) rows as ``both``."""
+        if self.pooled is None:
+            return {}
+        return {"pooled": torch.cat([self.pooled, self.neg_pooled.to(self.pooled)]) if guided else self.pooled}
 
     def both(self, model, batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(2B, L, D) embeddings and (2B, L) mask: conditional rows first, then unconditional rows."""
         if self.emb is None and self.neg_emb is None:
             return None, None
-        null = model.null_text.detach()[None].expand(batch, -1, -1)
+        if self.emb is None or self.neg_emb is None:
+            null = model.null_text.detach()[None].expand(batch, -1, -1)
         cond = null if self.emb is None else self.emb
         unc = null if self.neg_emb is None else self.neg_emb
         if self.mask is None and self.neg_mask is None:

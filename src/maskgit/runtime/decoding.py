@@ -49,6 +49,8 @@ def check_config(cfg: SampleConfig) -> SampleConfig:
     check_sample_config(cfg)
     if cfg.candidates != 1:
         raise MaskGITError("the ONNX runtime decodes one candidate per image (candidates=1)")
+    if cfg.sampler != "maskgit":
+        raise MaskGITError(f"the ONNX runtime decodes with the maskgit sampler, not {cfg.sampler!r}")
     return dataclasses.replace(cfg, schedule=check_schedule(cfg.schedule))
 
 

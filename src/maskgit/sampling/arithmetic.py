@@ -17,6 +17,7 @@ F32 = np.float32
 SCHEDULE_NAMES = ("cosine", "linear", "square", "cubic", "sqrt", "log", "exp")
 ALIASES = {"square-root": "sqrt", "square_root": "sqrt", "pow2": "square", "pow3": "cubic"}
 ORDERS = ("confidence", "halton", "random")
+SAMPLERS = ("maskgit", "amused")  # maskgit: the official decoder's arithmetic; amused: the aMUSEd reference's
 
 
 def check_schedule(name: str) -> str:
@@ -47,6 +48,11 @@ def check_sample_config(cfg: SampleConfig) -> None:
     check_order(cfg.order)
     if cfg.candidates < 1:
         raise MaskGITError(f"candidates must be >= 1, got {cfg.candidates}")
+    if cfg.sampler not in SAMPLERS:
+        raise MaskGITError(f"unknown sampler {cfg.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    if cfg.sampler == "amused" and (cfg.order != "confidence" or cfg.schedule not in ("cosine", "linear")):
+        raise MaskGITError("the amused sampler ranks by confidence on the cosine or linear schedule (use "
+                           "--sampler maskgit for the other orders and schedules)")
 
 
 def _f32(fn, x):

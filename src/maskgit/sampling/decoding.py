@@ -12,6 +12,7 @@ import torch
 
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
+from maskgit.sampling import amused
 from maskgit.sampling.arithmetic import check_sample_config, choice_noise_scale, guidance_scale  # noqa: F401
 from maskgit.sampling.orders import priority
 from maskgit.sampling.schedules import decode_mask_counts
@@ -70,6 +71,11 @@ def _rand(shape, generator: NoiseSource, device) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=gdev).to(device)
 
 
+def uniform(shape, generator: NoiseSource, device) -> torch.Tensor:
+    """Uniform noise in [0, 1) from a decode's noise source (one generator, or RowGenerators by blocks of rows)."""
+    return _rand(shape, generator, device)
+
+
 def gumbel(shape, generator, device) -> torch.Tensor:
     """-log(-log(u)), u uniform, computed in place (a fresh B x N x K buffer costs more than the logs)."""
     return _rand(shape, generator, device).clamp_(1e-20, 1.0 - 1e-7).log_().neg_().log_().neg_()
@@ -126,6 +132,10 @@ def decode(logits_fn: LogitsFn, tokens: torch.Tensor, config: SampleConfig, mask
     B, N = cur.shape
     n0 = (cur == mask_id).sum(1)  # (B,)
     guided = config.cfg != 0
+    reference = config.sampler == "amused"  # the aMUSEd scheduler's arithmetic (sampling/amused.py)
+    if reference:
+        temps = amused.noise_temperatures(config).to(cur.device)
+        start_ratio = (n0.float() / N)[:, None] if config.start_step == 0 else torch.ones(B, 1, device=cur.device)
     # a fixed order (halton / random) replaces the confidence ranking; None = rank by confidence
     fixed = priority(config.order, (B, N), lambda shape: _rand(shape, generator, cur.device), cur.device)
     for step in range(config.start_step, config.steps):
@@ -134,17 +144,29 @@ def decode(logits_fn: LogitsFn, tokens: torch.Tensor, config: SampleConfig, mask
             break
         out = logits_fn(cur, guided)
         if guided:
-            logits = guide(*out, guidance_scale(config, step))
+            logits = (amused.guide if reference else guide)(*out, guidance_scale(config, step))
         else:
             logits = out
         logits = logits.float()
-        sampled = sample_tokens(logits, config, generator)
+        if reference:
+            plain = config.temperature in (0, 1) and not config.top_k and config.top_p == 1
+            z = logits if plain else filter_logits(logits / config.temperature, config.top_k, config.top_p)
+            sampled, probs = amused.sample(z, config.temperature == 0, generator)
+        else:
+            sampled = sample_tokens(logits, config, generator)
         sampled = torch.where(unknown_map, sampled, cur)
         if step == config.steps - 1:
             cur = sampled
             if callback:
                 callback(step, cur, sampled)
             break
+        if reference:
+            count = amused.keep_masked(config, step, start_ratio, unknown_map, N)
+            cur = amused.remask(sampled, probs, unknown_map, count, temps[step], _rand((B, N), generator, cur.device),
+                                mask_id)
+            if callback:
+                callback(step, cur, sampled)
+            continue
         if fixed is None:  # confidence: the model's own probability of the chosen token (unmodified logits)
             score = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]  # (B, N)
             if config.choice_temperature > 0:
