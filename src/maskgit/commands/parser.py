@@ -57,12 +57,14 @@ SAMPLE_HELP = {
     "order": "which tokens each step reveals: {choices}",
     "candidates": "decode k images per image and keep the one the model's classifier finds most on-class (k times "
                   "the cost)",
+    "sampler": "the decoder's arithmetic: {choices} (amused: the aMUSEd reference scheduler's draws, noise and "
+               "mask counts)",
 }
 
 
 def _sample_choices() -> dict[str, tuple[str, ...]]:
-    from maskgit.sampling.arithmetic import ORDERS, SCHEDULE_NAMES
-    return {"schedule": SCHEDULE_NAMES, "cfg_schedule": ("constant", "linear"), "order": ORDERS}
+    from maskgit.sampling.arithmetic import ORDERS, SAMPLERS, SCHEDULE_NAMES
+    return {"schedule": SCHEDULE_NAMES, "cfg_schedule": ("constant", "linear"), "order": ORDERS, "sampler": SAMPLERS}
 
 
 def stored_sampling_defaults(model: str | None = None) -> tuple[str, dict]:
