@@ -491,3 +491,34 @@ def test_our_modules_load_the_folder_diffusers_saved(reference):
 def test_sample_config_field_is_a_plain_default():
     assert SampleConfig().sampler == "maskgit"
     assert dataclasses.replace(SampleConfig(), sampler="amused").sampler == "amused"
+
+
+def test_server_generates_from_prompts_like_the_library(pipe):
+    pytest.importorskip("fastapi")
+    import asyncio
+    import base64
+    import io
+
+    import httpx
+    import numpy as np
+    from PIL import Image
+
+    from maskgit.serving.app import ServerConfig, create_app
+    app = create_app(pipe, "amused-tiny", ServerConfig(max_wait_ms=0))
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as c:
+                page = await c.get("/")
+                model = (await c.get("/v1/models")).json()["models"][0]
+                r = await c.post("/v1/generate", json={"prompt": "a red cube", "negative_prompt": "blue",
+                                                       "seed": 3, "steps": 3, "cfg": 2.0})
+                return page, model, r
+
+    page, model, r = asyncio.run(main())
+    assert page.status_code == 200 and model["conditioning"] == "text"
+    assert r.status_code == 200, r.text
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))))
+    want = pipe.generate(prompts=["a red cube"], negative_prompts="blue", seed=3, steps=3, cfg=2.0, output="np")
+    assert np.array_equal(got, want.reshape(got.shape))
