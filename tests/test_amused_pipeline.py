@@ -522,3 +522,19 @@ def test_server_generates_from_prompts_like_the_library(pipe):
     got = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))))
     want = pipe.generate(prompts=["a red cube"], negative_prompts="blue", seed=3, steps=3, cfg=2.0, output="np")
     assert np.array_equal(got, want.reshape(got.shape))
+
+
+def test_power_of_two_chunks_slice_the_pooled_embedding_too(pipe):
+    """compile() runs the transformer on power-of-two chunks of a batch: the pooled rows must be sliced alike."""
+    from maskgit.accel import pow2_chunks
+    tokens, labels = torch.randint(0, K, (3, GRID * GRID)), torch.tensor([-1, -1, -1])
+    cond = pipe.text_condition(["a", "b b", "c"], "d")
+    whole = pipe.logits_fn(labels, cond)(tokens, True)
+    pipe._compiled = pow2_chunks(pipe.transformer, max_chunk=2)  # 6 rows -> 2 + 2 + 2 (no compiler needed)
+    try:
+        chunked = pipe.logits_fn(labels, cond)(tokens, True)
+    finally:
+        pipe._compiled = None
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert "Pipeline" in repr(pipe)
