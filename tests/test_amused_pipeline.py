@@ -538,3 +538,18 @@ def test_power_of_two_chunks_slice_the_pooled_embedding_too(pipe):
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert "Pipeline" in repr(pipe)
+
+
+def test_inpaint_matches_diffusers(reference):
+    d = pytest.importorskip("diffusers")
+    _, ref, ours = reference
+    inp = d.AmusedInpaintPipeline(**ref.components)
+    inp.set_progress_bar_config(disable=True)
+    x = image(4)
+    mask = torch.zeros(1, 1, GRID * CELL, GRID * CELL)
+    mask[..., CELL:3 * CELL, 0:2 * CELL] = 1  # token cells (1..2, 0..1): the same token mask on both sides
+    want = inp(["a cat"], image=x, mask_image=mask, num_inference_steps=12, guidance_scale=10.0, output_type="pt",
+               generator=torch.Generator().manual_seed(0)).images
+    got = ours.inpaint(x, mask=mask[0, 0] > 0, prompt="a cat", feather=0, seed=0, output="tensor")
+    inside = mask[0, 0] > 0  # ours keeps the input's pixels outside the mask; the reference returns the decode
+    assert (got[0][:, inside] - want[0][:, inside]).abs().max() < 1e-5
