@@ -313,7 +313,6 @@ def test_the_micro_conditioning_reaches_the_model(pipe):
 
 def test_a_folder_without_its_parts_is_a_clear_error(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "AmusedPipeline"}))
-    pytest.importorskip("maskgit.storage.amused")
     with pytest.raises(MaskGITError, match="vqvae"):
         fam.load_parts(tmp_path)
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
@@ -486,6 +485,12 @@ def test_our_modules_load_the_folder_diffusers_saved(reference):
     got = ours.decode_tokens(torch.full((1, GRID * GRID), ours.mask_id), torch.tensor([-1]), ours.sample_config(),
                              0, text=ours.text_condition(["a cat"]))
     assert (got.view(-1, GRID, GRID) == want.view(-1, GRID, GRID)).float().mean() >= 0.99
+    i2i = pytest.importorskip("diffusers").AmusedImg2ImgPipeline(**ref.components)
+    i2i.set_progress_bar_config(disable=True)
+    x = image(2)  # images go into the VQ as they are, in [0, 1] (the reference's processor does not normalise)
+    want = i2i(["a cat"], image=x, strength=0.5, num_inference_steps=12, guidance_scale=10.0, output_type="pt",
+               generator=torch.Generator().manual_seed(0)).images
+    assert (ours.img2img(x, "a cat", strength=0.5, seed=0, output="tensor") - want).abs().max() < 1e-3
 
 
 def test_sample_config_field_is_a_plain_default():

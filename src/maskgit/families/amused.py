@@ -159,7 +159,6 @@ def _json(path: Path) -> dict:
 def load_parts(root: str | Path, text_encoder=None, device: str | torch.device = "cpu"):
     """A folder in diffusers' aMUSEd layout -> (tokenizer, transformer, text encoder) for ``Pipeline``.
     ``text_encoder``: a ClipText (or a folder holding text_encoder/ and tokenizer/) instead of the folder's own."""
-    from maskgit.storage.amused import load_uvit, load_vq
     root = Path(root)
     index = _json(root / "model_index.json")
     if index.get("_class_name") not in (None, "AmusedPipeline", "AmusedImg2ImgPipeline", "AmusedInpaintPipeline"):
@@ -170,6 +169,7 @@ def load_parts(root: str | Path, text_encoder=None, device: str | torch.device =
                                "text_encoder/ and tokenizer/")
     sched = root / "scheduler" / "scheduler_config.json"
     schedule = _json(sched).get("masking_schedule", "cosine") if sched.exists() else "cosine"
+    from maskgit.storage.amused import load_uvit, load_vq
     if text_encoder is None or isinstance(text_encoder, (str, Path)):
         text_encoder = ClipText.load(root if text_encoder is None else text_encoder, device)
     return assemble(load_vq(root / "vqvae"), load_uvit(root / "transformer"), text_encoder, schedule)
