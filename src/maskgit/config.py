@@ -6,6 +6,8 @@ and the CLI builds its flags from the dataclass fields, so nothing is written tw
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +101,54 @@ class SampleConfig:
     order: str = "confidence"  # which tokens each step reveals: "confidence" | "halton" | "random"
     candidates: int = 1  # >1: decode this many per image, keep the one the classifier finds most on-class
     sampler: str = "maskgit"  # "amused": the aMUSEd reference scheduler's arithmetic (sampling/amused.py)
+
+    def __post_init__(self):
+        check_sample_fields(self)
+
+
+SCHEDULE_NAMES = ("cosine", "linear", "square", "cubic", "sqrt", "log", "exp")
+SCHEDULE_ALIASES = {"square-root": "sqrt", "square_root": "sqrt", "pow2": "square", "pow3": "cubic"}
+ORDER_NAMES = ("confidence", "halton", "random")
+SAMPLER_NAMES = ("maskgit", "amused")  # maskgit: the official decoder's arithmetic; amused: the aMUSEd reference's
+
+
+def _num(name: str, v, integer: bool = False):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral if integer else numbers.Real) or not math.isfinite(v):
+        raise MaskGITError(f"{name} must be {'an integer' if integer else 'a finite number'}, got {v!r}")
+    return v
+
+
+def check_sample_fields(cfg: SampleConfig) -> None:
+    """Every field in range, or one line naming it: the CLI, library and server refuse the same values alike."""
+    steps, start = _num("steps", cfg.steps, True), _num("start_step", cfg.start_step, True)
+    if steps < 1 or not 0 <= start < steps:
+        raise MaskGITError(f"steps must be >= 1 and start_step in [0, steps), got {steps} and {start}")
+    for name in ("temperature", "choice_temperature", "cfg"):
+        if _num(name, getattr(cfg, name)) < 0:
+            raise MaskGITError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if _num("top_k", cfg.top_k, True) < 0 or not 0 < _num("top_p", cfg.top_p) <= 1:
+        raise MaskGITError(f"top_k must be >= 0 and top_p in (0, 1]; got {cfg.top_k}, {cfg.top_p}")
+    if cfg.cfg_schedule not in ("constant", "linear"):
+        raise MaskGITError(f"cfg_schedule must be 'constant' or 'linear', got {cfg.cfg_schedule!r}")
+    schedule = SCHEDULE_ALIASES.get(cfg.schedule, cfg.schedule) if isinstance(cfg.schedule, str) else cfg.schedule
+    if schedule not in SCHEDULE_NAMES:
+        raise MaskGITError(f"unknown mask schedule {cfg.schedule!r}; choose one of: {', '.join(SCHEDULE_NAMES)}")
+    if cfg.order not in ORDER_NAMES:
+        raise MaskGITError(f"unknown decoding order {cfg.order!r}; choose one of: {', '.join(ORDER_NAMES)}")
+    if _num("candidates", cfg.candidates, True) < 1:
+        raise MaskGITError(f"candidates must be >= 1, got {cfg.candidates}")
+    if cfg.sampler not in SAMPLER_NAMES:
+        raise MaskGITError(f"unknown sampler {cfg.sampler!r}; choose one of: {', '.join(SAMPLER_NAMES)}")
+    if cfg.sampler == "amused" and (cfg.order != "confidence" or schedule not in ("cosine", "linear")):
+        raise MaskGITError("the amused sampler ranks by confidence on the cosine or linear schedule (use "
+                           "--sampler maskgit for the other orders and schedules)")
+
+
+def check_seed(seed) -> int:
+    """A seed as an int in [0, 2**63) (what torch.Generator.manual_seed takes); one line otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 63:
+        raise MaskGITError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    return int(seed)
 
 
 def explicit_sample_kwargs(args: Any) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from maskgit.accel import resolve_device  # noqa: F401  (the commands' device choice)
+from maskgit.config import check_seed
 from maskgit.errors import MaskGITError
 
 
@@ -22,6 +23,15 @@ def speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer with frozen weights (faster after a ~30 s first call per "
                         "batch size; needs a C++ compiler)")
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of --seed: an integer in [0, 2**63), the message the library gives for the same seed."""
+    try:
+        return check_seed(int(text))
+    except (ValueError, MaskGITError) as e:
+        msg = str(e) if isinstance(e, MaskGITError) else f"seed must be an integer in [0, 2**63), got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def load_pipeline(args, **kw):

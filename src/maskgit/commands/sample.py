@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from maskgit.accel import resolve_device
-from maskgit.commands.common import device_arg, load_pipeline, parse_ints, speed_args
+from maskgit.commands.common import device_arg, load_pipeline, parse_ints, seed_arg, speed_args
 from maskgit.commands.parser import add_sample_args
 from maskgit.config import SampleConfig, explicit_sample_kwargs
 from maskgit.errors import MaskGITError
@@ -18,7 +18,7 @@ from maskgit.sampling.decoding import chunk_seed
 
 def _sample_args(p) -> None:
     p.add_argument("--model", default=None, help="shipped model name or directory (default: fashion-mnist)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0, help="0 <= seed < 2**63 (default 0)")
     p.add_argument("--prompt", action="append", default=None,
                    help="text-conditioned models: the prompt (repeat the flag for several); \"\" = unconditional")
     p.add_argument("--negative-prompt", default=None,

@@ -17,6 +17,26 @@ from maskgit.storage.files import sha256_file
 CARD = "model_card.json"
 
 
+
+def _check_card(card, card_path: Path) -> None:
+    """The model card's shape, checked once when it is opened: one line naming what is missing or wrong."""
+    if not isinstance(card, dict) or card.get("format") != "maskgit-onnx":
+        raise MaskGITError(f"{card_path} is not a maskgit ONNX model card this version can read")
+    version = card.get("format_version", 99)
+    if isinstance(version, bool) or not isinstance(version, int) or version > 1:
+        raise MaskGITError(f"{card_path} is not a maskgit ONNX model card this version can read")
+    for key in ("mask_id", "num_classes", "null_class", "grid"):
+        if key not in card:
+            raise MaskGITError(f"{card_path} lacks {key!r}: re-export with `maskgit export onnx`")
+    files = card.get("files")
+    if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
+        raise MaskGITError(f"{card_path} lists no graph files: re-export with `maskgit export onnx`")
+    for name, entry in files.items():
+        for key in ("path", "sha256"):
+            if not isinstance(entry.get(key), str):
+                raise MaskGITError(f"{card_path} gives no {key} for the {name} graph: re-export with "
+                                   f"`maskgit export onnx`")
+
 class OnnxPipeline:
     """The graphs of an export directory behind ``generate`` / ``inpaint`` (numpy in, numpy out)."""
 
@@ -37,8 +57,7 @@ class OnnxPipeline:
             self.card = json.loads(card_path.read_text())
         except (OSError, ValueError) as e:
             raise MaskGITError(f"{card_path} is not a readable model card ({e})") from None
-        if self.card.get("format") != "maskgit-onnx" or int(self.card.get("format_version", 99)) > 1:
-            raise MaskGITError(f"{card_path} is not a maskgit ONNX model card this version can read")
+        _check_card(self.card, card_path)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

@@ -10,14 +10,21 @@ import numbers
 
 import numpy as np
 
-from maskgit.config import SampleConfig
+from maskgit.config import (
+    ORDER_NAMES,
+    SAMPLER_NAMES,
+    SCHEDULE_ALIASES,
+    SCHEDULE_NAMES,
+    SampleConfig,
+    check_sample_fields,
+)
 from maskgit.errors import MaskGITError
 
 F32 = np.float32
-SCHEDULE_NAMES = ("cosine", "linear", "square", "cubic", "sqrt", "log", "exp")
-ALIASES = {"square-root": "sqrt", "square_root": "sqrt", "pow2": "square", "pow3": "cubic"}
-ORDERS = ("confidence", "halton", "random")
-SAMPLERS = ("maskgit", "amused")  # maskgit: the official decoder's arithmetic; amused: the aMUSEd reference's
+SCHEDULE_NAMES = SCHEDULE_NAMES  # one list of names, defined beside the SampleConfig that checks them
+ALIASES = SCHEDULE_ALIASES
+ORDERS = ORDER_NAMES
+SAMPLERS = SAMPLER_NAMES
 
 
 def check_schedule(name: str) -> str:
@@ -34,25 +41,8 @@ def check_order(name: str) -> str:
 
 
 def check_sample_config(cfg: SampleConfig) -> None:
-    if cfg.steps < 1:
-        raise MaskGITError(f"steps must be >= 1, got {cfg.steps}")
-    if not 0 <= cfg.start_step < cfg.steps:
-        raise MaskGITError(f"start_step must lie in [0, steps), got {cfg.start_step} with steps={cfg.steps}")
-    if cfg.temperature < 0 or cfg.choice_temperature < 0:
-        raise MaskGITError("temperature and choice_temperature must be >= 0")
-    if cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
-        raise MaskGITError(f"top_k must be >= 0 and top_p in (0, 1]; got {cfg.top_k}, {cfg.top_p}")
-    if cfg.cfg_schedule not in ("constant", "linear"):
-        raise MaskGITError(f"cfg_schedule must be 'constant' or 'linear', got {cfg.cfg_schedule!r}")
-    check_schedule(cfg.schedule)
-    check_order(cfg.order)
-    if cfg.candidates < 1:
-        raise MaskGITError(f"candidates must be >= 1, got {cfg.candidates}")
-    if cfg.sampler not in SAMPLERS:
-        raise MaskGITError(f"unknown sampler {cfg.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-    if cfg.sampler == "amused" and (cfg.order != "confidence" or cfg.schedule not in ("cosine", "linear")):
-        raise MaskGITError("the amused sampler ranks by confidence on the cosine or linear schedule (use "
-                           "--sampler maskgit for the other orders and schedules)")
+    """The config's own check (``SampleConfig.__post_init__``), again for a config built around it."""
+    check_sample_fields(cfg)
 
 
 def _f32(fn, x):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from maskgit.config import SampleConfig
+from maskgit.config import SampleConfig, check_seed
 from maskgit.errors import MaskGITError
 from maskgit.sampling import amused
 from maskgit.sampling.arithmetic import check_sample_config, choice_noise_scale, guidance_scale  # noqa: F401
@@ -59,8 +59,8 @@ def seeded(seed: int | list[int] | None, rows: int) -> NoiseSource:
     if isinstance(seed, (list, tuple)):
         if len(seed) != rows or not all(isinstance(s, int) and not isinstance(s, bool) for s in seed):
             raise MaskGITError(f"give one seed, or one integer seed per image ({rows}); got {list(seed)[:8]}")
-        return RowGenerators([(torch.Generator().manual_seed(s), 1) for s in seed])
-    return torch.Generator().manual_seed(0 if seed is None else seed)
+        return RowGenerators([(torch.Generator().manual_seed(check_seed(s)), 1) for s in seed])
+    return torch.Generator().manual_seed(0 if seed is None else check_seed(seed))
 
 
 def _rand(shape, generator: NoiseSource, device) -> torch.Tensor:

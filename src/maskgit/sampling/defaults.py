@@ -20,8 +20,8 @@ def defaults_from_meta(meta: dict | None, where: str = "the model's config.json"
         raise MaskGITError(f"{where}: meta.sampling must be an object of SampleConfig fields")
     if "start_step" in section:
         raise MaskGITError(f"{where}: meta.sampling cannot set start_step (editing chooses it)")
-    cfg = from_dict(SampleConfig, section, f"{where} meta.sampling")
-    try:
+    try:  # SampleConfig checks its fields when it is made
+        cfg = from_dict(SampleConfig, section, f"{where} meta.sampling")
         check_sample_config(cfg)
     except MaskGITError as e:
         raise MaskGITError(f"{where}: meta.sampling: {e}") from None

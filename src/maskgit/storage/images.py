@@ -4,6 +4,7 @@ Shared by the datasets, the CLI (``maskgit data show``, ``sample``, ``edit``) an
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from maskgit.errors import MaskGITError
+from maskgit.storage.files import atomic_write
 
 WHITE = (255, 255, 255)
 
@@ -156,12 +158,14 @@ def png_text(text: dict[str, str] | None):
 
 def save_png(image, path: str | Path, text: dict[str, str] | None = None) -> Path:
     """Write ``image`` (PIL, uint8 (H,W,C) array or float (C,H,W) tensor) as PNG, creating parent folders;
-    ``text``: tEXt chunks to store with it (read back with ``Image.open(path).text``)."""
+    ``text``: tEXt chunks to store with it (read back with ``Image.open(path).text``). The file is written beside
+    ``path`` and renamed into place: a symlink at ``path`` is replaced by the new file, its target is left as it was."""
     path = Path(path)
     img = to_pil(image)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", pnginfo=png_text(text))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path, format="PNG", pnginfo=png_text(text))
+        atomic_write(path, lambda f: f.write(buf.getvalue()))
     except OSError as e:
         raise MaskGITError(f"cannot write {path} ({e.strerror or e}): choose a writable path") from None
     return path
@@ -301,7 +305,7 @@ def as_pixel_mask(mask, H: int, W: int) -> torch.Tensor:
         try:
             mask = Image.open(mask)
             mask.load()
-        except (OSError, ValueError) as e:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise MaskGITError(f"cannot read mask {mask}: {e}") from None
     if isinstance(mask, Image.Image):
         mask = np.asarray(mask.convert("L")) > 127
