@@ -238,18 +238,76 @@ def test_sample_command_takes_precision_and_compile_flags(tiny_pipeline_dir, tmp
     assert not (tmp_path / "x.png").exists()
 
 
-@pytest.mark.parametrize("flags,expected", [({"avx512_bf16": True}, "bf16"), ({"amx_bf16": True}, "bf16"),
-                                            ({}, "fp32")])
-def test_auto_precision_follows_the_cpus_bf16_hardware(monkeypatch, tiny_pipeline_dir, flags, expected):
+# the three CPU kinds: AVX-512 with bf16 (AMX or avx512_bf16), AVX-512 without bf16, AVX2 only
+CPU_KINDS = {"avx512_bf16": {"avx512": True, "avx512_bf16": True, "onednn_bf16": True},
+             "amx": {"avx512": True, "amx_bf16": True, "onednn_bf16": True},
+             "avx512": {"avx512": True, "onednn_bf16": True},
+             "avx2": {"avx512": False, "onednn_bf16": False}}
+
+
+def mock_cpu(monkeypatch, kind):
+    """Pretend to be a CPU of ``kind``; the oneDNN packing is stubbed, so the real reorder never runs."""
     import maskgit.accel as accel
-    caps = {"model": "test CPU", "vendor": "GenuineIntel", "avx512": True, "avx512_bf16": False, "amx_bf16": False,
-            "torch_isa": "AVX512"}
-    monkeypatch.setattr(accel, "cpu_capabilities", lambda: {**caps, **flags})
+    caps = {"model": "test CPU", "vendor": "GenuineIntel", "avx512": False, "avx512_bf16": False, "amx_bf16": False,
+            "torch_isa": "AVX2", "onednn_bf16": False, **CPU_KINDS[kind]}
+    monkeypatch.setattr(accel, "cpu_capabilities", lambda: caps)
+    packed = []
+
+    def fake_pack(linear):
+        packed.append(linear)
+        return torch.nn.Linear(linear.in_features, linear.out_features, dtype=torch.bfloat16)
+    monkeypatch.setattr(accel, "packed_bf16_linear", fake_pack)
+    monkeypatch.setattr(accel, "_said", set())
+    return packed
+
+
+@pytest.mark.parametrize("kind,expected", [("avx512_bf16", "bf16"), ("amx", "bf16"), ("avx512", "fp32"),
+                                           ("avx2", "fp32")])
+def test_auto_precision_follows_the_cpus_bf16_hardware(monkeypatch, tiny_pipeline_dir, kind, expected):
+    packed = mock_cpu(monkeypatch, kind)
     pipe = Pipeline.load(tiny_pipeline_dir, precision="auto")
     assert pipe.precision == expected
     linear = pipe.transformer.blocks[0].fc1
     assert linear.weight.dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
+    assert bool(packed) == (expected == "bf16")
     assert Pipeline.load(tiny_pipeline_dir).precision == "fp32"  # the Python API's default stays the exact one
+
+
+@pytest.mark.parametrize("kind,path", [("avx512_bf16", "packed"), ("avx512", "packed"), ("avx2", "plain")])
+def test_explicit_bf16_runs_on_every_cpu_kind_and_says_when_it_is_slow(monkeypatch, tiny_pipeline_dir, capsys,
+                                                                     kind, path):
+    """An explicit bf16: packed oneDNN linears where oneDNN can pack them, plain bf16 linears elsewhere (never the
+    reorder's RuntimeError); a one-line note where the CPU has no native bf16; the fp16 error does not send such a
+    CPU to bf16."""
+    packed = mock_cpu(monkeypatch, kind)
+    pipe = Pipeline.load(tiny_pipeline_dir, precision="bf16")
+    assert pipe.precision == "bf16" and bool(packed) == (path == "packed")
+    assert pipe.transformer.blocks[0].fc1.weight.dtype == torch.bfloat16
+    err = capsys.readouterr().err
+    assert ("slower than fp32" in err) == (kind != "avx512_bf16") and err.count("\n") <= 1
+    if path == "plain":
+        out = pipe.generate([0, 1], output="np", steps=2)
+        assert out.shape == (2, 16, 16, 1)
+    with pytest.raises(MaskGITError) as e:
+        Pipeline.load(tiny_pipeline_dir, precision="fp16")
+    assert ("use bf16" in str(e.value)) == (kind == "avx512_bf16")
+
+
+def test_amp_auto_follows_the_samplers_rule(monkeypatch):
+    import maskgit.accel as accel
+    for kind, want in (("amx", True), ("avx512", False), ("avx2", False)):
+        mock_cpu(monkeypatch, kind)
+        on, why = accel.amp_choice("auto", "cpu")
+        assert on == want == (accel.resolve_precision("auto", "cpu") == "bf16") and why.startswith("--amp auto")
+    assert accel.amp_choice("off", "cpu")[0] is False
+    on, why = accel.amp_choice("bf16", "cpu")
+    assert on and "slower than fp32" in why  # still the mocked AVX2 CPU
+
+
+def needs_bf16_packing():
+    from maskgit.accel import cpu_capabilities
+    if not cpu_capabilities()["onednn_bf16"]:
+        pytest.skip("this CPU has no oneDNN bf16 kernels (needs avx_ne_convert or avx512bw/vl/dq)")
 
 
 def test_cpu_bf16_pipeline_stays_close_to_fp32(tiny_pipeline_dir):
@@ -268,17 +326,26 @@ def test_cpu_bf16_pipeline_stays_close_to_fp32(tiny_pipeline_dir):
 
 
 @pytest.mark.slow
-def test_bench_speed_command_writes_its_table(tmp_path):
-    """`maskgit bench speed` end to end at a tiny transformer size (the decoder is the official 256 px one)."""
+def test_bench_speed_command_writes_its_table(tmp_path, monkeypatch):
+    """`maskgit bench speed` end to end at a tiny transformer size (the decoder is the official 256 px one). The
+    peak probes are shrunk (they run between every step: full-size ones took minutes on a slow CPU), and the bf16
+    rows are asked for only where bf16 is native (emulated bf16 is the slowest part there)."""
+    import maskgit.evaluation.speed as speed
+    from maskgit.accel import native_bf16
     from maskgit.cli import main
+    real_peak = speed.matmul_peak
+    monkeypatch.setattr(speed, "matmul_peak", lambda device="cpu", n=2048, repeats=10, warmup=3, dtype=torch.float32,
+                        shape=None: real_peak(device, 128, 2, 1, dtype, None))
+    bf16 = native_bf16("cpu")
     out = tmp_path / "RESULTS.md"
     assert main(["bench", "speed", "--config", "tiny", "--batches", "1", "--repeats", "1", "--no-ar-nocache",
-                 "--int8", "--precisions", "fp32,bf16", "--results", str(out), "--device", "cpu"]) == 0
+                 "--int8", "--precisions", "fp32,bf16" if bf16 else "fp32", "--results", str(out),
+                 "--device", "cpu"]) == 0
     text = out.read_text()
     for row in ("MaskGIT transformer, 8 steps | 1", "MaskGIT transformer, 1 forward | 1",
                 "MaskGIT transformer, 8 steps (int8) | 1",
                 "VQGAN decoder 256 px | 1", "VQGAN decoder 256 px, at official-layout FLOPs | 1",
-                "AR, 16 steps, KV cache | 1", "MaskGIT transformer, 8 steps (bf16) | 1"):
+                "AR, 16 steps, KV cache | 1") + (("MaskGIT transformer, 8 steps (bf16) | 1",) if bf16 else ()):
         assert row in text
     assert "peak GFLOP/s" in text and "maskgit bench speed --config tiny" in text and "avx512_bf16" in text
     # the decoder's two FLOP counts, as measured: the sub-pixel form executes fewer than the official layout

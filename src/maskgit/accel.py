@@ -178,7 +178,8 @@ def fused_cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
     (``benchmarks/attention_ab.py``); a row gives the same numbers alone as in a batch. ``MASKGIT_FUSED_ATTENTION=0``
     turns it off."""
     import os
-    if os.environ.get("MASKGIT_FUSED_ATTENTION", "1") == "0" or not torch.backends.mkldnn.is_available():
+    if os.environ.get("MASKGIT_FUSED_ATTENTION", "1") == "0" or not torch.backends.mkldnn.is_available() \
+            or not _torch_onednn_bf16():  # oneDNN has no bf16 kernels on this CPU
         return None
     B, H, L, d = q.shape
     if B & (B - 1) or B > MAX_CHUNK:  # power-of-two chunks: at most 7 batch sizes to trace per layout
@@ -235,7 +236,28 @@ def cpu_capabilities() -> dict:
     except OSError:
         pass
     return {"model": model, "vendor": vendor, "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
-            "amx_bf16": "amx_bf16" in flags, "torch_isa": torch.backends.cpu.get_cpu_capability()}
+            "amx_bf16": "amx_bf16" in flags, "torch_isa": torch.backends.cpu.get_cpu_capability(),
+            "onednn_bf16": onednn_packs_bf16(flags)}
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_onednn_bf16() -> bool | None:
+    """torch's own answer to whether its oneDNN runs bf16 kernels here (None where this torch cannot say)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def onednn_packs_bf16(flags: set[str]) -> bool:
+    """Whether oneDNN can pre-pack bf16 linear weights on this CPU (its reorder needs avx_ne_convert, or avx512bw,
+    avx512vl and avx512dq; without them it raises). torch's own check where it has one, else the flags."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    known = _torch_onednn_bf16()
+    if known is not None:
+        return known
+    return "avx_ne_convert" in flags or {"avx512bw", "avx512vl", "avx512dq"} <= flags
 
 
 def native_bf16(device: str | torch.device = "cpu") -> bool:
@@ -245,7 +267,48 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     caps = cpu_capabilities()
-    return device.type == "cpu" and (caps["avx512_bf16"] or caps["amx_bf16"])
+    return device.type == "cpu" and bool(caps.get("avx512_bf16") or caps.get("amx_bf16")) \
+        and bool(caps.get("onednn_bf16", True))
+
+
+def cpu_bf16_path() -> str:
+    """How this CPU runs an explicit bf16: "packed" (pre-packed oneDNN bf16 linears, where oneDNN can pack them)
+    or "plain" (bf16 nn.Linear weights under autocast, torch's own kernels: works on any CPU)."""
+    return "packed" if cpu_capabilities().get("onednn_bf16") else "plain"
+
+
+def bf16_note(device: str | torch.device = "cpu") -> str | None:
+    """The one-line note for an explicit bf16 on a device without native bf16 matmul (None where it has it)."""
+    device = torch.device(device)
+    if device.type != "cpu" or native_bf16(device):
+        return None
+    return ("note: this CPU has no native bf16 (avx512_bf16 or AMX): bf16 runs emulated, slower than fp32 here "
+            "(use fp32 or auto for speed)")
+
+
+_said: set[str] = set()
+
+
+def say_once(text: str | None) -> None:
+    """Print ``text`` to stderr once per process (notes that would otherwise repeat per model or request)."""
+    import sys
+    if text and text not in _said:
+        _said.add(text)
+        print(text, file=sys.stderr, flush=True)
+
+
+def amp_choice(amp: str, device: str | torch.device) -> tuple[bool, str]:
+    """Training autocast: (bf16 on?, why). ``auto`` follows the sampler's rule (``resolve_precision``): bf16 on
+    CUDA and on CPUs with native bf16 matmul, fp32 elsewhere; ``bf16`` / ``off`` are taken as given."""
+    device = torch.device(device)
+    if amp == "bf16":
+        note = bf16_note(device)
+        return True, "--amp bf16" + (f" ({note[6:]})" if note else "")
+    if amp == "off":
+        return False, "--amp off"
+    if resolve_precision("auto", device) == "bf16":
+        return True, f"--amp auto: {device.type} multiplies bf16 in hardware"
+    return False, f"--amp auto: {device.type} has no native bf16 matmul, fp32 is faster"
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -260,18 +323,28 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
 
 def bf16_linears(module: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``module`` whose nn.Linear weights are stored in bf16, for running under CPU bf16 autocast: the
-    weights are cast once instead of on every call; norms, embeddings and softmax stay fp32. Where oneDNN is there
-    (torch's x86 builds) the linears are bf16 OneDNNLinear layers: pre-packed weights and the MLP's GELU fused into
-    its first GEMM (the same bf16 products; the fused GELU is computed in fp32 before its bf16 rounding)."""
+    weights are cast once instead of on every call; norms, embeddings and softmax stay fp32. Where oneDNN can pack bf16
+    (``cpu_bf16_path``) the linears are bf16 OneDNNLinear layers: pre-packed weights and the MLP's GELU fused into
+    its first GEMM (the same bf16 products; the fused GELU is computed in fp32 before its bf16 rounding);
+    elsewhere plain bf16 nn.Linear layers. On a CPU without native bf16 a one-line note says it is slower than
+    fp32."""
     import copy
-    if torch.backends.mkldnn.is_available():
+    on_cpu = any(isinstance(m, torch.nn.Linear) and m.weight.device.type == "cpu" for m in module.modules())
+    if on_cpu:
+        say_once(bf16_note("cpu"))
+    if on_cpu and cpu_bf16_path() == "packed":
         return replacing_modules(module, lambda m: isinstance(m, torch.nn.Linear) and m.weight.device.type == "cpu",
-                                 lambda m: OneDNNLinear(m, torch.bfloat16))
-    module = copy.deepcopy(module)
+                                 packed_bf16_linear)
+    module = copy.deepcopy(module)  # no oneDNN bf16 packing on this CPU: plain bf16 linears
     for m in module.modules():
         if isinstance(m, torch.nn.Linear):
             m.to(torch.bfloat16)
     return module
+
+
+def packed_bf16_linear(linear: torch.nn.Linear) -> torch.nn.Module:
+    """``linear`` as a pre-packed oneDNN bf16 layer (only where ``cpu_bf16_path()`` is "packed")."""
+    return OneDNNLinear(linear, torch.bfloat16)
 
 
 def fp32_linear_backend() -> str:

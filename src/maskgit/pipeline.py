@@ -109,9 +109,13 @@ class Pipeline:
             if self.ar is not None:
                 self.ar = int8_dynamic(self.ar)
         elif precision == "fp16" and self.device.type != "cuda":
-            raise MaskGITError("fp16 autocast is for GPUs; on a CPU use bf16 (fast with avx512_bf16 or AMX) or int8")
+            from maskgit.accel import native_bf16
+            raise MaskGITError("fp16 autocast is for GPUs; on this CPU use " + (
+                "bf16 (native here) or int8" if native_bf16(self.device) else
+                "fp32 or int8 (bf16 is emulated here, slower than fp32)"))
         elif precision == "bf16" and self.device.type == "cpu":
             from maskgit.accel import bf16_linears
+            # packed oneDNN bf16 where it can pack, plain bf16 linears elsewhere (with a note where bf16 is slow)
             self.transformer = bf16_linears(self.transformer)  # the AR baseline stays fp32
         self.precision = precision
         return self
