@@ -107,3 +107,19 @@ def test_bad_rank_is_refused(rank):
 def test_no_target_layers_is_refused():
     with pytest.raises(MaskGITError, match="no nn.Linear"):
         add_lora(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1)), rank=2)
+
+
+def test_pipeline_load_merges_the_adapter(tiny_pipeline_dir, tmp_path):
+    import maskgit
+    from maskgit.storage.checkpoint import load_model
+    tr = load_model(tiny_pipeline_dir / "maskgit", "transformer")
+    add_lora(tr, rank=2)
+    _perturb(tr)
+    save_lora(tr, tmp_path / "ad")
+    x, y = _inputs(tr)
+    want = tr(x, y)
+    pipe = maskgit.load(tiny_pipeline_dir, lora=tmp_path / "ad")
+    assert not any(isinstance(mod, LoRALinear) for mod in pipe.transformer.modules())
+    torch.testing.assert_close(pipe.transformer(x, y), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(MaskGITError, match="not a LoRA folder"):
+        maskgit.load(tiny_pipeline_dir, lora=tmp_path)

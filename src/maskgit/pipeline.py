@@ -138,7 +138,7 @@ class Pipeline:
     # ------------------------------------------------------------ loading
     @classmethod
     def load(cls, model: str | Path | None = None, device: str = "cpu", precision: str = "fp32",
-             text_encoder=None) -> Pipeline:
+             text_encoder=None, lora: str | Path | None = None) -> Pipeline:
         root = resolve(model)
         if (root / "maskgit").is_dir() and (root / "tokenizer").is_dir():
             tok = load_model(root / "tokenizer", "vqgan")
@@ -153,6 +153,9 @@ class Pipeline:
                                    f"transformer checkpoint that names its tokenizer")
             tok_path = (root / tok_ref) if not Path(tok_ref).is_absolute() else Path(tok_ref)
             tok, tr, ar, feats = load_model(tok_path, "vqgan"), load_model(root, "transformer"), None, None
+        if lora is not None:  # merged before the precision preparation below sees the plain Linear layers
+            from maskgit.training.lora import load_lora, merge_lora
+            tr = merge_lora(load_lora(tr, lora))
         names = tr.meta.get("class_names") if hasattr(tr, "meta") else None
         pipe = cls(tok, tr, ar, feats, names, device, precision, text_encoder)
         pipe.source = str(model if model is not None else DEFAULT_MODEL)  # shown by repr()
@@ -437,7 +440,8 @@ def _is_batch(image) -> bool:  # edits of one image (PIL, path, array, (C,H,W)) 
 
 
 def load(model: str | Path | None = None, device: str = "cpu", precision: str = "fp32",
-         text_encoder=None) -> Pipeline:
+         text_encoder=None, lora: str | Path | None = None) -> Pipeline:
     """``maskgit.load("fashion-mnist")`` or ``maskgit.load("path/to/dir")``; ``precision`` see set_precision;
-    ``text_encoder`` overrides the one a text-conditioned model names (see Pipeline)."""
-    return Pipeline.load(model, device, precision, text_encoder)
+    ``text_encoder`` overrides the one a text-conditioned model names (see Pipeline); ``lora`` a save_lora folder,
+    merged into the transformer at load."""
+    return Pipeline.load(model, device, precision, text_encoder, lora=lora)
