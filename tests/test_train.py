@@ -80,10 +80,11 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_130_without_final(store,
 @pytest.mark.slow
 def test_two_process_ddp_equals_one_process(store, tmp_path):
     steps = 4
-    one = _cmd(store, tmp_path / "one", steps)
+    fp32 = ("--amp", "off")  # an fp32 equivalence (bf16 rounds the two batch layouts differently)
+    one = _cmd(store, tmp_path / "one", steps, fp32)
     subprocess.run(one, check=True, env=ENV, capture_output=True)
     two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "maskgit", *_cmd(store, tmp_path / "two", steps)[3:]]
+           "-m", "maskgit", *_cmd(store, tmp_path / "two", steps, fp32)[3:]]
     r = subprocess.run(two, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
@@ -113,3 +114,21 @@ def test_resume_builds_the_run_model_not_todays_preset(store, tmp_path, capsys):
     assert (doc["config"]["width"], doc["config"]["depth"]) == (32, 2)  # still the tiny model
     assert doc["meta"]["preset"] == "tiny"
     assert (out / "checkpoints" / "step_00000004").exists()
+
+
+@pytest.mark.parametrize("kind,chosen", [("amx", "bf16"), ("avx512", "fp32"), ("avx2", "fp32")])
+def test_amp_auto_trains_as_the_sampler_would_sample(monkeypatch, store, tmp_path, capsys, kind, chosen):
+    """--amp auto: bf16 autocast on a CPU with native bf16, fp32 on the others (mocked CPU flags); the log and
+    train_config.json say which and why."""
+    import json
+
+    import maskgit.accel as accel
+    from maskgit.cli import main
+    caps = {"model": "test CPU", "vendor": "GenuineIntel", "avx512": kind != "avx2", "avx512_bf16": False,
+            "amx_bf16": kind == "amx", "torch_isa": "AVX2", "onednn_bf16": kind != "avx2"}
+    monkeypatch.setattr(accel, "cpu_capabilities", lambda: caps)
+    out = tmp_path / "run"
+    assert main(_cmd(store, out, 2)[3:]) == 0
+    doc = json.loads((out / "train_config.json").read_text())
+    assert doc["amp"]["chosen"] == chosen and doc["amp"]["why"].startswith("--amp auto")
+    assert f"precision: {'bf16 autocast' if chosen == 'bf16' else 'fp32'} (--amp auto" in capsys.readouterr().out

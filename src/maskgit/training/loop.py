@@ -173,7 +173,10 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
     if world > 1:
         model_for_ddp = nn.parallel.DistributedDataParallel(
             task, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False)
-    use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and dev.type == "cuda")
+    from maskgit.accel import amp_choice
+    use_bf16, amp_why = amp_choice(cfg.amp, dev)  # the sampler's rule: bf16 where the device multiplies it natively
+    if rank == 0:
+        print(f"precision: {'bf16 autocast' if use_bf16 else 'fp32'} ({amp_why})", flush=True)
 
     stop = {"flag": False}
     old = {}
@@ -185,7 +188,8 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
                 pass
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "train_config.json").write_text(json.dumps({"train": to_dict(cfg), **(meta or {})}, indent=1))
+        (run_dir / "train_config.json").write_text(json.dumps({"train": to_dict(cfg), "amp": {
+            "chosen": "bf16" if use_bf16 else "fp32", "why": amp_why}, **(meta or {})}, indent=1))
     log_f = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
     t0 = time.time()
     last = {}
