@@ -35,12 +35,12 @@ def _inputs(m, seed=1):
     return tokens, torch.tensor([0, 1])
 
 
-def _perturb(m, seed=2):
+def _perturb(m, seed=2, scale=0.05):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in m.parameters():
             if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+                p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
 def test_start_equals_base_and_only_adapters_get_gradients():
@@ -123,3 +123,19 @@ def test_pipeline_load_merges_the_adapter(tiny_pipeline_dir, tmp_path):
     torch.testing.assert_close(pipe.transformer(x, y), want, rtol=1e-4, atol=1e-4)
     with pytest.raises(MaskGITError, match="not a LoRA folder"):
         maskgit.load(tiny_pipeline_dir, lora=tmp_path)
+
+
+def test_sample_cli_with_lora_weights(tiny_pipeline_dir, tmp_path):
+    from maskgit.cli import main
+    from maskgit.storage.checkpoint import load_model
+    tr = load_model(tiny_pipeline_dir / "maskgit", "transformer")
+    add_lora(tr, rank=2)
+    _perturb(tr, scale=3.0)
+    save_lora(tr, tmp_path / "ad")
+    args = ["sample", "--model", str(tiny_pipeline_dir), "--labels", "0,1", "--steps", "2", "--precision", "fp32"]
+    main(args + ["--lora-weights", str(tmp_path / "ad"), "--out", str(tmp_path / "a.png")])
+    main(args + ["--out", str(tmp_path / "b.png")])
+    assert (tmp_path / "a.png").stat().st_size > 0
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()
+    assert main(args + ["--lora-weights", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 2
+    assert not (tmp_path / "c.png").exists()

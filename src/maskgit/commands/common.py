@@ -37,6 +37,7 @@ def seed_arg(text: str) -> int:
 def load_pipeline(args, **kw):
     """The pipeline named by --model on --device, with --precision and --compile applied."""
     from maskgit.pipeline import load
+    kw.setdefault("lora", getattr(args, "lora_weights", None))
     pipe = load(args.model, resolve_device(args.device), args.precision, **kw)
     if args.precision == "auto":
         print(f"precision: {pipe.precision} (auto on {pipe.device.type})")

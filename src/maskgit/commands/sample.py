@@ -25,6 +25,8 @@ def _sample_args(p) -> None:
                    help="with --cfg: steer away from this prompt (replaces the null text in CFG)")
     p.add_argument("--text-encoder", default=None,
                    help="override the model's text encoder (minilm, st:PATH, t5:PATH, cache:FILE)")
+    p.add_argument("--lora-weights", default=None, metavar="DIR",
+                   help="a LoRA adapter folder (`train --lora RANK` / save_lora), merged into the model at load")
     device_arg(p)
     speed_args(p)
     add_sample_args(p, skip=("start_step",))
