@@ -16,9 +16,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-from maskgit.accel import tune_malloc
 from maskgit.config import transformer_preset
 from maskgit.evaluation.speed import ab_table, between_probes
+from maskgit.memory import tune_malloc
 
 
 def main() -> None:

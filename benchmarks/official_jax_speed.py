@@ -57,8 +57,9 @@ for r in range(rounds + 1):
 def ours(batch: int, steps: int, compile_: bool, precision: str = "fp32", backend: str = "mkl"):
     import torch
 
-    from maskgit.accel import compile_frozen, tune_malloc
+    from maskgit.accel import compile_frozen
     from maskgit.config import SampleConfig, transformer_preset
+    from maskgit.memory import tune_malloc
     from maskgit.models.transformer import MaskGITTransformer
     from maskgit.sampling.decoding import decode
     tune_malloc()

@@ -18,9 +18,10 @@ import time
 
 import torch
 
-from maskgit.accel import bf16_linears, fp32_linear_backend, onednn_linears, tune_malloc
+from maskgit.accel import bf16_linears, fp32_linear_backend, onednn_linears
 from maskgit.config import transformer_preset
 from maskgit.evaluation.samples import machine_description
+from maskgit.memory import tune_malloc
 from maskgit.models.transformer import MaskGITTransformer
 
 

@@ -9,14 +9,15 @@ PKG = Path(maskgit.__file__).parent
 
 # lower layers first; a module may import only from its own layer or below
 LAYERS = [
-    ["maskgit.errors", "maskgit.config", "maskgit.storage.files", "maskgit.accel"],
+    ["maskgit.errors", "maskgit.config", "maskgit.storage.files", "maskgit.accel", "maskgit.memory",
+     "maskgit.devices"],
     ["maskgit.sampling", "maskgit.runtime"],  # runtime: the numpy + onnxruntime decoder (no torch)
     ["maskgit.models"],
     ["maskgit.storage"],
     ["maskgit.data"],
     ["maskgit.training"],
     ["maskgit.families"],  # model families from outside (aMUSEd): parts in the Pipeline's interface
-    ["maskgit.pipeline"],
+    ["maskgit.names", "maskgit.edits", "maskgit.pipeline"],
     ["maskgit.evaluation"],
     ["maskgit.serving"],
     ["maskgit.commands", "maskgit.cli", "maskgit.__main__", "maskgit"],

@@ -164,7 +164,34 @@ def test_inception_path_needs_the_extra():
     try:
         import torch_fidelity  # noqa: F401
     except ImportError:
-        with pytest.raises(MaskGITError, match=r"maskgit\[fid\]"):
+        with pytest.raises(MaskGITError, match=r"maskgit-suite\[fid\]"):
             InceptionFeatures()
     else:
         pytest.skip("torch-fidelity is installed")
+
+
+def test_evaluator_reports_fd_in_the_independent_feature_space_too():
+    from maskgit.evaluation.samples import Evaluator
+    torch.manual_seed(0)
+    net_a = FeatureNet(FeatureNetConfig(width=8, feature_dim=16))
+    net_b = FeatureNet(FeatureNetConfig(width=12, feature_dim=24))
+    real = torch.rand(64, 1, 32, 32)
+    ev = Evaluator(net_a, real, independent=net_b)
+    same = ev(real, None)
+    other = ev((real * 0.3 + 0.7).clamp(0, 1), None)
+    assert abs(same["fd_independent"]) < 1e-6 and abs(same["fd_featurenet"]) < 1e-6
+    assert other["fd_independent"] > 1e-3 and other["fd_featurenet"] > 1e-3
+    # the second space is its own: its FD is not the first network's
+    assert other["fd_independent"] != pytest.approx(other["fd_featurenet"], rel=1e-3)
+    assert "fd_independent" not in Evaluator(net_a, real)(real, None)
+
+
+def test_the_shipped_independent_feature_space_differs_from_the_models_own():
+    from maskgit.evaluation.samples import independent_features
+    from maskgit.pipeline import load
+    second = independent_features("fashion-mnist", channels=1, image_size=32)
+    assert second is not None, "weights/eval/fashion-mnist is missing"
+    own = load("fashion-mnist").features
+    assert second.config.feature_dim != own.config.feature_dim or second.config.width != own.config.width
+    assert independent_features("fashion-mnist", channels=3) is None  # does not fit RGB images
+    assert independent_features("no-such-data") is None

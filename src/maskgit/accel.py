@@ -1,6 +1,6 @@
-"""Runtime speed tools the library uses: malloc thresholds (set by the CLI and server entry points only),
-frozen static-shape torch.compile, power-of-two batch chunks, CPU int8 dynamic quantisation, and the choice of
-fp32 GEMM library on CPUs (oneDNN where MKL runs its generic kernels)."""
+"""Runtime speed tools the library uses: frozen static-shape torch.compile (with inductor's CPU settings),
+power-of-two batch chunks, CPU int8 dynamic quantisation, CPU bf16 detection and the precision rule, and the
+choice of fp32 GEMM library on CPUs (oneDNN where MKL runs its generic kernels)."""
 
 from __future__ import annotations
 
@@ -8,58 +8,6 @@ import functools
 import threading
 
 import torch
-
-MALLOC_THRESHOLD = 1 << 30  # bytes
-_malloc_tuned: bool | None = None
-
-
-def tune_malloc() -> bool:
-    """Keep large freed blocks for reuse instead of returning them to the OS (glibc ``mallopt``; process-wide).
-
-    glibc serves every allocation above its mmap threshold, which it never raises past 32 MiB, with a fresh
-    ``mmap`` and gives it back on free; each use then pays a page fault per 4 KiB. One 256 px activation of the
-    VQGAN decoder (128 channels, fp32) is 33.5 MiB, just over, so every layer there re-faulted its output: about a
-    tenth of a decode's time. Raising the mmap and trim thresholds to ``MALLOC_THRESHOLD`` keeps those blocks in the
-    heap. Results do not change; the process keeps up to that much freed memory for reuse. Called by the CLI and by
-    CPU pipelines; ``MASKGIT_TUNE_MALLOC=0`` turns it off. Returns whether the thresholds are set (False off glibc)."""
-    import os
-    global _malloc_tuned
-    if _malloc_tuned is not None:
-        return _malloc_tuned
-    _malloc_tuned = False
-    if os.environ.get("MASKGIT_TUNE_MALLOC", "1") == "0":
-        return False
-    _malloc_tuned = set_malloc_thresholds(MALLOC_THRESHOLD, MALLOC_THRESHOLD)
-    return _malloc_tuned
-
-
-STREAM_MMAP_THRESHOLD = 4 << 20  # bytes
-STREAM_TRIM_THRESHOLD = 128 << 10  # glibc's default
-
-
-def bound_malloc() -> bool:
-    """For long streaming jobs (``maskgit tokenize``): a fixed 4 MiB mmap threshold, so blocks above it always go
-    back to the OS when freed. glibc's default raises the threshold as large blocks are freed (up to 32 MiB), and
-    the 1-17 MiB activations of a 256 px encoder then fragment the heap: peak memory grew by a third from 2,000 to
-    20,000 images (``benchmarks/data_scale.py``); with this it stays flat. Skipped with ``MASKGIT_TUNE_MALLOC=0``;
-    process-wide, inherited by forked loader workers."""
-    import os
-    if os.environ.get("MASKGIT_TUNE_MALLOC", "1") == "0":
-        return False
-    return set_malloc_thresholds(STREAM_MMAP_THRESHOLD, STREAM_TRIM_THRESHOLD)
-
-
-def set_malloc_thresholds(mmap: int, trim: int) -> bool:
-    """glibc's ``mallopt(M_MMAP_THRESHOLD, mmap)`` and ``mallopt(M_TRIM_THRESHOLD, trim)``; False where there is no
-    glibc (macOS, Windows, musl) or it refuses."""
-    import ctypes
-    import ctypes.util
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(mallopt(M_MMAP_THRESHOLD, mmap)) and bool(mallopt(M_TRIM_THRESHOLD, trim))
 
 
 def compile_frozen(fn, backend="inductor", dynamic: bool | None = False):
@@ -73,12 +21,27 @@ def compile_frozen(fn, backend="inductor", dynamic: bool | None = False):
     ImageNet-size batch-8 forward at 73.7% of the matmul peak against 87.0% static (``benchmarks/compile_ab.py``)."""
     import torch._inductor.config as inductor_config
     compiled = torch.compile(fn, dynamic=dynamic, backend=backend)
+    options = {"freezing": True, **inductor_cpu_options()}
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        with inductor_config.patch(freezing=True):
+        with inductor_config.patch(options):
             return compiled(*args, **kwargs)
     return run
+
+
+def inductor_cpu_options() -> dict:
+    """Inductor settings every CPU compile here uses: the vector width named explicitly (``cpp.simdlen`` = the bit
+    width of the ISA inductor picks itself). Left unset, torch 2.13 vectorised some element-wise loops at 8 floats
+    while compiling them with 16-float AVX-512 vectors: a 20,001-element sigmoid wrote past its output buffer
+    (wrong values at a thread's chunk boundary, then a heap-corruption abort). With the width named the same
+    kernels are correct; nothing else changes."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+    try:
+        width = pick_vec_isa().bit_width()
+    except Exception:  # no C++ compiler: torch.compile fails later with its own message
+        return {}
+    return {"cpp.simdlen": width} if width else {}
 
 
 MAX_CHUNK = 64  # rows per call of a batch-chunked function (chunk sizes: powers of two up to this)
@@ -418,30 +381,3 @@ def plain_linears(module: torch.nn.Module) -> torch.nn.Module:
     """``module`` itself, or where it holds OneDNNLinear layers a copy with ordinary nn.Linear ones (for export,
     training or another precision)."""
     return replacing_modules(module, lambda m: isinstance(m, OneDNNLinear), lambda m: m.to_linear())
-
-
-def resolve_device(name: str | torch.device) -> str:
-    """The one device choice: "auto" -> cuda when available, else cpu; a CUDA device that is not there is a clear
-    error."""
-    name = str(name)
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from maskgit.errors import MaskGITError
-        raise MaskGITError("--device cuda was asked for but no CUDA device is available (use --device cpu)")
-    return name
-
-
-def check_device(device) -> torch.device:
-    """The device of a Python call as torch.device ("auto": CUDA when there is one); a CUDA device that is not
-    there, or a name that is no device, is one MaskGITError (instead of torch's AssertionError later)."""
-    from maskgit.errors import MaskGITError
-    try:
-        dev = torch.device(resolve_device(device) if str(device) == "auto" else device)
-    except (RuntimeError, TypeError, ValueError):
-        raise MaskGITError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', not {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MaskGITError(f"device={str(device)!r}: no CUDA device is available here (use device='cpu' or 'auto')")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise MaskGITError(f"device={str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev

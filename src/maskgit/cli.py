@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command in DECODING_COMMANDS:
-        from maskgit.accel import tune_malloc
+        from maskgit.memory import tune_malloc
         tune_malloc()  # faster CPU decoding, same results (see its docstring; MASKGIT_TUNE_MALLOC=0 turns it off)
     try:
         rc = args.func(args)

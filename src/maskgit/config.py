@@ -370,11 +370,12 @@ def add_dataclass_args(parser, cls: type | Any, prefix: str = "", skip: tuple[st
             parser.add_argument(flag, dest=prefix + f.name, default=None, type=tp, help=f"(default {default})")
 
 
-def override(cfg: Any, args: Any, prefix: str = "") -> Any:
-    """Return ``cfg`` with every field that was given on the command line replaced."""
+def override(cfg: Any, args: Any, prefix: str = "", skip: tuple[str, ...] = ()) -> Any:
+    """Return ``cfg`` with every field that was given on the command line replaced (except those in ``skip``, which
+    a command parses its own way, e.g. comma-separated lists)."""
     changes = {}
     for f in dataclasses.fields(cfg):
-        v = getattr(args, prefix + f.name, None)
+        v = None if f.name in skip else getattr(args, prefix + f.name, None)
         if v is not None:
             changes[f.name] = v
     return dataclasses.replace(cfg, **changes)

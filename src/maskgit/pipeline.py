@@ -8,47 +8,25 @@ negative prompt's embedding when one is given."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from maskgit.config import SampleConfig
+from maskgit.edits import Edits
 from maskgit.errors import MaskGITError
 from maskgit.models.text import TextCondition
-from maskgit.sampling import editing
+from maskgit.names import DEFAULT_MODEL, WEIGHTS_DIR, resolve, shipped_models  # noqa: F401  (public here too)
 from maskgit.sampling.arithmetic import batch_rows, class_ids
-from maskgit.sampling.decoding import NoiseSource, check_sample_config, decode, seeded, uniform
+from maskgit.sampling.decoding import NoiseSource, check_sample_config, decode, seeded
 from maskgit.sampling.defaults import defaults_from_meta
-from maskgit.sampling.schedules import gamma
 from maskgit.sampling.selection import best_of, candidate_noise
 from maskgit.storage.checkpoint import load_model, read_config
-from maskgit.storage.images import as_image_batch, as_pixel_mask, format_images
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "fashion-mnist"
+from maskgit.storage.images import format_images
 
 
-def shipped_models() -> list[str]:
-    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "maskgit").is_dir()) if WEIGHTS_DIR.exists() else []
-
-
-def resolve(model: str | Path | None) -> Path:
-    """A shipped model name or a directory -> the pipeline directory."""
-    if model is None:
-        model = DEFAULT_MODEL
-    p = Path(model)
-    if p.exists():
-        return p
-    if str(model) in shipped_models():
-        return WEIGHTS_DIR / str(model)
-    raise MaskGITError(f"no model {str(model)!r}: give a directory (with tokenizer/ and maskgit/ inside, or a "
-                       f"transformer checkpoint whose config names its tokenizer) or a shipped name "
-                       f"({', '.join(shipped_models()) or 'none installed'})")
-
-
-class Pipeline:
+class Pipeline(Edits):
     """Generation and editing with a tokenizer and a MaskGIT transformer (and optionally the AR baseline)."""
 
     def __init__(self, tokenizer, transformer, ar=None, features=None, class_names: list[str] | None = None,
@@ -56,7 +34,7 @@ class Pipeline:
         """``text_encoder``: a ``maskgit.models.text.TextEncoder`` or a spec ("minilm", "st:PATH", "t5:PATH",
         "cache:FILE") for text-conditioned models; default: the one named in the transformer's metadata,
         loaded on first use."""
-        from maskgit.accel import check_device
+        from maskgit.devices import check_device
         device = check_device(device)
         self.tokenizer = tokenizer.to(device).eval()
         if hasattr(tokenizer, "prepare_for_inference"):  # the VQGAN's fast CPU decoder (any tokenizer may be used)
@@ -140,6 +118,11 @@ class Pipeline:
     def load(cls, model: str | Path | None = None, device: str = "cpu", precision: str = "fp32",
              text_encoder=None, lora: str | Path | None = None) -> Pipeline:
         root = resolve(model)
+        if (root / "model_index.json").is_file():  # a diffusers-layout folder: aMUSEd
+            from maskgit.families.amused import load_pipeline
+            pipe = load_pipeline(root, cls, device, precision, text_encoder, lora=lora)
+            pipe.source = str(model)
+            return pipe
         if (root / "maskgit").is_dir() and (root / "tokenizer").is_dir():
             tok = load_model(root / "tokenizer", "vqgan")
             tr = load_model(root / "maskgit", "transformer")
@@ -343,100 +326,6 @@ class Pipeline:
         H, W = imgs.shape[-2:]
         m = torch.nn.functional.interpolate(known.view(-1, 1, *self.grid).float().cpu(), size=(H, W))
         return imgs * m + 0.5 * (1 - m)
-
-    def _prepare_image(self, image) -> torch.Tensor:
-        x = as_image_batch(image, self.tokenizer.channels)
-        size = self.grid[0] * self.tokenizer.config.downsample
-        if x.shape[-2:] != (size, size):
-            raise MaskGITError(f"image is {x.shape[-1]}x{x.shape[-2]}; this model edits {size}x{size} images")
-        return x
-
-    def _prompt_condition(self, prompt, negative_prompt, batch: int) -> TextCondition | None:
-        if prompt is None:
-            if negative_prompt is not None:
-                raise MaskGITError("a negative prompt needs a prompt")
-            return None
-        return self.text_condition([prompt] * batch, None if negative_prompt is None else [negative_prompt] * batch)
-
-    def inpaint(self, image, mask=None, box=None, label: int | None = None, dilate: int = 0, feather: int = 2,
-                seed: int | None = 0, output: str = "pil", prompt: str | None = None,
-                negative_prompt: str | None = None, **sample_kw):
-        """Regenerate the tokens under ``mask`` (bool (H,W), True = regenerate) or ``box`` (x,y,w,h), under a
-        class ``label`` or, for text-conditioned models, a ``prompt``."""
-        x = self._prepare_image(image)
-        H, W = x.shape[-2:]
-        if (mask is None) == (box is None):
-            raise MaskGITError("give exactly one of a mask or a box")
-        pm = editing.box_to_mask(box, H, W) if box is not None else as_pixel_mask(mask, H, W)
-        tm = editing.token_mask(pm, self.grid, dilate)
-        tokens = self.encode(x).flatten(1)
-        tokens = torch.where(tm.flatten()[None], torch.full_like(tokens, self.mask_id), tokens)
-        labels = self.check_labels([-1 if label is None else label] * x.shape[0])
-        c = self.transformer.config
-        if label is None and c.num_classes and not c.null_class:
-            raise MaskGITError("this model needs a class label for editing (--label N)")
-        text = self._prompt_condition(prompt, negative_prompt, x.shape[0])
-        out = self.decode_tokens(tokens, labels, self.sample_config(**sample_kw), seed, text=text)
-        gen = self.to_images(out)
-        result = editing.blend(x, gen, editing.feather(tm, (H, W), feather))
-        return format_images(result, output, one=not _is_batch(image))
-
-    def class_edit(self, image, box, label: int, start_step: int | None = None, feather: int = 2, seed: int | None = 0,
-             output: str = "pil", **sample_kw):
-        """Class-conditional editing: regenerate ``box`` under class ``label``, starting later in the schedule."""
-        steps = sample_kw.get("steps") or self.sample_defaults.steps
-        start = steps // 4 if start_step is None else start_step
-        return self.inpaint(image, box=box, label=label, feather=feather, seed=seed, output=output,
-                            start_step=start, **sample_kw)
-
-    def outpaint(self, image, side: str, tokens: int, label: int | None = None, seed: int | None = 0,
-                 output: str = "pil", prompt: str | None = None, negative_prompt: str | None = None,
-                 **sample_kw):
-        """Extend the canvas by ``tokens`` token rows/columns on ``side`` (left/right/top/bottom)."""
-        editing.check_outpaint(side, tokens, self.grid)
-        x = self._prepare_image(image)
-        grid_tokens = self.encode(x)  # (B, h, w)
-        window = editing.shift_window(grid_tokens, side, tokens, self.mask_id)
-        labels = self.check_labels([-1 if label is None else label] * x.shape[0])
-        text = self._prompt_condition(prompt, negative_prompt, x.shape[0])
-        out = self.decode_tokens(window.flatten(1), labels, self.sample_config(**sample_kw), seed, text=text)
-        cell = self.tokenizer.config.downsample
-        result = editing.stitch(x, self.to_images(out), side, tokens * cell)
-        return format_images(result, output, one=not _is_batch(image))
-
-    def img2img(self, image, prompt: str | None = None, negative_prompt: str | None = None, strength: float = 0.5,
-                label: int | None = None, seed: int | list[int] | None = 0, output: str = "pil", **sample_kw):
-        """A variation of ``image``: the last ``int(steps * strength)`` steps of the schedule, from the image's
-        tokens with each position masked with probability gamma(start / steps) (start = the first step run), as
-        the aMUSEd reference img2img pipeline does (strength 1: every position masked, i.e. a fresh sample)."""
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise MaskGITError(f"strength must be a number in (0, 1], got {strength!r}")
-        if "start_step" in sample_kw:
-            raise MaskGITError("img2img chooses start_step from strength")
-        x = self._prepare_image(image)
-        cfg = self.sample_config(**sample_kw)
-        start = cfg.steps - int(cfg.steps * strength)
-        if start >= cfg.steps:
-            raise MaskGITError(f"strength {strength} with {cfg.steps} steps runs no step: raise strength or steps")
-        tokens = self.encode(x).flatten(1)  # (B, N)
-        generator = seeded(seed, len(tokens))
-        if start == 0:
-            masked = torch.ones_like(tokens, dtype=torch.bool)
-        else:  # the schedule's mask ratio where decoding resumes, in float32 as the reference computes it
-            r = torch.tensor([[start]]) / cfg.steps
-            ratio = (torch.cos(r * math.pi / 2) if cfg.schedule == "cosine" else 1 - r if cfg.schedule == "linear"
-                     else gamma(cfg.schedule, r, tokens.shape[1]))
-            masked = uniform(tokens.shape, generator, "cpu") < ratio.float()
-        tokens = torch.where(masked, torch.full_like(tokens, self.mask_id), tokens)
-        labels = self.check_labels([-1 if label is None else label] * x.shape[0])
-        text = self._prompt_condition(prompt, negative_prompt, x.shape[0])
-        cfg = dataclasses.replace(cfg, start_step=start)
-        out = self.decode_tokens(tokens, labels, cfg, None, generator, text=text)
-        return format_images(self.to_images(out), output, one=not _is_batch(image))
-
-
-def _is_batch(image) -> bool:  # edits of one image (PIL, path, array, (C,H,W)) give one image; of (B,C,H,W), a batch
-    return torch.is_tensor(image) and image.dim() == 4
 
 
 def load(model: str | Path | None = None, device: str = "cpu", precision: str = "fp32",

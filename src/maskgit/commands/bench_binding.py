@@ -89,7 +89,7 @@ def cmd_bench_binding(args) -> int:
         raise MaskGITError("bench-binding needs an RGB model trained on the shapes dataset")
     steps_list = [int(s) for s in _floats(args.steps, "--steps")]
     cfg_list = _floats(args.cfg, "--cfg")
-    base = override(SampleConfig(), args)
+    base = override(SampleConfig(), args, skip=("steps", "cfg", "start_step"))
     splits = [s for s in args.splits.split(",") if s]
     rows, samples = [], {}
     for split in splits:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from maskgit.accel import resolve_device  # noqa: F401  (the commands' device choice)
 from maskgit.config import check_seed
+from maskgit.devices import resolve_device  # noqa: F401  (the commands' device choice)
 from maskgit.errors import MaskGITError
 
 

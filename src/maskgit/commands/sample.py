@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskgit.accel import resolve_device
 from maskgit.commands.common import device_arg, load_pipeline, parse_ints, seed_arg, speed_args
 from maskgit.commands.parser import add_sample_args
 from maskgit.config import SampleConfig, explicit_sample_kwargs
+from maskgit.devices import resolve_device
 from maskgit.errors import MaskGITError
 from maskgit.sampling.decoding import chunk_seed
 

@@ -267,7 +267,7 @@ def cmd_tokenize(args) -> int:
         raise MaskGITError(f"--workers must be >= 0, not {args.workers}")
     if args.batch_size < 1:
         raise MaskGITError(f"--batch-size must be >= 1, not {args.batch_size}")
-    from maskgit.accel import bound_malloc
+    from maskgit.memory import bound_malloc
     bound_malloc()  # peak memory that does not grow with the dataset (before the model's allocations)
     rank, world, dev = init_distributed(resolve_device(args.device))
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from maskgit.accel import resolve_device
+from maskgit.devices import resolve_device
 from maskgit.errors import MaskGITError
 from maskgit.models.features import FeatureNet, FeatureNetConfig, accuracy, shift_augment
 
