@@ -1,7 +1,9 @@
 """Hostile and careless input against a live `maskgit serve` (the shipped model on loopback): the report's bad
 requests, deep JSON, broken uploads, then --fuzz random JSON and multipart bodies. After every case /healthz must
 answer; the script counts answers by status class, the slowest /healthz, tracebacks in the server's log, and the
-server's resident memory before and after the whole run.
+server's resident memory over the run. Then the cases of fault_cases.py: hostile PNG uploads sent --rounds times
+(the memory case), integers too long to read, non-ASCII digits, 50 clients that leave mid-body, a body and a
+request head drip-fed a byte a second, and last a SIGTERM while heavy batches are decoded.
 
     python benchmarks/fault_server.py --fuzz 400
 """
@@ -20,6 +22,7 @@ import tempfile
 import time
 from collections import Counter
 
+import fault_cases  # this folder's multi-request cases
 import httpx
 import numpy as np
 from load_server import free_port, rss_mib  # this folder's load test: the same server helpers
@@ -93,18 +96,37 @@ def cases(args, rng: random.Random, image: bytes):
             yield "fuzz: edit multipart", "/v1/edit", {"data": data, "files": files}
 
 
+def post(c, name: str, path: str, kw: dict, counts: Counter, by_case: Counter, failures: list) -> None:
+    try:
+        r = c.post(path, **kw)
+        cls = f"{r.status_code // 100}xx"
+        if r.status_code >= 500:
+            failures.append(f"{name}: {r.status_code} {r.text[:150]}")
+        elif name in ("huge integer", "non-ASCII digits") and r.status_code < 400:
+            failures.append(f"{name}: accepted ({r.status_code})")
+    except httpx.HTTPError as e:
+        cls = f"connection error ({type(e).__name__})"
+        failures.append(f"{name}: {cls}")
+    counts[cls] += 1
+    by_case[name] += 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="fashion-mnist")
     ap.add_argument("--fuzz", type=int, default=400, help="random bodies after the fixed cases")
+    ap.add_argument("--rounds", type=int, default=3, help="times the hostile uploads are sent (the memory case)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    limits = ["--max-num", "4", "--max-steps", "8", "--body-timeout", "3", "--header-timeout", "3",
+              "--shutdown-timeout", "3"]
     cmd = [sys.executable, "-m", "maskgit", "serve", "--model", args.model, "--host", "127.0.0.1", "--port", str(port),
-           "--device", "cpu", "--max-num", "4", "--max-steps", "8"]
+           "--device", "cpu", *limits]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    counts, by_case, worst_health, failures, rss = Counter(), Counter(), 0.0, [], {}
     try:
         with httpx.Client(base_url=url, timeout=120) as c:
             for _ in range(600):
@@ -116,38 +138,65 @@ def main() -> int:
             size = c.get("/v1/models").json()["models"][0]["image_size"]
             image = png((np.arange(size * size).reshape(size, size) % 256).astype(np.uint8))
             c.post("/v1/generate", json={"label": 0, "steps": 2})  # warm-up
-            rss0 = rss_mib(proc.pid)
-            counts, by_case, worst_health, failures = Counter(), Counter(), 0.0, []
-            for name, path, kw in cases(args, random.Random(args.seed), image):
-                try:
-                    r = c.post(path, **kw)
-                    cls = f"{r.status_code // 100}xx"
-                    if r.status_code >= 500:
-                        failures.append(f"{name}: {r.status_code} {r.text[:150]}")
-                except httpx.HTTPError as e:
-                    cls = f"connection error ({type(e).__name__})"
-                    failures.append(f"{name}: {cls}")
-                counts[cls] += 1
-                by_case[name] += 1
+            rss["start"] = rss_mib(proc.pid)
+            uploads = fault_cases.hostile_uploads(size)
+            for i in range(args.rounds):
+                for name, path, kw in uploads:
+                    post(c, f"hostile upload: {name}", path, kw, counts, by_case, failures)
+                rss[f"hostile uploads, round {i + 1}"] = rss_mib(proc.pid)
+            fixed = list(cases(args, random.Random(args.seed), image)) + fault_cases.number_cases(image)
+            for name, path, kw in fixed:
+                post(c, name, path, kw, counts, by_case, failures)
                 t = time.perf_counter()
                 ok = c.get("/healthz", timeout=5).status_code == 200
                 worst_health = max(worst_health, time.perf_counter() - t)
                 if not ok:
                     failures.append(f"{name}: /healthz not ok")
-            rss1 = rss_mib(proc.pid)
+            rss["bad and fuzzed requests"] = rss_mib(proc.pid)
+            fault_cases.disconnect_mid_body(port, 50)
+            by_case["disconnect mid-body"] += 50
+            ends = {}
+            for what in ("body", "head"):
+                ends[what] = fault_cases.drip(port, what, every_s=1.0, limit_s=20)
+                by_case[f"drip-fed {what}"] += 1
+            if ends["body"][0] != "408" or ends["body"][1] > 3 + 1.5:
+                failures.append(f"drip-fed body: {ends['body']} (expected 408 within the 3 s body timeout)")
+            if ends["head"][0] != "closed" or ends["head"][1] > 3 + 1.5:
+                failures.append(f"drip-fed head: {ends['head']} (expected closed within the 3 s header timeout)")
+            rss["end"] = rss_mib(proc.pid)
+            heavy = {"labels": [1, 2, 3, 0], "steps": 8, "candidates": 16}
+        shutdown = fault_cases.shutdown_under_load(proc, url, port, heavy, deadline_s=3.0)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+    late = [a for a in shutdown["answers"] if a[0] not in ("200", "503") or a[1] > shutdown["deadline_s"] + 0.5]
+    if late or shutdown["exit_s"] > shutdown["deadline_s"] + 2.5:
+        failures.append(f"shutdown: {shutdown}")
     log.seek(0)
-    tracebacks = log.read().count("Traceback")
-    print(f"server: maskgit serve --model {args.model} --max-num 4 --max-steps 8 on loopback; {os.cpu_count()} CPUs")
-    print(f"\n| cases | {' | '.join(sorted(counts))} | 5xx | tracebacks in the log | slowest /healthz after a case "
-          f"| server RSS before / after |")
-    print("|" + "---:|" * (len(counts) + 5))
+    text = log.read()
+    tracebacks = text.count("Traceback") + text.count("Exception in ASGI")
+    grown = rss["end"] - rss["start"]
+    if grown >= 100:
+        failures.append(f"RSS grew {grown:.0f} MiB")
+    print(f"server: maskgit serve --model {args.model} {' '.join(limits)} on loopback; {os.cpu_count()} CPUs")
+    print(f"\n| cases | {' | '.join(sorted(counts))} | 5xx | tracebacks in the log | slowest /healthz after a case |")
+    print("|" + "---:|" * (len(counts) + 4))
     print(f"| {sum(counts.values())} ({', '.join(f'{n} {k}' for k, n in by_case.items())}) | "
           + " | ".join(str(counts[k]) for k in sorted(counts))
-          + f" | {sum(n for k, n in counts.items() if k.startswith('5'))} | {tracebacks} | {worst_health * 1000:.0f} ms"
-          f" | {rss0:.0f} / {rss1:.0f} MiB ({rss1 - rss0:+.0f}) |")
+          + f" | {sum(n for k, n in counts.items() if k.startswith('5'))} | {tracebacks}"
+          f" | {worst_health * 1000:.0f} ms |")
+    print("\n| server RSS after | MiB |\n|---|---:|")
+    for k, v in rss.items():
+        print(f"| {k} | {v:.0f} |")
+    print(f"| growth over the run | {grown:+.0f} |")
+    print(f"\ndrip-fed body: {ends['body'][0]} after {ends['body'][1]:.1f} s; drip-fed head: {ends['head'][0]} after "
+          f"{ends['head'][1]:.1f} s (one byte a second; body and header timeouts 3 s)")
+    answers = ", ".join(f"{st} at {t:+.1f} s" for st, t in shutdown["answers"])
+    print(f"SIGTERM under load ({len(shutdown['answers'])} x {json.dumps(heavy)} and 2 stalled uploads, signal "
+          f"1.5 s after they were sent, --shutdown-timeout 3): answers after the signal: {answers}; stalled "
+          f"uploads: {shutdown['stalled']}; process exited {shutdown['exit_s']:.1f} s after the signal "
+          f"(rc {shutdown['rc']})")
     for f in failures[:10]:
         print("FAILED:", f, file=sys.stderr)
     return 1 if failures or tracebacks else 0

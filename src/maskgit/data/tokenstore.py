@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 
 from maskgit.errors import MaskGITError
 from maskgit.storage.checkpoint import atomic_dir
+from maskgit.storage.files import sha256_file
 
 
 def model_hash(model: torch.nn.Module) -> str:
@@ -54,6 +56,59 @@ def write_sidecars(folder: Path, shape: tuple[int, ...], dtype, labels: np.ndarr
         (folder / "captions.json").write_text(json.dumps(list(captions)))
     m = {"count": int(shape[0]), "grid": list(shape[1:]), "dtype": np.dtype(dtype).name, **(meta or {})}
     (folder / "meta.json").write_text(json.dumps(m, indent=1) + "\n")
+    files = [n for n in (token_file_name(dtype), "labels.npy", "captions.json", "meta.json") if (folder / n).is_file()]
+    (folder / MANIFEST).write_text(json.dumps({n: sha256_file(folder / n) for n in files}, indent=1) + "\n")
+
+
+MANIFEST = "manifest.json"  # {file name: SHA-256} of the token file, labels/captions and meta.json
+
+
+def _verify(path: Path) -> None:
+    """Check the files against the store's manifest; a store written before manifests existed gets a note."""
+    mf = path / MANIFEST
+    if not mf.is_file():
+        print(f"note: {path} has no {MANIFEST} (written by an older maskgit): its files are not verified",
+              file=sys.stderr)
+        return
+    try:
+        manifest = json.loads(mf.read_text())
+        assert isinstance(manifest, dict) and all(isinstance(v, str) for v in manifest.values())
+    except (OSError, ValueError, AssertionError):
+        raise MaskGITError(f"{mf} is not a readable manifest: re-run `maskgit tokenize`") from None
+    for name, digest in manifest.items():
+        f = path / Path(name).name
+        if not f.is_file() or sha256_file(f) != digest:
+            raise MaskGITError(f"{f} is {'missing' if not f.is_file() else 'damaged'} (its SHA-256 is not the one in "
+                               f"{MANIFEST}): re-run `maskgit tokenize`")
+
+
+def _read_meta(path: Path) -> dict:
+    """meta.json, checked: count, grid (h, w), dtype and codebook size of the right types."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise MaskGITError(f"{path / 'meta.json'} is not readable JSON ({e}): re-run `maskgit tokenize`") from None
+    def pos_int(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    ok = (isinstance(meta, dict) and pos_int(meta.get("count")) and isinstance(meta.get("grid"), list)
+          and len(meta["grid"]) == 2 and all(pos_int(g) for g in meta["grid"])
+          and meta.get("dtype") in ("uint16", "int32") and pos_int(meta.get("codebook_size", 1)))
+    if not ok:
+        raise MaskGITError(f"{path / 'meta.json'} lacks a valid count, grid [h, w], dtype (uint16/int32) or "
+                           f"codebook_size: re-run `maskgit tokenize`")
+    return meta
+
+
+def _check_tokens(path: Path, tokens: np.ndarray, codebook_size: int | None) -> None:
+    if codebook_size is None:
+        return
+    top, low = 0, 0
+    for i in range(0, len(tokens), 65536):
+        chunk = np.asarray(tokens[i:i + 65536])
+        top, low = max(top, int(chunk.max(initial=0))), min(low, int(chunk.min(initial=0)))
+    if top >= codebook_size or low < 0:
+        raise MaskGITError(f"{path} holds token ids up to {top} (min {low}) but its codebook has {codebook_size} "
+                           f"codes: the store is damaged; re-run `maskgit tokenize`")
 
 
 class TokenStore:
@@ -66,16 +121,38 @@ class TokenStore:
         meta_f = self.path / "meta.json"
         if not meta_f.exists():
             raise MaskGITError(f"{self.path} is not a token store (no meta.json); make one with `maskgit tokenize`")
-        self.meta = json.loads(meta_f.read_text())
+        _verify(self.path)
+        self.meta = _read_meta(self.path)
         if tokenizer_hash is not None and self.meta.get("tokenizer_hash") != tokenizer_hash:
             raise MaskGITError(f"{self.path} was made by a different tokenizer (hash {self.meta.get('tokenizer_hash')}"
                                f", this one is {tokenizer_hash}): re-run `maskgit tokenize` with this tokenizer")
         n, (h, w) = self.meta["count"], self.meta["grid"]
-        fname = "tokens.u16" if self.meta["dtype"] == "uint16" else "tokens.i32"
-        self.tokens = np.memmap(self.path / fname, dtype=np.dtype(self.meta["dtype"]), mode="r", shape=(n, h, w))
-        self.labels = np.load(self.path / "labels.npy") if (self.path / "labels.npy").exists() else None
+        dtype = np.dtype(self.meta["dtype"])
+        tf = self.path / token_file_name(dtype)
+        size = tf.stat().st_size if tf.is_file() else -1
+        if size != n * h * w * dtype.itemsize:
+            raise MaskGITError(f"{tf} is {'missing' if size < 0 else f'{size} bytes'}, but meta.json describes "
+                               f"{n}x{h}x{w} {dtype.name} ({n * h * w * dtype.itemsize} bytes): "
+                               "re-run `maskgit tokenize`")
+        self.tokens = np.memmap(tf, dtype=dtype, mode="r", shape=(n, h, w))
+        _check_tokens(tf, self.tokens, self.meta.get("codebook_size"))
+        self.labels = None
+        if (self.path / "labels.npy").exists():
+            try:
+                self.labels = np.load(self.path / "labels.npy", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise MaskGITError(f"{self.path / 'labels.npy'} is not readable ({e}): re-run `maskgit tokenize`") \
+                    from None
+            if self.labels.shape != (n,) or self.labels.dtype.kind not in "iu" or (n and self.labels.min() < 0):
+                raise MaskGITError(f"{self.path / 'labels.npy'} holds {self.labels.dtype} {self.labels.shape}, not "
+                                   f"{n} class ids >= 0: re-run `maskgit tokenize`")
         cap = self.path / "captions.json"
-        self.captions = json.loads(cap.read_text()) if cap.exists() else None
+        try:
+            self.captions = json.loads(cap.read_text()) if cap.exists() else None
+        except (OSError, ValueError) as e:
+            raise MaskGITError(f"{cap} is not readable JSON ({e}): re-run `maskgit tokenize`") from None
+        if self.captions is not None and (not isinstance(self.captions, list) or len(self.captions) != n):
+            raise MaskGITError(f"{cap} does not hold {n} captions: re-run `maskgit tokenize`")
         self.text = None  # cached caption embeddings (text.CaptionTable): batches gain "text" and "text_mask"
         self.text_encoder = None
         from maskgit.models.text import store_cache_path, store_caches
