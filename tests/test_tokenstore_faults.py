@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import small_store
+
 from maskgit.cli import main
 from maskgit.data.tokenstore import MANIFEST, TokenStore, write_sidecars
 from maskgit.errors import MaskGITError
