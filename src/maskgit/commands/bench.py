@@ -91,7 +91,9 @@ def cmd_bench(args) -> int:
         from maskgit.evaluation.samples import load_real
         size = pipe.grid[0] * pipe.tokenizer.config.downsample
         floor = ev(load_real(args.data, "train", size, args.num), labels_of_train(args, size, args.num))
-        note = (f"Real-data floor at the same n: FD {floor['fd_featurenet']:.3f}, class agreement "
+        second = (f", FD in the independent feature space {floor['fd_independent']:.3f}"
+                  if "fd_independent" in floor else "")
+        note = (f"Real-data floor at the same n: FD {floor['fd_featurenet']:.3f}{second}, class agreement "
                 f"{floor.get('class_accuracy', float('nan')):.3f}.")
         for title, table in run_samplers(args, pipe, ev, labels, steps, line_plot, floor["fd_featurenet"]):
             print(table)

@@ -42,10 +42,11 @@ def register(sub) -> None:
 
 def evaluator_for(pipe, features: str | None, data: str, split: str, num: int | None = None,
                   size: int | None = None):
-    from maskgit.evaluation.samples import Evaluator, load_real
+    from maskgit.evaluation.samples import Evaluator, independent_features, load_real
     net = _feature_net(pipe, features)
     size = size or pipe.grid[0] * pipe.tokenizer.config.downsample
-    return Evaluator(net, load_real(data, split, size, num))
+    second = independent_features(data, net.config.channels, size)
+    return Evaluator(net, load_real(data, split, size, num), independent=second)
 
 
 def _feature_net(pipe, features: str | None):

@@ -31,14 +31,18 @@ def settings(**kw) -> dict:
     return d
 
 
-def pareto_front(rows: list[dict], x: str = "FD", y: str = "class agreement") -> list[dict]:
-    """The rows no other row beats on both: lower ``x`` and higher ``y`` (ties on both kept once), by ``x``."""
+def pareto_front(rows: list[dict], x: str | tuple[str, ...] = "FD", y: str = "class agreement") -> list[dict]:
+    """The rows no other row beats: lower on every ``x`` (one key, or several feature spaces' FDs) and higher ``y``
+    (ties on all kept once), sorted by the first ``x``. Keys whose value is NaN in any row are left out."""
+    xs = (x,) if isinstance(x, str) else tuple(x)
+    xs = tuple(k for k in xs if all(r.get(k) == r.get(k) for r in rows)) or xs[:1]  # NaN != NaN
+    key = lambda r: tuple(r[k] for k in xs) + (-r[y],)  # every coordinate: lower is better
     front = []
     for r in rows:
-        dominated = any((o[x] <= r[x] and o[y] >= r[y]) and (o[x] < r[x] or o[y] > r[y]) for o in rows)
-        if not dominated and not any(f[x] == r[x] and f[y] == r[y] for f in front):
+        dominated = any(all(a <= b for a, b in zip(key(o), key(r))) and key(o) != key(r) for o in rows)
+        if not dominated and not any(key(f) == key(r) for f in front):
             front.append(r)
-    return sorted(front, key=lambda r: r[x])
+    return sorted(front, key=lambda r: r[xs[0]])
 
 
 class Sweep:
@@ -71,6 +75,7 @@ class Sweep:
             images, sec = generate(self.pipe, self.labels, "maskgit", kw, self.seed, self.batch_size)
             m = self.ev(images, self.labels)
             r = {"key": key, **kw, "n": len(self.labels), "FD": m["fd_featurenet"],
+                 "FD (independent)": m.get("fd_independent", float("nan")),
                  "precision": m["precision_featurenet"], "recall": m["recall_featurenet"],
                  "class agreement": m.get("class_accuracy", float("nan")), "s/img": sec / len(self.labels)}
             self.done[key] = r
@@ -93,7 +98,8 @@ def run_samplers(args, pipe, ev, labels, steps: list[int], plot, real_floor: flo
     sweep = Sweep(pipe, ev, labels, args.seed, args.batch_size, Path(args.points) if args.points else None, shard)
     plots = Path(args.plots)
     orders = ("confidence", "halton", "random")
-    cols = ["order", "steps", "choice temperature", "CFG", "FD", "class agreement", "precision", "recall", "s/img"]
+    cols = ["order", "steps", "choice temperature", "CFG", "FD", "FD (independent)", "class agreement", "precision",
+            "recall", "s/img"]
 
     def row(r):
         return {**r, "choice temperature": r["choice_temperature"] if r["order"] == "confidence" else "-",
@@ -117,7 +123,7 @@ def run_samplers(args, pipe, ev, labels, steps: list[int], plot, real_floor: flo
     plot(plots / "samplers_agreement_vs_steps.png",
          {o: (steps, [r["class agreement"] for r in by_steps if r["order"] == o]) for o in orders},
          "decoding steps T", "class agreement", "class agreement vs steps per decoding order")
-    front = pareto_front(grid)
+    front = pareto_front(grid, ("FD", "FD (independent)"))
     for r in grid:
         r["on front"] = "yes" if any(f["key"] == r["key"] for f in front) else ""
     _pareto_plot(plots / "samplers_pareto_t8.png", grid, front, real_floor)

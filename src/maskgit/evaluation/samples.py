@@ -64,19 +64,47 @@ def time_per_image(pipe: Pipeline, arch: str, batch: int, sample_kw: dict, repea
     return statistics.median(times)
 
 
-class Evaluator:
-    """Real reference statistics + feature network + classifier, reused across many evaluations."""
+INDEPENDENT_DIR = Path(__file__).resolve().parents[1] / "weights" / "eval"
 
-    def __init__(self, features_net, real_images: torch.Tensor, cache: str | Path | None = None):
+
+def independent_features(dataset: str, channels: int | None = None, image_size: int | None = None):
+    """The second, independent feature network shipped for ``dataset`` (``weights/eval/<dataset>/``: a classifier of
+    another width and seed that neither scores class agreement nor picks candidates), or None when none ships or
+    it does not fit the images."""
+    from maskgit.storage.checkpoint import load_model
+    path = INDEPENDENT_DIR / str(dataset).split(":", 1)[0]
+    if not (path / "config.json").exists():
+        return None
+    net = load_model(path, "features")
+    c = net.config
+    if (channels is not None and c.channels != channels) or (image_size is not None and c.image_size != image_size):
+        return None
+    return net
+
+
+class Evaluator:
+    """Real reference statistics + feature network + classifier, reused across many evaluations. ``independent``:
+    a second feature network whose FD is reported beside the first (``fd_independent``), so that no setting is
+    chosen in the feature space of the network that also scores class agreement."""
+
+    def __init__(self, features_net, real_images: torch.Tensor, cache: str | Path | None = None, independent=None):
         from maskgit.evaluation.metrics import ProjectFeatures, reference_stats
         self.net = features_net.eval()
         self.extractor = ProjectFeatures(self.net)
         self.real = reference_stats(self.extractor, real_images, cache)
+        self.second = None
+        if independent is not None:
+            self.second = ProjectFeatures(independent.eval(), name="independent")
+            self.second_real = reference_stats(self.second, real_images)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict:
-        from maskgit.evaluation.metrics import iter_metrics
+        from maskgit.evaluation.metrics import extract_features, frechet_distance, iter_metrics
         lab = labels if labels is not None and (labels >= 0).all() else None
-        return dict(iter_metrics(images, lab, self.real, self.extractor, self.net))
+        out = dict(iter_metrics(images, lab, self.real, self.extractor, self.net))
+        if self.second is not None:
+            fake = extract_features(self.second, images)
+            out["fd_independent"] = frechet_distance(torch.as_tensor(self.second_real["features"]), fake)
+        return out
 
 
 def load_real(dataset: str, split: str, image_size: int, limit: int | None = None) -> torch.Tensor:
