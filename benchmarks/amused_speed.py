@@ -54,6 +54,8 @@ CLIP = {  # text_encoder/config.json (CLIP-L/14 text tower with projection)
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                  max_position_embeddings=16, projection_dim=24),
 }
+# amused-512: the same architecture at 32x32 tokens (512 px)
+UVIT["512"], VQ["512"], CLIP["512"] = {**UVIT["256"], "sample_size": 32}, {**VQ["256"], "sample_size": 64}, CLIP["256"]
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 
 
@@ -84,7 +86,7 @@ def build(size: str, root: Path) -> None:
                                      model_max_length=clip["max_position_embeddings"])
     torch.manual_seed(0)
     text = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
-        vocab_size=49408 if size == "256" else len(vocab), bos_token_id=vocab["<|startoftext|>"],
+        vocab_size=49408 if size != "tiny" else len(vocab), bos_token_id=vocab["<|startoftext|>"],
         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"], **clip))
     uvit = diffusers.UVit2DModel(**UVIT[size])
     vq = diffusers.VQModel(**VQ[size])

@@ -176,7 +176,11 @@ def load_parts(root: str | Path, text_encoder=None, device: str | torch.device =
 
 
 def load_pipeline(root: str | Path, pipeline_cls, device: str | torch.device = "cpu", precision: str = "fp32",
-                  text_encoder=None):
-    """``pipeline_cls(tokenizer, transformer, ...)`` (the one Pipeline) on an aMUSEd folder."""
+                  text_encoder=None, lora: str | Path | None = None):
+    """``pipeline_cls(tokenizer, transformer, ...)`` (the one Pipeline) on an aMUSEd folder; ``lora``: a save_lora
+    folder of the U-ViT, merged before the precision is prepared."""
     tokenizer, transformer, text = load_parts(root, text_encoder, device)
+    if lora is not None:
+        from maskgit.training.lora import load_lora, merge_lora
+        transformer.uvit = merge_lora(load_lora(transformer.uvit, lora))
     return pipeline_cls(tokenizer, transformer, device=device, precision=precision, text_encoder=text)
