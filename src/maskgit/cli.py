@@ -28,6 +28,8 @@ COMMANDS = {
     "convert": "convert",
     "export": "export",
     "serve": "serve",
+    "cache": "hub",
+    "push": "hub",
 }
 
 # commands whose time goes into the VQGAN decoder's large activations, where raised malloc thresholds pay; the

@@ -232,14 +232,21 @@ class Pipeline(Edits):
         null = torch.full_like(labels, -1)
         text = text or TextCondition(None, None)
 
-        def fn(tokens: torch.Tensor, guided: bool):
-            B = len(tokens)
+        def fn(tokens: torch.Tensor, guided: bool, cache: dict | None = None, positions=None):
+            B, step, kw = len(tokens), run, {}
+            if cache is not None:  # cached decoding: the model's own eager path (sampling/cache.py)
+                if not hasattr(model, "forward_cached"):
+                    raise MaskGITError(f"cached decoding is not available for {type(model).__name__}: use cache 'off'")
+                both = positions is not None and guided
+                step, kw = model.forward_cached, {"cache": cache, "positions": torch.cat([positions] * 2) if both
+                                                  else positions}
             with self._autocast():
                 if not guided:
-                    return run(tokens, labels, text=text.emb, text_mask=text.mask, **text.pooled_kw(False)).float()
+                    return step(tokens, labels, text=text.emb, text_mask=text.mask, **text.pooled_kw(False),
+                                **kw).float()
                 t, m = text.both(model, B)
-                out = run(torch.cat([tokens, tokens]), torch.cat([labels, null]), text=t, text_mask=m,
-                          **text.pooled_kw(True))  # (2B,N,K)
+                out = step(torch.cat([tokens, tokens]), torch.cat([labels, null]), text=t, text_mask=m,
+                           **text.pooled_kw(True), **kw)  # (2B,N,K)
             out = out.float()  # sampling reads fp32 logits whatever the precision
             return out[:B], out[B:]
 
@@ -316,6 +323,9 @@ class Pipeline(Edits):
             raise MaskGITError("this model has no AR baseline (no ar/ directory)")
         cfg = dataclasses.replace(SampleConfig(), **{k: v for k, v in sample_kw.items() if v is not None})
         check_sample_config(cfg)
+        if cfg.cache != "off" or (cfg.cfg_start, cfg.cfg_end) != (0, 1):
+            raise MaskGITError("the AR baseline guides every token and keeps its own KV cache (use_cache): cache, "
+                               "cfg_start and cfg_end are MaskGIT decoding settings")
         noise = generator if generator is not None else seeded(seed, len(labels))
         return self.to_images(self.ar.generate(labels.to(self.device), cfg, noise, use_cache=use_cache))
 
@@ -327,10 +337,24 @@ class Pipeline(Edits):
         m = torch.nn.functional.interpolate(known.view(-1, 1, *self.grid).float().cpu(), size=(H, W))
         return imgs * m + 0.5 * (1 - m)
 
+    # ------------------------------------------------------------ sharing
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """The project's layout (tokenizer/ + maskgit/ (+ ar/, features/), each with its manifest) + a model card
+        README.md in ``directory``; ``maskgit.load(directory)`` reads it back."""
+        from maskgit.storage.hub import save_pretrained
+        return save_pretrained(self, directory)
+
+    def push_to_hub(self, repo: str, token: str | None = None, private: bool = False) -> str:
+        """save_pretrained into the Hugging Face Hub repo ``repo`` (needs huggingface_hub; ``token`` default:
+        HF_TOKEN or the stored login); ``maskgit.load(repo)`` reads it back. Returns the commit's URL."""
+        from maskgit.storage.hub import push_to_hub
+        return push_to_hub(self, repo, token=token, private=private)
+
 
 def load(model: str | Path | None = None, device: str = "cpu", precision: str = "fp32",
          text_encoder=None, lora: str | Path | None = None) -> Pipeline:
-    """``maskgit.load("fashion-mnist")`` or ``maskgit.load("path/to/dir")``; ``precision`` see set_precision;
+    """``maskgit.load(NAME)``: a directory, "fashion-mnist", "google/maskgit-imagenet256" (or 512) or a Hugging
+    Face Hub repo id "owner/name[@revision]" (``names.resolve``); ``precision`` see set_precision;
     ``text_encoder`` overrides the one a text-conditioned model names (see Pipeline); ``lora`` a save_lora folder,
     merged into the transformer at load."""
     return Pipeline.load(model, device, precision, text_encoder, lora=lora)

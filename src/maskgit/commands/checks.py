@@ -41,8 +41,8 @@ def check_sample_args(args, png_folder) -> None:
     check_count(args.batch_size, "--batch-size")
     check_count(args.scale, "--scale")
     if args.labels is not None:
-        from maskgit.commands.common import parse_ints
-        bad = [v for v in parse_ints(args.labels, "--labels") if v < 0]
+        from maskgit.commands.common import int_or_none  # names are checked once the model (and its classes) loads
+        bad = [v for v in (int_or_none(t.strip()) for t in args.labels.split(",")) if v is not None and v < 0]
         if bad:
             raise MaskGITError(f"--labels {args.labels}: class ids are >= 0 (got {bad[0]}); leave out --labels "
                                f"for unconditional samples")

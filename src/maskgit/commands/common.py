@@ -49,3 +49,36 @@ def parse_ints(text: str, what: str) -> list[int]:
         return [int(v) for v in text.split(",") if v.strip() != ""]
     except ValueError:
         raise MaskGITError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def parse_labels(text: str, class_names: list[str] | None = None) -> list[int]:
+    """--labels: comma-separated class ids or class names ("207,golden retriever"): a name matches exactly, else
+    ignoring case and "_" vs " "; a name that matches several classes (ImageNet's two "crane"s) needs the id."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if int_or_none(part) is not None:
+            out.append(int(part))
+            continue
+        names = class_names or []
+        ids = [i for i, n in enumerate(names) if n == part]
+        if not ids:
+            key = part.lower().replace("_", " ")
+            ids = [i for i, n in enumerate(names) if n.lower().replace("_", " ") == key]
+        if len(ids) > 1:
+            raise MaskGITError(f"--labels: {part!r} names classes {', '.join(map(str, ids))}: give the id")
+        if not ids:
+            shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+            raise MaskGITError(f"--labels {text}: {part!r} is not a class of this model: give comma-separated "
+                               f"integers (class ids) or class names" + (f" ({shown})" if names else
+                                                                          " (this model has no class names)"))
+        out.append(ids[0])
+    return out

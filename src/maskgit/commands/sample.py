@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskgit.commands.common import device_arg, load_pipeline, parse_ints, seed_arg, speed_args
+from maskgit.commands.common import device_arg, load_pipeline, parse_ints, parse_labels, seed_arg, speed_args
 from maskgit.commands.parser import add_sample_args
 from maskgit.config import SampleConfig, explicit_sample_kwargs
 from maskgit.devices import resolve_device
@@ -17,7 +17,8 @@ from maskgit.sampling.decoding import chunk_seed
 
 
 def _sample_args(p) -> None:
-    p.add_argument("--model", default=None, help="shipped model name or directory (default: fashion-mnist)")
+    p.add_argument("--model", default=None, help="a directory, a shipped name, google/maskgit-imagenet256 (or 512) "
+                   "or a Hugging Face Hub repo id owner/name[@revision] (default: fashion-mnist)")
     p.add_argument("--seed", type=seed_arg, default=0, help="0 <= seed < 2**63 (default 0)")
     p.add_argument("--prompt", action="append", default=None,
                    help="text-conditioned models: the prompt (repeat the flag for several); \"\" = unconditional")
@@ -37,7 +38,8 @@ def register(sub) -> None:
                        description="Generate images by MaskGIT iterative decoding (or with --arch ar, the "
                                    "autoregressive baseline).")
     _sample_args(p)
-    p.add_argument("--labels", default=None, help="comma-separated class ids, e.g. 0,3,7")
+    p.add_argument("--labels", default=None, help="comma-separated class ids or names, e.g. 0,3,7 or "
+                   "\"golden retriever,tabby\"")
     p.add_argument("-n", "--num", type=int, default=None, help="number of samples (with --labels or --prompt: "
                    "per label or prompt)")
     p.add_argument("--out", default=None, help="grid.png; samples.npz (ADM layout: arr_0 uint8 (N,H,W,3), "
@@ -77,7 +79,7 @@ def _labels(args, pipe) -> list[int] | None:
         if pipe.transformer.config.num_classes and args.num is None:
             return [i for i in range(pipe.transformer.config.num_classes) for _ in range(8)]
         return None
-    labels = parse_ints(args.labels, "--labels")
+    labels = parse_labels(args.labels, pipe.class_names)
     if not labels:
         raise MaskGITError("--labels is empty")
     return [l for l in labels for _ in range(args.num or 1)]

@@ -328,10 +328,16 @@ def _resolution(name: str) -> str | None:
     return m.group(1) if m else None
 
 
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet-1k labels in the standard index order (0 tench, ..., 207 golden retriever, ...)."""
+    return (Path(__file__).resolve().parent.parent / "weights" / "imagenet_classes.txt").read_text().splitlines()
+
+
 def convert_official(tokenizer: str | Path, transformer: str | Path, out: str | Path,
                      dtype: torch.dtype | None = None, force: bool = False,
-                     log: Callable[[str], None] = print):
+                     log: Callable[[str], None] = print, class_names: list[str] | None = None):
     """Official tokenizer + transformer files -> ``out/tokenizer`` + ``out/maskgit`` (our format), atomically.
+    ``class_names``: stored in the transformer's meta; default the ImageNet labels when it has 1,000 classes.
 
     Returns ``(tokenizer model, transformer model, out path)``."""
     from maskgit.storage.checkpoint import atomic_dir, save_model
@@ -355,13 +361,17 @@ def convert_official(tokenizer: str | Path, transformer: str | Path, out: str | 
     size = tr.config.grid_size * tok_cfg.downsample
     tok = tokenizer_from_flax(tok_tree, image_size=size)
     del tok_tree
+    if class_names is None and tr.config.num_classes == 1000:
+        class_names = imagenet_class_names()
+    if class_names is not None and len(class_names) != tr.config.num_classes:
+        raise MaskGITError(f"{len(class_names)} class names for a transformer of {tr.config.num_classes} classes")
     source = {"source": "google-research/maskgit (official JAX/Flax release)", "dataset": "imagenet",
               "image_size": size}
     with atomic_dir(out) as tmp:
         save_model(tok, tmp / "tokenizer", dtype=dtype, meta={**source, "converted_from": tokenizer.name})
         save_model(tr, tmp / "maskgit", dtype=dtype,
                    meta={**source, "converted_from": transformer.name, "tokenizer": "../tokenizer",
-                         "class_names": None})
+                         "class_names": class_names})
     return tok, tr, out
 
 
@@ -377,6 +387,6 @@ def summary(model: torch.nn.Module) -> str:
 
 
 __all__ = ["OFFICIAL_FILES", "OFFICIAL_URL", "Entry", "check_tree", "convert_arrays", "convert_official",
-           "expected_flax_shapes", "flatten", "infer_tokenizer_config", "infer_transformer_config",
-           "load_flax_msgpack", "params_of", "summary", "tokenizer_from_flax", "tokenizer_mapping",
-           "transformer_from_flax", "transformer_mapping", "unflatten", "write_flax_msgpack"]
+           "expected_flax_shapes", "flatten", "imagenet_class_names", "infer_tokenizer_config",
+           "infer_transformer_config", "load_flax_msgpack", "params_of", "summary", "tokenizer_from_flax",
+           "tokenizer_mapping", "transformer_from_flax", "transformer_mapping", "unflatten", "write_flax_msgpack"]
