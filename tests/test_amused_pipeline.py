@@ -564,3 +564,13 @@ def test_inpaint_matches_diffusers(reference):
     got = ours.inpaint(x, mask=mask[0, 0] > 0, prompt="a cat", feather=0, seed=0, output="tensor")
     inside = mask[0, 0] > 0  # ours keeps the input's pixels outside the mask; the reference returns the decode
     assert (got[0][:, inside] - want[0][:, inside]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_cpu_precisions_run_on_the_released_layout(released, precision):
+    """bf16 (packed or plain bf16 linears) and int8 (dynamically quantised linears) replace the U-ViT's Linear
+    layers with modules that hold no .weight: the model must not read one."""
+    p = Pipeline.load(released, precision=precision)
+    assert p.precision == precision
+    imgs = p.generate(prompts=["a cat", ""], steps=3, output="np")
+    assert imgs.shape == (2, GRID * CELL, GRID * CELL, 3)

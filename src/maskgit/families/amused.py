@@ -115,12 +115,21 @@ class ClipText:
             from transformers import CLIPTextModelWithProjection, CLIPTokenizer
         except ImportError:
             raise MaskGITError("aMUSEd's text encoder needs transformers: pip install transformers") from None
+        te = root / "text_encoder"
+        variant = "fp16" if not (te / "model.safetensors").exists() and (te / "model.fp16.safetensors").exists() \
+            else None  # a repo fetched with only its fp16 weights
+        from transformers.utils import logging as hf_logging
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar for a local file says nothing
         try:
             tok = CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
-            model = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder", local_files_only=True,
-                                                                use_safetensors=True)
+            model = CLIPTextModelWithProjection.from_pretrained(te, local_files_only=True, use_safetensors=True,
+                                                                variant=variant)
         except (OSError, ValueError) as e:
             raise MaskGITError(f"cannot read the CLIP text encoder in {root}: {str(e).splitlines()[0]}") from None
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         return cls(tok, model.float(), device)
 
     @property

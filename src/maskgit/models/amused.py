@@ -187,7 +187,8 @@ class UVit2D(nn.Module):
             raise MaskGITError(f"UVit2D expects micro-conditions (B, {c.num_micro_conds}), got {tuple(micro.shape)}")
         emb = sinusoidal(micro.flatten(), c.micro_cond_encode_dim).reshape(micro.shape[0], -1)
         x = torch.cat([pooled, emb], dim=1)  # promotes like the reference
-        return self.cond_embed(x.to(self.cond_embed.linear_1.weight.dtype))
+        return self.cond_embed(x.to(self.embed.embeddings.weight.dtype))  # the model's dtype (Linear layers may be
+        # swapped for packed or quantised modules that hold no .weight)
 
     def forward(self, ids: torch.Tensor, hidden: torch.Tensor, pooled: torch.Tensor,
                 micro: torch.Tensor) -> torch.Tensor:
