@@ -387,7 +387,7 @@ def test_unknown_dataset():
         load_dataset("cifar")
     with pytest.raises(MaskGITError, match="splits"):
         load_dataset("fashion-mnist", split="val")
-    assert set(data.DATASETS) == {"fashion-mnist", "mnist", "emoji", "shapes", "imagefolder", "coco"}
+    assert set(data.DATASETS) == {"fashion-mnist", "mnist", "emoji", "shapes", "imagefolder", "coco", "captions"}
 
 
 # ---------------------------------------------------------------- the CLI

@@ -153,3 +153,60 @@ def test_text_model_page_generates_from_a_prompt():
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def _upload_images(tmp_path) -> dict[str, Path]:
+    """394x454 images (the report's size): a disc in the centred square and black bands above and below it, which a
+    crop cuts away and a squash would keep. As a PNG, and as a JPEG stored sideways with an EXIF orientation."""
+    from PIL import ImageDraw
+    shown = Image.new("L", (394, 454), 255)
+    draw = ImageDraw.Draw(shown)
+    draw.rectangle((0, 0, 393, 19), fill=0)
+    draw.rectangle((0, 434, 393, 453), fill=0)
+    draw.ellipse((72, 102, 322, 352), fill=0)  # diameter 250 in the square rows 30..423
+    shown.save(tmp_path / "tall.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    shown.transpose(Image.Transpose.ROTATE_90).convert("RGB").save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+    return {"png": tmp_path / "tall.png", "jpeg with EXIF orientation": tmp_path / "sideways.jpg"}
+
+
+def test_first_visit_guidance_at_the_model_default_no_broken_image_and_uploads_cropped(server_url, tmp_path):
+    """The guidance slider starts at the model's stored cfg (and generate sends it), the result box shows no
+    broken-image icon before the first image, and a 394x454 upload is drawn cropped to the square, not squashed."""
+    import httpx
+    default_cfg = httpx.get(server_url + "/v1/models").json()["models"][0]["defaults"]["cfg"]
+    assert default_cfg > 0  # the shipped model guides by default
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            errors, sent = [], []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/generate") else None)
+            page.goto(server_url + "/")
+            page.wait_for_function("document.getElementById('label').options.length === 11")
+            assert float(page.eval_on_selector("#cfg", "el => el.value")) == default_cfg
+            assert float(page.text_content("#cfg-out")) == default_cfg
+            assert page.is_hidden("#result") and page.is_visible("#result-empty")  # no <img> without a src shown
+            for what, path in _upload_images(tmp_path).items():
+                page.evaluate("document.getElementById('status').textContent = ''")
+                page.set_input_files("#upload", str(path))
+                page.wait_for_function("document.getElementById('status').textContent.startsWith('cropped')")
+                assert page.text_content("#status") == "cropped 394×454 to 32×32", what
+                drawn = png_from_data_url(page.evaluate(
+                    "document.getElementById('src-canvas').toDataURL('image/png')"))[..., 0]
+                dark = drawn < 128
+                assert not dark[0].any() and not dark[-1].any(), (what, dark.astype(int))  # the bands are cut off
+                rows, cols = np.nonzero(dark)
+                height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+                assert abs(int(height) - int(width)) <= 1 and 18 <= width <= 22, (what, height, width)  # a disc
+                box = page.locator("#src-canvas").bounding_box()
+                assert box["width"] == box["height"]  # shown square
+            page.click("#generate")
+            page.wait_for_selector("#result[data-kind=generate]", timeout=30_000)
+            assert page.is_visible("#result") and page.is_hidden("#result-empty")
+            assert sent and sent[-1]["cfg"] == default_cfg
+            assert not errors, errors
+        finally:
+            browser.close()

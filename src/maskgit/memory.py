@@ -43,6 +43,25 @@ def bound_malloc() -> bool:
     return set_malloc_thresholds(STREAM_MMAP_THRESHOLD, STREAM_TRIM_THRESHOLD)
 
 
+_trim = None
+
+
+def trim_malloc() -> bool:
+    """glibc ``malloc_trim(0)``: give the freed memory of every arena back to the OS. The server calls it after a
+    request with a large body: with ``tune_malloc``'s thresholds the body's copies (raw bytes, JSON text, base64,
+    PNG chunks) would otherwise stay in the heap after the answer, so each burst of large uploads raised the
+    resident memory for good. False where there is no glibc."""
+    global _trim
+    if _trim is None:
+        import ctypes
+        import ctypes.util
+        try:
+            _trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    return bool(_trim and _trim(0) is not None)
+
+
 def set_malloc_thresholds(mmap: int, trim: int) -> bool:
     """glibc's ``mallopt(M_MMAP_THRESHOLD, mmap)`` and ``mallopt(M_TRIM_THRESHOLD, trim)``; False where there is no
     glibc (macOS, Windows, musl) or it refuses."""

@@ -25,7 +25,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from maskgit.data.base import IMAGE_EXTENSIONS, SPLIT_FOLDERS, ArrayDataset, cache_dir  # noqa: F401  (public names)
-from maskgit.data.imagefiles import CocoCaptionsDataset, FileImageDataset, ImageFolderDataset  # noqa: F401
+from maskgit.data.imagefiles import (  # noqa: F401
+    CaptionFolderDataset,
+    CocoCaptionsDataset,
+    FileImageDataset,
+    ImageFolderDataset,
+)
 from maskgit.errors import MaskGITError
 from maskgit.storage.files import atomic_write
 
@@ -65,6 +70,8 @@ DATASETS = {
               "square'; train 20k / test 2k / heldout 2k (unseen colour-shape pairs); shapes:N = N per split",
     "imagefolder": "imagefolder:PATH  ImageNet layout PATH[/SPLIT]/<class>/<image>, RGB, 256x256 by default",
     "coco": "coco:IMAGES_DIR,CAPTIONS_JSON  COCO-captions layout, one caption per image, RGB, 256x256 by default",
+    "captions": "captions:PATH  images under PATH with a .txt caption beside each (or PATH/captions.jsonl), RGB, "
+                "256x256 by default",
 }
 
 
@@ -330,11 +337,13 @@ def load_dataset(spec: str, split: str = "train", image_size: int | None = None,
         return load_mnist(split, 32 if image_size is None else image_size)
     if name == "emoji":
         return load_emoji(split, 32 if image_size is None else image_size)
-    if name in ("imagefolder", "coco") and not arg:
+    if name in ("imagefolder", "coco", "captions") and not arg:
         raise MaskGITError(f"{name} needs a location: " + DATASETS[name].split()[0])
     size = 256 if image_size is None else image_size
     if name == "imagefolder":
         return ImageFolderDataset(arg, split, size, train=train, strict=strict)
+    if name == "captions":
+        return CaptionFolderDataset(arg, size, train=train, strict=strict)
     if name == "coco":
         if "," not in arg:
             raise MaskGITError(f"coco needs IMAGES_DIR,CAPTIONS_JSON (a comma between them), got {arg!r}")

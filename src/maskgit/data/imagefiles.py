@@ -144,9 +144,58 @@ def _verify_images(root: Path, paths: list[Path]) -> dict[Path, str]:
     return {p: new[keys[p]][2] for p in paths if new[keys[p]][2]}
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+def _shown(p: Path) -> str:
+    """A path for a message: bytes that are not UTF-8 shown as \\xNN escapes (printing them raw would fail)."""
+    return os.fsencode(p).decode("utf-8", "backslashreplace")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # os.fsdecode kept the undecodable bytes as surrogates
+        return False
+
+
+def _image_files(folder: Path, odd: dict[str, list[Path]] | None = None) -> list[Path]:
+    """The image files under ``folder`` (hidden names skipped). Folders are walked without following symlinks (a
+    symlink loop cannot recurse). What is left out or odd goes into ``odd`` by kind, for one note each."""
+    odd = {} if odd is None else odd
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:
+            if (here / d).is_symlink():
+                odd.setdefault("links", []).append(here / d)
+            elif Path(d).suffix.lower() in IMAGE_EXTENSIONS:
+                odd.setdefault("dirs", []).append(here / d)
+        for f in filenames:
+            p = here / f
+            if f.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if not p.is_file():  # a symlink that loops or points nowhere
+                odd.setdefault("broken", []).append(p)
+                continue
+            if not _utf8(f):
+                odd.setdefault("names", []).append(p)
+            found.append(p)
+    return sorted(found)
+
+
+ODD_NOTES = {
+    "links": "symlinked folder(s) inside class folders are not followed (a link loop would never end): {}",
+    "dirs": "folder(s) named like an image file are folders, not images (their contents are read as "
+            "sub-folders): {}",
+    "broken": "symlink(s) that loop or point nowhere are skipped: {}",
+    "names": "file name(s) that are not valid UTF-8 are read, and shown here with \\x escapes: {}",
+}
+
+
+def _note_odd(name: str, odd: dict[str, list[Path]]) -> None:
+    for kind, paths in odd.items():
+        shown = ", ".join(_shown(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+        warnings.warn(f"{name}: {len(paths)} " + ODD_NOTES[kind].format(shown), stacklevel=3)
 
 
 class ImageFolderDataset(FileImageDataset):
@@ -169,7 +218,12 @@ class ImageFolderDataset(FileImageDataset):
         if not self.classes:
             raise MaskGITError(f"{root} has no class sub-folders: imagefolder expects PATH/<class>/<image> "
                                "(ImageNet layout), one folder per class")
-        samples = [(p, label) for label, c in enumerate(self.classes) for p in _image_files(root / c)]
+        if bad := [c for c in self.classes if not _utf8(c)]:
+            raise MaskGITError(f"class folder {_shown(root / bad[0])} has a name that is not valid UTF-8: rename "
+                               f"it (class names go into the model's metadata and onto the web page)")
+        odd: dict[str, list[Path]] = {}
+        samples = [(p, label) for label, c in enumerate(self.classes) for p in _image_files(root / c, odd)]
+        _note_odd(self.name, odd)
         if not samples:
             raise MaskGITError(f"{root} has no images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}) in its "
                                f"{len(self.classes)} class folder(s)")
@@ -177,6 +231,11 @@ class ImageFolderDataset(FileImageDataset):
         samples = [s for s, good in zip(samples, ok) if good]
         if not samples:
             raise MaskGITError(f"{root}: none of the images could be read")
+        if empty := [c for i, c in enumerate(self.classes) if i not in {label for _, label in samples}]:
+            warnings.warn(f"{self.name}: {len(empty)} class folder(s) have no readable images and no image trains "
+                          f"their label (the label ids still follow the folder names): "
+                          + ", ".join(f"{c} (label {self.classes.index(c)})" for c in empty[:5])
+                          + (", ..." if len(empty) > 5 else ""), stacklevel=2)
         self.paths = [p for p, _ in samples]
         self.targets = [label for _, label in samples]
 
@@ -232,3 +291,73 @@ class CocoCaptionsDataset(FileImageDataset):
             return self.load(i), self.captions[i][0]
         rng = self.rng(i)
         return self.load(i, rng), self.captions[i][int(rng.integers(len(self.captions[i])))]
+
+
+CAPTION_FILES = ("captions.jsonl", "metadata.jsonl")  # one {"file_name": ..., "text": ...} a line
+
+
+def _read_caption_lines(root: Path) -> dict[str, list[str]]:
+    """{image path relative to ``root``: captions} from ``root/captions.jsonl`` (or ``metadata.jsonl``, Hugging Face
+    imagefolder's name): one JSON object a line, ``file_name`` (or ``image``) and ``text`` (or ``caption``), a
+    string or a list of them; a file named on several lines has all their captions."""
+    f = next((root / n for n in CAPTION_FILES if (root / n).is_file()), None)
+    out: dict[str, list[str]] = {}
+    if f is None:
+        return out
+    for no, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            name = doc.get("file_name", doc.get("image"))
+            text = doc.get("text", doc.get("caption"))
+        except (ValueError, AttributeError) as e:
+            raise MaskGITError(f"{f} line {no} is not a JSON object ({e})") from None
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(name, str) or not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise MaskGITError(f"{f} line {no}: expected {{\"file_name\": \"a.png\", \"text\": \"a caption\"}}")
+        out.setdefault(os.path.normpath(name), []).extend(t.strip() for t in texts)
+    return out
+
+
+class CaptionFolderDataset(FileImageDataset):
+    """``captions:PATH``: the images anywhere under PATH, each captioned by a ``.txt`` beside it (``cat.png`` ->
+    ``cat.txt``) or by PATH/captions.jsonl (see ``_read_caption_lines``; its captions win where both exist).
+    Uncaptioned images are left out (with a warning). Yields one caption per image, as CocoCaptionsDataset."""
+
+    def __init__(self, root: str | Path, image_size: int = 256, train: bool = False, strict: bool = False,
+                 seed: int = 0, verify: bool = True):
+        super().__init__("captions", image_size, train, seed)
+        self.classes = None
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise MaskGITError(f"caption folder {root} does not exist" if not root.exists() else
+                               f"{root} is not a folder: captions:PATH expects images with a .txt beside each or "
+                               f"a {CAPTION_FILES[0]}")
+        odd: dict[str, list[Path]] = {}
+        paths = _image_files(root, odd)
+        _note_odd(self.name, odd)
+        listed = _read_caption_lines(root)
+        caps = []
+        for p in paths:
+            txt = p.with_suffix(".txt")
+            caps.append(listed.pop(os.path.relpath(p, root), None) or
+                        ([txt.read_text(encoding="utf-8").strip()] if txt.is_file() else []))
+        if listed:
+            warnings.warn(f"captions: {len(listed)} file(s) named in {root}/{CAPTION_FILES[0]} are not images in "
+                          f"the folder: {', '.join(sorted(listed)[:3])}", stacklevel=2)
+        entries = [(p, c) for p, c in zip(paths, caps) if c]
+        if len(entries) < len(paths):
+            warnings.warn(f"captions: {len(paths) - len(entries)} image(s) in {root} have no caption (no .txt "
+                          f"beside them, not in {CAPTION_FILES[0]}) and are left out", stacklevel=2)
+        if not entries:
+            raise MaskGITError(f"{root} has no captioned images: put a .txt beside each image (same name) or a "
+                               f"{CAPTION_FILES[0]} with one {{\"file_name\", \"text\"}} a line")
+        ok = self._drop_unreadable(root, [p for p, _ in entries], strict, verify)
+        entries = [e for e, good in zip(entries, ok) if good]
+        if not entries:
+            raise MaskGITError(f"{root}: none of the captioned images could be read")
+        self.paths = [p for p, _ in entries]
+        self.captions = [c for _, c in entries]
+
+    __getitem__ = CocoCaptionsDataset.__getitem__

@@ -25,6 +25,10 @@ class FeatureNetConfig:
     width: int = 32  # channels of the first stage; stages use width, 2*width, 4*width, 4*width
     feature_dim: int = 128  # size of the penultimate layer (the features the metrics use)
 
+    def __post_init__(self):
+        from maskgit.model_checks import check_model_config
+        check_model_config(self)
+
 
 class _Stage(nn.Sequential):
     """conv3x3 -> BatchNorm -> ReLU (the stage's feature map is this output, before pooling)."""

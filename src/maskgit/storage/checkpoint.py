@@ -11,15 +11,18 @@ shipped weights, which must verify."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
 import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from maskgit.config import from_dict, to_dict
@@ -171,40 +174,93 @@ def read_config(path: str | Path) -> dict:
 
 def load_model(path: str | Path, expect: str | tuple[str, ...] | None = None,
                device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Build the model described by ``path/config.json`` and load its weights (in eval mode, fp32)."""
+    """Build the model described by ``path/config.json`` and load its weights (in eval mode, fp32). The config is
+    checked against the safetensors header (names and shapes, read without the data) while the model is built on
+    the meta device, so a config that does not describe the file is one line before any weight is allocated."""
     path = Path(path)
-    if path.is_dir():
-        verify_manifest(path, required=is_shipped(path))
+    verified = verify_manifest(path, required=is_shipped(path)) if path.is_dir() else False
     doc = read_config(path)
     kind = doc.get("kind")
     if expect is not None and kind not in ((expect,) if isinstance(expect, str) else expect):
         raise MaskGITError(f"{path} holds a {kind!r} model, but a {expect!r} model is needed here")
     cfg_cls, model_cls = _classes(kind)
     cfg = from_dict(cfg_cls, doc.get("config", {}), what=f"{path}/config.json")
-    with torch.device("meta"):  # no random initialisation: every tensor comes from the file
-        model = model_cls(cfg)
-    load_weights(model, path / "model.safetensors", assign=True)
+    file = path / "model.safetensors"
+    shapes = read_header(file)
+    with torch.device("meta"), _at_most_params(len(shapes), f"{path}/config.json", file):
+        model = model_cls(cfg)  # no random initialisation: every tensor comes from the file
+    load_weights(model, file, assign=True, shapes=shapes)
+    if not verified:
+        _check_finite(model, file)
+        print(f"note: {path} has no {MANIFEST}: its weights are not verified (a damaged file may load as wrong "
+              f"weights)", file=sys.stderr)
     model.meta = doc.get("meta", {})
     return model.to(device).eval()
 
 
-def load_weights(model: torch.nn.Module, file: str | Path, assign: bool = False) -> None:
+def read_header(file: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's name and shape in a safetensors file, from its JSON header (no tensor data is read)."""
     file = Path(file)
     if not file.exists():
         raise MaskGITError(f"{file} is missing: a model directory needs config.json + model.safetensors")
     try:
-        state = load_file(str(file))
+        with safe_open(str(file), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise MaskGITError(f"{file} is not a readable safetensors file ({e})") from None
+
+
+class _TooManyParams(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _at_most_params(limit: int, config: str, file: Path):
+    """While building a model: stop at its parameter ``limit + 1`` (a file of ``limit`` tensors cannot hold it),
+    so a config claiming a depth of 10**6 fails in the first blocks instead of building a million of them."""
+    seen, me = set(), threading.get_ident()
+
+    def hook(module, name, param):
+        if threading.get_ident() == me:
+            seen.add((id(module), name))
+            if len(seen) > limit:
+                raise _TooManyParams
+
+    handle = torch.nn.modules.module.register_module_parameter_registration_hook(hook)
+    try:
+        yield
+    except _TooManyParams:
+        raise MaskGITError(f"{config} describes a model with more parameters than the {limit} tensors in {file}: "
+                           f"the config does not belong to these weights") from None
+    finally:
+        handle.remove()
+
+
+def _check_finite(model: torch.nn.Module, file: Path) -> None:
+    for k, v in model.state_dict().items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise MaskGITError(f"{file}: {k} holds NaN or infinite values (a damaged file)")
+
+
+def load_weights(model: torch.nn.Module, file: str | Path, assign: bool = False,
+                 shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Load ``file`` into ``model``; names and shapes are compared (from the header) before the data is read."""
+    file = Path(file)
+    shapes = read_header(file) if shapes is None else shapes
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(shapes))
+    unexpected = sorted(set(shapes) - set(own))
     if missing or unexpected:
         raise MaskGITError(f"{file} does not match the model in config.json: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
+    for k, shape in shapes.items():
+        if shape != tuple(own[k].shape):
+            raise MaskGITError(f"{file}: {k} has shape {shape}, the config needs {tuple(own[k].shape)}")
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MaskGITError(f"{file} is not a readable safetensors file ({e})") from None
     for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise MaskGITError(f"{file}: {k} has shape {tuple(v.shape)}, the config needs {tuple(own[k].shape)}")
         state[k] = v.to(own[k].dtype)
     model.load_state_dict(state, assign=assign)
 
