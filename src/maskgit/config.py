@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maskgit.errors import MaskGITError
+from maskgit.step_plan import check_step_plan
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class VQGANConfig:
     commitment_cost: float = 0.25
     entropy_loss_weight: float = 0.0
     image_size: int = 256  # nominal training resolution (the network is fully convolutional)
+
+    def __post_init__(self):
+        from maskgit.model_checks import check_model_config
+        check_model_config(self)
 
     @property
     def downsample(self) -> int:
@@ -63,8 +68,8 @@ class TransformerConfig:
     text_mode: str = "cross"
 
     def __post_init__(self):
-        if self.text_mode not in ("cross", "prefix"):
-            raise MaskGITError(f"text_mode must be 'cross' or 'prefix', not {self.text_mode!r}")
+        from maskgit.model_checks import check_model_config
+        check_model_config(self)
 
     @property
     def num_tokens(self) -> int:
@@ -97,10 +102,13 @@ class SampleConfig:
     choice_temperature: float = 4.5
     cfg: float = 0.0  # classifier-free guidance scale (0 = off)
     cfg_schedule: str = "constant"  # "constant" or "linear" (ramps 0 -> cfg over the steps)
+    cfg_start: float = 0.0  # guidance (the unconditional pass) runs only on steps t with t/T in [cfg_start, cfg_end)
+    cfg_end: float = 1.0
     start_step: int = 0  # >0 starts later in the schedule (class-conditional editing)
     order: str = "confidence"  # which tokens each step reveals: "confidence" | "halton" | "random"
     candidates: int = 1  # >1: decode this many per image, keep the one the classifier finds most on-class
     sampler: str = "maskgit"  # "amused": the aMUSEd reference scheduler's arithmetic (sampling/amused.py)
+    cache: str = "off"  # cached decoding: "off" | "everyK" (full, then K-1 cheap steps) | F/C per step (step_plan.py)
 
     def __post_init__(self):
         check_sample_fields(self)
@@ -142,6 +150,7 @@ def check_sample_fields(cfg: SampleConfig) -> None:
     if cfg.sampler == "amused" and (cfg.order != "confidence" or schedule not in ("cosine", "linear")):
         raise MaskGITError("the amused sampler ranks by confidence on the cosine or linear schedule (use "
                            "--sampler maskgit for the other orders and schedules)")
+    check_step_plan(cfg)  # cache schedule and guidance interval
 
 
 def check_seed(seed) -> int:
@@ -313,7 +322,10 @@ def from_dict(cls: type, d: dict, what: str = "config") -> Any:
     kwargs = {}
     for k, v in d.items():
         kwargs[k] = _coerce(hints[k], v, f"{what}.{k}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except MaskGITError as e:
+        raise MaskGITError(f"{what}: {e}") from None
 
 
 def _coerce(tp: Any, v: Any, where: str) -> Any:
@@ -321,7 +333,9 @@ def _coerce(tp: Any, v: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(v, (list, tuple)):
             raise MaskGITError(f"{where}: expected a list, got {v!r}")
-        return tuple(int(x) for x in v)
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            raise MaskGITError(f"{where}: expected a list of integers, got {v!r}")
+        return tuple(v)
     if tp is bool:
         if not isinstance(v, bool):
             raise MaskGITError(f"{where}: expected true/false, got {v!r}")
@@ -381,19 +395,6 @@ def override(cfg: Any, args: Any, prefix: str = "", skip: tuple[str, ...] = ()) 
     return dataclasses.replace(cfg, **changes)
 
 
-__all__ = [
-    "TRANSFORMER_PRESETS",
-    "VQGAN_PRESETS",
-    "SampleConfig",
-    "TokenizerTrainConfig",
-    "TrainConfig",
-    "TransformerConfig",
-    "VQGANConfig",
-    "add_dataclass_args",
-    "field",
-    "from_dict",
-    "override",
-    "to_dict",
-    "transformer_preset",
-    "vqgan_preset",
-]
+__all__ = ["TRANSFORMER_PRESETS", "VQGAN_PRESETS", "SampleConfig", "TokenizerTrainConfig", "TrainConfig",
+           "TransformerConfig", "VQGANConfig", "add_dataclass_args", "field", "from_dict", "override", "to_dict",
+           "transformer_preset", "vqgan_preset"]

@@ -22,7 +22,7 @@ def speed_args(p: argparse.ArgumentParser) -> None:
                         "results slightly (see benchmarks/RESULTS.md)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer with frozen weights (faster after a ~30 s first call per "
-                        "batch size; needs a C++ compiler)")
+                        "batch size; needs a C++ compiler; decoding with --cache runs its steps eager)")
 
 
 def seed_arg(text: str) -> int:

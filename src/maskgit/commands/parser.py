@@ -54,11 +54,20 @@ SAMPLE_HELP = {
                           "the steps (0 = keep the most confident)",
     "cfg": "classifier-free guidance scale (0 = off; needs a model trained with a 'no class' id)",
     "cfg_schedule": "guidance over the steps: {choices} (linear ramps 0 -> cfg)",
+    "cfg_start": "guidance interval: the unconditional pass runs only on steps t whose progress t/T lies in "
+                 "[cfg-start, cfg-end); elsewhere one conditional pass (fractions of the steps)",
+    "cfg_end": "end of the guidance interval (exclusive; 1 = through the last step)",
     "order": "which tokens each step reveals: {choices}",
     "candidates": "decode k images per image and keep the one the model's classifier finds most on-class (k times "
                   "the cost)",
     "sampler": "the decoder's arithmetic: {choices} (amused: the aMUSEd reference scheduler's draws, noise and "
                "mask counts)",
+    "cache": "cached decoding: off; everyK (a full step, then K-1 cheap ones: every2 = F,C,F,C,...); or one F "
+             "(full) or C (cheap) per step, repeating, e.g. FCCFCC (the first step is always full). A full step "
+             "runs the whole transformer and keeps every layer's keys and values; a cheap step runs only the "
+             "positions its group of steps will decide, against those cached keys and values. Faster, slightly "
+             "different images; the cached steps run eager (--compile applies to uncached decoding); not in the "
+             "ONNX runtime",
 }
 
 

@@ -38,10 +38,13 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, causal: bool = False, cache: dict | None = None,
-                key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``key_mask`` (B, L) bool, True = may be attended to (prefix text padding is False)."""
+                key_mask: torch.Tensor | None = None, step: tuple | None = None) -> torch.Tensor:
+        """``key_mask`` (B, keys) bool, True = may be attended to (prefix text padding is False). ``step``: cached
+        MaskGIT decoding's (store, layer, index), see ``cached_keys``."""
         B, L, W = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.heads, W // self.heads).permute(2, 0, 3, 1, 4)  # (B,H,L,d)
+        if step is not None:
+            k, v = cached_keys(step, k, v)
         if cache is not None:
             if "k" in cache:
                 k = torch.cat([cache["k"], k], dim=2)
@@ -99,13 +102,37 @@ class Block(nn.Module):
         self.mlp_ln = nn.LayerNorm(cfg.width, eps=LN_EPS)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, causal=False, cache=None, ctx=None, ctx_mask=None, key_mask=None):
-        x = self.attn_ln(x + self.drop(self.attn(x, causal, cache, key_mask)))
+    def forward(self, x, causal=False, cache=None, ctx=None, ctx_mask=None, key_mask=None, step=None):
+        x = self.attn_ln(x + self.drop(self.attn(x, causal, cache, key_mask, step)))
         if self.cross is not None:
             x = self.cross_ln(x + self.drop(self.cross(x, ctx, ctx_mask)))
         fused = getattr(self.fc1, "forward_gelu_tanh", None)  # an inference linear that fuses the GELU
         h = fused(x) if fused is not None else gelu_tanh(self.fc1(x))
         return self.mlp_ln(x + self.drop(self.fc2(h)))
+
+
+def cached_keys(step: tuple, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's keys and values in cached decoding (``SampleConfig.cache``). ``step`` = (store, layer, index):
+    at a full step (index None) the layer's ``k, v`` (B,H,L,d) over every sequence position are kept in ``store``
+    (contiguous copies) and used as they are; at a cheap step, where the layer ran only the sequence positions
+    ``index`` (B,P), the stored ones with those positions replaced by the fresh ``k, v`` (B,H,P,d), in place:
+    every cheap step of a group writes the same positions, so the others keep the full step's values. A cheap step
+    of B rows after a full step of 2B (unguided after guided) reads the first B: the conditional branch."""
+    store, layer, index = step
+    if index is None:
+        store[layer] = (k.contiguous(), v.contiguous())
+        return k, v
+    if layer not in store:
+        raise MaskGITError("cached decoding: a cheap step needs the keys and values of a full step first")
+    ck, cv = store[layer]
+    if ck.shape[0] != k.shape[0]:
+        if ck.shape[0] != 2 * k.shape[0]:
+            raise MaskGITError(f"cached decoding: {k.shape[0]} rows against a cache of {ck.shape[0]}")
+        ck, cv = ck[:k.shape[0]], cv[:k.shape[0]]
+    rows = torch.arange(k.shape[0], device=k.device)[:, None]
+    ck.transpose(1, 2)[rows, index] = k.transpose(1, 2).to(ck.dtype)  # (B,P,H,d) rows of (B,L,H,d)
+    cv.transpose(1, 2)[rows, index] = v.transpose(1, 2).to(cv.dtype)
+    return ck, cv
 
 
 def cpu_bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -201,27 +228,36 @@ class TokenTransformer(nn.Module):
         return self.text_proj(text), (None if text_mask is None else text_mask.bool())
 
     # ---- body
-    def embed(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def embed(self, ids: torch.Tensor, offset: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Token + position embeddings of ``ids`` (B,L) at positions offset.., or at ``positions`` (B,L)."""
         L = ids.shape[1]
-        return self.drop(self.emb_ln(self.tok_emb(ids) + self.pos_emb[offset:offset + L]))
+        pos = self.pos_emb[offset:offset + L] if positions is None else self.pos_emb[positions]
+        return self.drop(self.emb_ln(self.tok_emb(ids) + pos))
 
-    def run_blocks(self, x, cache=None, ctx=None, ctx_mask=None):
+    def run_blocks(self, x, cache=None, ctx=None, ctx_mask=None, kv: dict | None = None, index=None):
         """Blocks over x (B, L, W). With prefix text, ctx (B, Lt, W) is prepended to the sequence (padding
-        masked out as keys) and removed again from the output."""
-        key_mask = None
+        masked out as keys) and removed again from the output. ``kv``: cached decoding's store of every layer's
+        keys and values, filled when ``index`` is None; with ``index`` (B,P) x holds only those sequence positions
+        (after the condition token; the text prefix is then read from the store too)."""
+        key_mask, cheap = None, index is not None
         if ctx is not None and self.text_pos is not None:
             Lt = ctx.shape[1]
             if Lt > self.text_pos.shape[0]:
                 raise MaskGITError(f"{Lt} text tokens; this model takes at most {self.text_pos.shape[0]}")
-            x = torch.cat([self.emb_ln(ctx + self.text_pos[:Lt]), x], 1)
+            if cheap:
+                index = index + Lt
+            else:
+                x = torch.cat([self.emb_ln(ctx + self.text_pos[:Lt]), x], 1)
             if ctx_mask is not None:  # (the image tokens are always keys, so no row is left empty)
-                key_mask = torch.cat([ctx_mask, ctx_mask.new_ones(x.shape[0], x.shape[1] - Lt)], 1)
+                image = self.config.num_tokens + 1 if cheap else x.shape[1] - Lt
+                key_mask = torch.cat([ctx_mask, ctx_mask.new_ones(x.shape[0], image)], 1)
             ctx = ctx_mask = None
-            for blk in self.blocks:
-                x = blk(x, self.causal, None, None, None, key_mask)
-            return x[:, Lt:]
+            for i, blk in enumerate(self.blocks):
+                x = blk(x, self.causal, None, None, None, key_mask, None if kv is None else (kv, i, index))
+            return x if cheap else x[:, Lt:]
         for i, blk in enumerate(self.blocks):
-            x = blk(x, self.causal, None if cache is None else cache[i], ctx, ctx_mask)
+            x = blk(x, self.causal, None if cache is None else cache[i], ctx, ctx_mask,
+                    step=None if kv is None else (kv, i, index))
         return x
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,12 +277,31 @@ class MaskGITTransformer(TokenTransformer):
                 text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
         """``positions`` (B,P) optionally restricts the head to those token positions: (B,P,K)."""
+        return self._logits(tokens, labels, text, text_mask, positions)
+
+    def forward_cached(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
+                       text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None, *, cache: dict,
+                       positions: torch.Tensor | None = None) -> torch.Tensor:
+        """A step of cached decoding (``SampleConfig.cache``, sampling/cache.py), eager. ``positions`` None: a full
+        step, ``forward``'s logits (B,N,K), keeping every layer's keys and values of every position in ``cache`` (a
+        dict this model owns). ``positions`` (B,P): a cheap step, only those token positions run (their tokens
+        taken from ``tokens``), each layer attending to the cached keys and values of every other position plus
+        the fresh ones of these -> logits (B,P,K). A row's repeated position is computed twice, the same way."""
+        if positions is None:
+            cache.clear()
+        return self._logits(tokens, labels, text, text_mask, positions, cache)
+
+    def _logits(self, tokens, labels, text, text_mask, positions, kv=None):
         B, N = tokens.shape
         if N != self.config.num_tokens:
             raise MaskGITError(f"expected {self.config.num_tokens} tokens per sample, got {N}")
         ids = torch.cat([self.cond_ids(labels, B, tokens.device)[:, None], tokens], 1)  # (B, 1+N)
         ctx, ctx_mask = self.text_context(text, text_mask, B)
-        x = self.run_blocks(self.embed(ids), ctx=ctx, ctx_mask=ctx_mask)[:, 1:]  # (B, N, W)
+        if kv is not None and positions is not None:  # a cheap step: only the sequence positions 1 + positions
+            seq = positions + 1
+            return self.head(self.run_blocks(self.embed(ids.gather(1, seq), positions=seq), ctx=ctx,
+                                             ctx_mask=ctx_mask, kv=kv, index=seq))  # (B, P, K)
+        x = self.run_blocks(self.embed(ids), ctx=ctx, ctx_mask=ctx_mask, kv=kv)[:, 1:]  # (B, N, W)
         if positions is not None:
             x = x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1]))  # (B, P, W)
         return self.head(x)

@@ -24,6 +24,7 @@ from maskgit.sampling.arithmetic import (
     halton_priority,
     mask_counts,
 )
+from maskgit.step_plan import cache_pattern, guided_step
 
 
 class Noise:
@@ -51,6 +52,8 @@ def check_config(cfg: SampleConfig) -> SampleConfig:
         raise MaskGITError("the ONNX runtime decodes one candidate per image (candidates=1)")
     if cfg.sampler != "maskgit":
         raise MaskGITError(f"the ONNX runtime decodes with the maskgit sampler, not {cfg.sampler!r}")
+    if cache_pattern(cfg.cache):
+        raise MaskGITError(f"cached decoding is not in the runtime (cache={cfg.cache!r}): use cache='off'")
     return dataclasses.replace(cfg, schedule=check_schedule(cfg.schedule))
 
 
@@ -109,7 +112,6 @@ def decode(logits_fn: LogitsFn, tokens: np.ndarray, config: SampleConfig, mask_i
         raise MaskGITError(f"decode expects tokens (B,N), got shape {cur.shape}")
     noise = Noise(0) if noise is None else noise
     n0 = (cur == mask_id).sum(1)  # (B,)
-    guided = cfg.cfg != 0
     B, N = cur.shape
     # a fixed order (halton / random) replaces the confidence ranking, as in sampling.decoding
     fixed = None if check_order(cfg.order) == "confidence" else (
@@ -118,6 +120,7 @@ def decode(logits_fn: LogitsFn, tokens: np.ndarray, config: SampleConfig, mask_i
         unknown = cur == mask_id
         if not unknown.any():
             break
+        guided = guided_step(cfg, step)  # cfg != 0 and t/T in [cfg_start, cfg_end), as sampling.decoding
         out = logits_fn(cur, guided)
         if guided:
             cond, uncond = out

@@ -14,8 +14,10 @@ from maskgit.config import SampleConfig, check_seed
 from maskgit.errors import MaskGITError
 from maskgit.sampling import amused
 from maskgit.sampling.arithmetic import check_sample_config, choice_noise_scale, guidance_scale  # noqa: F401
+from maskgit.sampling.cache import CachedSteps
 from maskgit.sampling.orders import priority
 from maskgit.sampling.schedules import decode_mask_counts
+from maskgit.step_plan import cache_pattern, guided_step
 
 LogitsFn = Callable[[torch.Tensor, bool], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 
@@ -124,25 +126,28 @@ def decode(logits_fn: LogitsFn, tokens: torch.Tensor, config: SampleConfig, mask
 
     Per sample, N0 = the number of masked tokens at the start, so generation (all masked) and editing (some
     masked) are the same call. ``callback(step, tokens_after_step, sampled)`` sees every intermediate grid.
-    ``generator``: one torch.Generator for the batch, or RowGenerators (one per block of rows)."""
+    ``generator``: one torch.Generator for the batch, or RowGenerators (one per block of rows). Guidance runs on the
+    steps ``step_plan.guided_step`` names (``cfg_start`` / ``cfg_end``); with ``config.cache`` on, ``logits_fn`` is
+    also called as ``logits_fn(tokens, guided, cache=store[, positions=(B,P)])`` (see sampling/cache.py)."""
     check_sample_config(config)
     if tokens.ndim != 2:
         raise MaskGITError(f"decode expects tokens (B,N), got {tuple(tokens.shape)}")
     cur = tokens.clone()
     B, N = cur.shape
     n0 = (cur == mask_id).sum(1)  # (B,)
-    guided = config.cfg != 0
     reference = config.sampler == "amused"  # the aMUSEd scheduler's arithmetic (sampling/amused.py)
     if reference:
         temps = amused.noise_temperatures(config).to(cur.device)
         start_ratio = (n0.float() / N)[:, None] if config.start_step == 0 else torch.ones(B, 1, device=cur.device)
     # a fixed order (halton / random) replaces the confidence ranking; None = rank by confidence
     fixed = priority(config.order, (B, N), lambda shape: _rand(shape, generator, cur.device), cur.device)
+    cached = CachedSteps(config, n0) if cache_pattern(config.cache) else None
     for step in range(config.start_step, config.steps):
         unknown_map = cur == mask_id
         if not unknown_map.any():
             break
-        out = logits_fn(cur, guided)
+        guided = guided_step(config, step)  # cfg != 0 and t/T in [cfg_start, cfg_end)
+        out = logits_fn(cur, guided) if cached is None else cached.logits(logits_fn, cur, step, guided)
         if guided:
             logits = (amused.guide if reference else guide)(*out, guidance_scale(config, step))
         else:
@@ -174,8 +179,12 @@ def decode(logits_fn: LogitsFn, tokens: torch.Tensor, config: SampleConfig, mask
         else:
             score = fixed
         score = torch.where(unknown_map, score, torch.full_like(score, math.inf))  # known tokens stay
+        if cached is not None:
+            score = cached.restrict(score, unknown_map)
         keep_masked = mask_counts(n0, unknown_map.sum(1), config, step)  # (B,)
         rank = score.argsort(-1).argsort(-1)  # 0 = lowest score: stays masked first
+        if cached is not None:
+            cached.plan(step, rank, unknown_map)
         remask = rank < keep_masked[:, None]
         cur = torch.where(remask, torch.full_like(sampled, mask_id), sampled)
         if callback:

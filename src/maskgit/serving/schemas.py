@@ -28,6 +28,7 @@ MAX_PROMPT_CHARS = 1000
 MAX_JSON_DEPTH = 32  # the deepest request body is 3 levels; anything far deeper is refused before parsing
 INT64_MAX = 2 ** 63 - 1
 MAX_SCALE = 1000.0  # the largest temperature / CFG scale a request may ask for
+TRIM_AFTER_BYTES = 1 << 20  # a request body at least this large gives its freed memory back when answered
 
 
 # ================================================================ bodies
@@ -108,6 +109,11 @@ def schemas() -> SimpleNamespace:
         cfg: float | None = Field(None, ge=-MAX_SCALE, le=MAX_SCALE,
                                   description="classifier-free guidance scale (0 = off)")
         cfg_schedule: Literal["constant", "linear"] | None = None
+        cfg_start: float | None = Field(None, ge=0, le=1, description="guidance only on steps t with t/T >= this")
+        cfg_end: float | None = Field(None, ge=0, le=1, description="guidance only on steps t with t/T < this")
+        cache: str | None = Field(None, max_length=256, pattern=r"^(off|every[1-9][0-9]{0,2}|F[FC]*)$",
+                                  description="cached decoding: off, everyK (a full step, then K-1 cheap ones) or "
+                                              "F/C per step, e.g. FCCFCC")
         order: Literal["confidence", "halton", "random"] | None = Field(
             None, description="which tokens each step reveals (default: the model's)")
         candidates: int | None = Field(None, ge=1, le=16, description="decode this many per image and keep the one "
@@ -236,7 +242,9 @@ class BodyLimit:
     """ASGI middleware: 413 for a body above ``max_bytes`` (by Content-Length, or counted while streaming); 408
     when the whole body has not arrived ``timeout_s`` seconds after the app first asked for it (a stalled upload,
     or one drip-fed a byte at a time); 503 for a body still arriving when ``stop_at()`` (a ``time.monotonic()``
-    shutdown deadline, or None) has passed."""
+    shutdown deadline, or None) has passed. After a request whose body was ``TRIM_AFTER_BYTES`` or more, freed
+    memory goes back to the OS (``memory.trim_malloc``), so bursts of large uploads do not raise the resident
+    memory for good."""
 
     def __init__(self, app, max_bytes: int, timeout_s: float = 30.0, stop_at=lambda: None):
         self.app, self.max_bytes, self.timeout_s, self.stop_at = app, max_bytes, timeout_s, stop_at
@@ -288,4 +296,9 @@ class BodyLimit:
                 raise HTTPException(413, message)
             return msg
 
-        return await self.app(scope, limited, send)
+        try:
+            return await self.app(scope, limited, send)
+        finally:
+            if seen >= TRIM_AFTER_BYTES:
+                from maskgit.memory import trim_malloc
+                trim_malloc()

@@ -69,8 +69,8 @@ class _FusedAttention(nn.Module):
         super().__init__()
         self.qkv, self.out, self.heads = attn.qkv, attn.out, attn.heads
 
-    def forward(self, x: torch.Tensor, causal: bool = False, cache=None, key_mask=None) -> torch.Tensor:
-        W = x.shape[-1]
+    def forward(self, x: torch.Tensor, causal: bool = False, cache=None, key_mask=None, step=None) -> torch.Tensor:
+        W = x.shape[-1]  # (the export traces full steps only: no cache, no cached-decoding step)
         q, k, v = F.linear(x, self.qkv.weight).split(W, -1)  # the fused projection's (3, heads, d) column layout
         return self.out(_OrtAttention.apply(q, k, v, self.qkv.bias, self.heads))
 
