@@ -118,6 +118,9 @@ class Pipeline(Edits):
     def load(cls, model: str | Path | None = None, device: str = "cpu", precision: str = "fp32",
              text_encoder=None, lora: str | Path | None = None) -> Pipeline:
         root = resolve(model)
+        if (root / "adapter_config.json").is_file():  # `train --lora`'s final/
+            raise MaskGITError(f"{root} is a LoRA adapter, not a model: load it onto the model it was trained from, "
+                               f"maskgit.load(BASE, lora={str(root)!r}) (sample --model BASE --lora-weights {root})")
         if (root / "model_index.json").is_file():  # a diffusers-layout folder: aMUSEd
             from maskgit.families.amused import load_pipeline
             pipe = load_pipeline(root, cls, device, precision, text_encoder, lora=lora)

@@ -10,7 +10,14 @@ from pathlib import Path
 import torch
 
 from maskgit.commands.common import device_arg, resolve_device
-from maskgit.commands.train_setup import finetune_args, first_examples, memory_args, report_and_check
+from maskgit.commands.train_setup import (
+    finetune_args,
+    first_examples,
+    lora_args,
+    memory_args,
+    report_and_check,
+    setup_lora,
+)
 from maskgit.config import (
     TRANSFORMER_PRESETS,
     SampleConfig,
@@ -32,7 +39,8 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train the MaskGIT transformer (or the AR baseline) on a token store",
                        description="Masked-token training (MaskGIT) or next-token training (--arch ar) on a token "
                                    "store made by `maskgit tokenize`. Resumable (--resume); runs under torchrun.")
-    p.add_argument("--tokens", required=True, help="token store directory (training split)")
+    p.add_argument("--tokens", default=None, help="token store directory (training split); required, except for "
+                                                 "aMUSEd fine-tuning (--data)")
     p.add_argument("--val-tokens", default=None, help="token store for validation loss / accuracy")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory: checks the store's hash, draws samples")
     p.add_argument("--preset", default=None, help=f"one of {', '.join(TRANSFORMER_PRESETS)} (default "
@@ -50,6 +58,7 @@ def register(sub) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="continue from the newest checkpoint in --out that verifies (or from CHECKPOINT)")
     finetune_args(p, "transformer")
+    lora_args(p)
     memory_args(p)
     device_arg(p)
     add_dataclass_args(p, TRANSFORMER_TRAIN_DEFAULTS)
@@ -144,6 +153,12 @@ def cmd_train(args) -> int:
     from maskgit.training.loop import find_checkpoint, train
     from maskgit.training.objectives import MaskedTokenTask, NextTokenTask
 
+    if args.data:
+        from maskgit.commands.train_amused import cmd_train_amused
+        return cmd_train_amused(args)
+    if not args.tokens:
+        raise MaskGITError("train needs --tokens STORE (a token store: maskgit tokenize), or --init AMUSED --data "
+                           "IMAGES to fine-tune aMUSEd on captioned images")
     device = resolve_device(args.device)
     tokenizer = load_model(args.tokenizer, "vqgan") if args.tokenizer else None
     h = model_hash(tokenizer) if tokenizer is not None else None
@@ -192,6 +207,7 @@ def cmd_train(args) -> int:
         print(f"frozen: {', '.join(freeze(model, 'transformer', args.freeze))}")
     if len(store) < cfg.batch_size:
         raise MaskGITError(f"{args.tokens} holds {len(store)} examples, fewer than --batch-size {cfg.batch_size}")
+    lora = setup_lora(args, model, ck, init_dir)
     task = (NextTokenTask if args.arch == "ar" else MaskedTokenTask)(model, cfg)
     mc = model.config
     size = f", {tokenizer.config.image_size} px images" if tokenizer is not None else ""
@@ -203,6 +219,8 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     meta = {"command": args.command_line, "tokens": str(Path(args.tokens).resolve()),
             "class_names": classes, "arch": args.arch, "preset": preset}
+    if lora is not None:
+        meta["lora"] = lora
     if init_dir is not None:
         meta["init"] = str(init_dir.resolve())
     if text is not None:
@@ -238,7 +256,11 @@ def cmd_train(args) -> int:
     if res.step and (out / "final").exists():
         print(json.dumps({"step": res.step, "wall_s": round(time.time() - t0, 1),
                           **{k: round(v, 5) for k, v in res.metrics.items() if isinstance(v, float)}}))
-        print(f"model written to {out / 'final'}")
+        if lora is not None:
+            print(f"LoRA adapter written to {out / 'final'}: maskgit.load(BASE, lora={str(out / 'final')!r}) or "
+                  f"sample --lora-weights {out / 'final'}, BASE the pipeline of {lora.get('base')}")
+        else:
+            print(f"model written to {out / 'final'}")
     return 0
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from maskgit.errors import MaskGITError
 
-FILE_DATASETS = ("imagefolder", "coco")  # no size of their own: their images are resized / cropped to the model's
+FILE_DATASETS = ("imagefolder", "coco", "captions")  # no size of their own: resized / cropped to the model's
 
 
 def memory_args(p: argparse.ArgumentParser) -> None:
@@ -95,3 +95,64 @@ def first_examples(source, n: int = 2) -> dict:
     """A probe batch: the first ``n`` examples of a loop data source."""
     n = min(n, len(source))
     return source.batch(torch.arange(n))
+
+
+def lora_args(p: argparse.ArgumentParser) -> None:
+    """--lora RANK, --lora-alpha, --lora-targets, --grad-checkpointing and --data (aMUSEd fine-tuning)."""
+    p.add_argument("--lora", type=int, default=None, metavar="RANK",
+                   help="fine-tune LoRA adapters of this rank on the attention and MLP projections of the --init "
+                        "model (its weights frozen); final/ holds the adapter alone: maskgit.load(BASE, "
+                        "lora=OUT/final), sample --lora-weights OUT/final")
+    p.add_argument("--lora-alpha", type=float, default=None, metavar="A",
+                   help="LoRA scale: the update is multiplied by A / RANK (default: A = RANK)")
+    p.add_argument("--lora-targets", default=None, metavar="NAMES",
+                   help="comma-separated nn.Linear names (last parts) that get adapters (default: "
+                        "qkv,q,kv,out,fc1,fc2; aMUSEd: to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute each block's activations in the backward pass: less memory, ~30%% more time")
+    p.add_argument("--data", default=None, metavar="IMAGES",
+                   help="aMUSEd fine-tuning (with --init amused/amused-256 or a local aMUSEd folder): a folder of "
+                        "images with a .txt caption beside each or a captions.jsonl; tokenized and embedded once "
+                        "into OUT/data. Its defaults are the reference recipe's: batch 8, constant LR 1e-4 "
+                        "(LoRA 8e-4), 1000 steps, weight decay 0.01, beta2 0.999, no label smoothing, 10%% caption "
+                        "dropout")
+
+
+def lora_targets(args, default: tuple[str, ...]) -> tuple[str, ...]:
+    if not args.lora_targets:
+        return default
+    return tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+
+
+def setup_lora(args, model: nn.Module, ck, init_dir) -> dict | None:
+    """--lora on the project's transformer: adapters added (on --resume: as the run's checkpoint has them), then
+    --grad-checkpointing. Returns the LoRA settings for the run's metadata (None without LoRA)."""
+    from maskgit.storage.checkpoint import read_config
+    from maskgit.training.lora import DEFAULT_TARGETS, add_lora, trainable_parameters
+    saved = ((read_config(ck).get("meta") or {}).get("lora") if ck is not None else None)
+    cfg = None
+    if args.lora is not None:
+        cfg = {"rank": args.lora, "alpha": float(args.lora if args.lora_alpha is None else args.lora_alpha),
+               "targets": list(lora_targets(args, DEFAULT_TARGETS)), "base": str(init_dir) if init_dir else None}
+    elif args.lora_alpha is not None or args.lora_targets:
+        raise MaskGITError("--lora-alpha and --lora-targets go with --lora RANK")
+    if ck is not None:
+        if cfg is not None and saved is None:
+            raise MaskGITError(f"{args.out} was not trained with --lora: resume it without --lora, or train the "
+                               "adapters in a new --out directory")
+        if saved is not None and cfg is not None and {k: cfg[k] for k in ("rank", "alpha", "targets")} != \
+                {k: saved.get(k) for k in ("rank", "alpha", "targets")}:
+            raise MaskGITError(f"{args.out} was trained with LoRA {saved}: resume it with the same --lora settings")
+        cfg = saved
+    elif cfg is not None and init_dir is None:
+        raise MaskGITError("--lora trains adapters on a trained model: add --init DIR (the model to adapt)")
+    if cfg is not None:
+        if args.freeze:
+            raise MaskGITError("--lora freezes the whole model already: leave out --freeze")
+        names = add_lora(model, cfg["rank"], cfg["alpha"], tuple(cfg["targets"]))
+        print(f"LoRA rank {cfg['rank']}, alpha {cfg['alpha']:g} on {len(names)} layers: "
+              f"{trainable_parameters(model):,} trainable parameters")
+    if args.grad_checkpointing:
+        from maskgit.training.grad_checkpoint import enable_grad_checkpointing
+        print(enable_grad_checkpointing(model))
+    return cfg

@@ -33,6 +33,8 @@ from maskgit.storage.checkpoint import (
     save_train_state,
     write_manifest,
 )
+from maskgit.training.curves import plot_metrics
+from maskgit.training.lora import CONFIG_NAME, WEIGHTS_NAME, checkpoint_state, lora_modules, save_lora
 from maskgit.training.resume import TrainingInterrupted, find_checkpoint, latest_checkpoint, truncate_metrics  # noqa: F401
 from maskgit.training.schedule import BudgetSchedule, lr_factor  # noqa: F401  (lr_factor: re-exported)
 
@@ -301,7 +303,7 @@ def evaluate(task: nn.Module, data: BatchSource, cfg: TrainConfig, dev) -> dict:
 def _save(run_dir, step, task, opt, sched, ema, cfg, meta) -> None:
     ck = run_dir / "checkpoints" / f"step_{step:08d}"
     tensors, opt_info = optimizer_to_flat(opt)
-    tensors.update({f"task.{k}": v for k, v in task.state_dict().items()})
+    tensors.update({f"task.{k}": v for k, v in checkpoint_state(task).items()})
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -309,13 +311,17 @@ def _save(run_dir, step, task, opt, sched, ema, cfg, meta) -> None:
         tensors.update({f"ema.{k}": v for k, v in ema.state.items()})
     info = {"step": step, "optimizer": opt_info, "scheduler": sched.state_dict(), "train": to_dict(cfg)}
     with atomic_dir(ck) as tmp:
-        save_model(task.model, tmp / "model", meta=meta)
-        for f in ("config.json", "model.safetensors"):
-            os.replace(tmp / "model" / f, tmp / f)
-        (tmp / "model" / MANIFEST).unlink()
-        (tmp / "model").rmdir()
+        names = ["config.json", "model.safetensors"]
+        if hasattr(task, "write_model"):  # a model outside the project's kinds (aMUSEd) writes its own files
+            names = task.write_model(tmp, task.model, meta, final=False)
+        else:
+            save_model(task.model, tmp / "model", meta=meta)
+            for f in names:
+                os.replace(tmp / "model" / f, tmp / f)
+            (tmp / "model" / MANIFEST).unlink()
+            (tmp / "model").rmdir()
         save_train_state(tmp, tensors, info)
-        write_manifest(tmp, ["config.json", "model.safetensors", "train_state.json", "train_state.safetensors"])
+        write_manifest(tmp, [*names, "train_state.json", "train_state.safetensors"])
     ckpts = sorted((run_dir / "checkpoints").glob("step_*"))
     for old in ckpts[:-max(1, cfg.keep_last)]:
         import shutil
@@ -325,10 +331,10 @@ def _save(run_dir, step, task, opt, sched, ema, cfg, meta) -> None:
 def _restore(ck: Path, task, opt, sched, ema, dev) -> int:
     tensors, info = load_train_state(ck)
     task_state = {k[5:]: v for k, v in tensors.items() if k.startswith("task.")}
-    missing = set(task.state_dict()) - set(task_state)
+    missing = set(checkpoint_state(task)) - set(task_state)
     if missing:
         raise MaskGITError(f"{ck}: the checkpoint does not match this model/task (missing {sorted(missing)[:3]})")
-    task.load_state_dict(task_state)
+    task.load_state_dict({**task.state_dict(), **task_state})  # a frozen base left out comes from the --init
     optimizer_from_flat(opt, {k: v.to(dev) for k, v in tensors.items() if k.startswith("opt.")}, info["optimizer"])
     sched.load_state_dict(info["scheduler"])
     torch.set_rng_state(tensors["rng.cpu"])
@@ -340,42 +346,22 @@ def _restore(ck: Path, task, opt, sched, ema, dev) -> int:
 
 
 def _export_final(run_dir: Path, task, ema, meta, metrics) -> None:
-    """``run_dir/final``: the trained model (EMA weights when EMA is on) as config.json + model.safetensors."""
+    """``run_dir/final``: the trained model (EMA weights when EMA is on) as config.json + model.safetensors; with
+    LoRA adapters the adapter folder alone (training.lora.save_lora); a task's ``write_model`` writes its own."""
     model = task.model
     if ema:
         import copy
         model = copy.deepcopy(model)
         ema.copy_to(model)
-    save_model(model, run_dir / "final", meta={**(meta or {}), "final_metrics": metrics})
-
-
-def plot_metrics(run_dir: Path, keys: tuple[str, ...] = ("loss", "val_loss")) -> Path | None:
-    """Draw the loss curve of ``metrics.jsonl`` to ``loss_curve.png`` (needs matplotlib; skipped without)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for k in keys:
-        pts = [(r["step"], r[k]) for r in rows if k in r]
-        if pts:
-            ax.plot(*zip(*pts), label=k)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(run_dir.name)
-    out = run_dir / "loss_curve.png"
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    meta = {**(meta or {}), "final_metrics": metrics}
+    if hasattr(task, "write_model"):
+        with atomic_dir(run_dir / "final") as tmp:
+            task.write_model(tmp, model, meta, final=True)
+    elif lora_modules(model):  # LoRA: the adapter alone, for maskgit.load(BASE, lora=final)
+        with atomic_dir(run_dir / "final") as tmp:
+            write_manifest(save_lora(model, tmp, meta=meta), [CONFIG_NAME, WEIGHTS_NAME])
+    else:
+        save_model(model, run_dir / "final", meta=meta)
 
 
 def rank_batch(data: BatchSource, step: int, cfg: TrainConfig, rank: int, world: int, dev) -> dict:

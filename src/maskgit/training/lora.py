@@ -64,13 +64,20 @@ def _check_rank(rank, alpha):
         raise MaskGITError(f"LoRA alpha must be a positive finite number, got {alpha!r}")
 
 
+def matches(name: str, targets) -> bool:
+    """A layer name matches a target that is its last part(s): "qkv" matches "blocks.0.attn.qkv", "to_out.0"
+    matches "...attn1.to_out.0"; a full name matches itself."""
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
 def add_lora(model: nn.Module, rank: int, alpha: float | None = None, targets=DEFAULT_TARGETS) -> list[str]:
-    """Wrap every nn.Linear whose last name part is in `targets`; freeze everything else. Returns the wrapped names."""
+    """Wrap every nn.Linear whose name ends in one of `targets` (see ``matches``); freeze everything else.
+    Returns the wrapped names."""
     alpha = float(rank) if alpha is None else alpha
     _check_rank(rank, alpha)
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise MaskGITError("this model already has LoRA adapters; merge them (merge_lora) before adding new ones")
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in targets]
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and matches(n, targets)]
     if not names:
         raise MaskGITError(f"no nn.Linear layer named one of {', '.join(targets)} in this model; name its layers")
     for p in model.parameters():
@@ -96,7 +103,8 @@ def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_lora(model: nn.Module, directory) -> Path:
+def save_lora(model: nn.Module, directory, meta: dict | None = None) -> Path:
+    """adapter_config.json (rank, alpha, the wrapped layers' names [, meta]) + adapter_model.safetensors."""
     mods = lora_modules(model)
     if not mods:
         raise MaskGITError("this model has no LoRA adapters to save (train with --lora RANK)")
@@ -104,6 +112,8 @@ def save_lora(model: nn.Module, directory) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     first = next(iter(mods.values()))
     cfg = {"format": "maskgit-lora", "rank": first.rank, "alpha": first.alpha, "targets": sorted(mods)}
+    if meta:
+        cfg["meta"] = meta
     save_file({k: v.cpu() for k, v in lora_state(model).items()}, str(d / WEIGHTS_NAME))
     (d / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
     return d
@@ -142,10 +152,7 @@ def load_lora(model: nn.Module, directory) -> nn.Module:
         if tuple(a.shape) != want_a or tuple(b.shape) != want_b:
             raise MaskGITError(f"{directory}: {t} adapter shapes {tuple(a.shape)}, {tuple(b.shape)} "
                                f"do not fit this model's layer (want {want_a}, {want_b})")
-    leaves = tuple({t.rsplit(".", 1)[-1] for t in cfg["targets"]})
-    if {n for n in linears if n.rsplit(".", 1)[-1] in leaves} != set(cfg["targets"]):
-        raise MaskGITError(f"{directory}: LoRA targets name only some of this model's {', '.join(leaves)} layers")
-    add_lora(model, cfg["rank"], cfg["alpha"], targets=leaves)
+    add_lora(model, cfg["rank"], cfg["alpha"], targets=tuple(cfg["targets"]))  # full names: exactly those layers
     wrapped = lora_modules(model)
     with torch.no_grad():
         for t, m in wrapped.items():
@@ -167,6 +174,17 @@ def merge_lora(model: nn.Module) -> nn.Module:
     if hasattr(model, "_lora_config"):
         del model._lora_config
     return model
+
+
+def checkpoint_state(task: nn.Module) -> dict[str, torch.Tensor]:
+    """What a training checkpoint keeps of ``task``: its state dict, without the frozen parameters when the task
+    says ``checkpoint_frozen = False`` (a LoRA run of a large model: its base comes back from the --init model on
+    resume, and each checkpoint holds megabytes, not gigabytes)."""
+    state = task.state_dict()
+    if getattr(task, "checkpoint_frozen", True):
+        return state
+    frozen = {n for n, p in task.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in state.items() if k not in frozen}
 
 
 def trainable_parameters(model: nn.Module) -> int:

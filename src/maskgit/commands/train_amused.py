@@ -1,0 +1,70 @@
+"""`maskgit train --init amused/amused-256 --data IMAGES [--lora RANK]`: aMUSEd fine-tuning on captioned images
+(maskgit.families.amused_train), then samples of the result drawn as `maskgit.load` reads it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from maskgit.commands.common import resolve_device
+from maskgit.errors import MaskGITError
+
+SAMPLE_PROMPTS = 8  # the first training captions, drawn from the result at the end
+
+
+def cmd_train_amused(args) -> int:
+    from maskgit.commands.train_setup import lora_targets
+    from maskgit.config import override
+    from maskgit.families.amused_train import AMUSED_TARGETS, finetune, train_defaults
+    from maskgit.names import resolve
+    if not args.init:
+        raise MaskGITError("--data IMAGES fine-tunes aMUSEd: add --init amused/amused-256 (or a local aMUSEd "
+                           "folder); the project's own models train on a token store (maskgit tokenize, --tokens)")
+    given = [f for f, v in (("--tokens", args.tokens), ("--val-tokens", args.val_tokens),
+                            ("--tokenizer", args.tokenizer), ("--preset", args.preset),
+                            ("--text-encoder", args.text_encoder), ("--text-mode", args.text_mode),
+                            ("--freeze", args.freeze), ("--arch ar", args.arch == "ar")) if v]
+    if given:
+        raise MaskGITError(f"aMUSEd fine-tuning takes --init AMUSED --data IMAGES: leave out {', '.join(given)}")
+    root = resolve(args.init)
+    if not (root / "model_index.json").is_file():
+        raise MaskGITError(f"--data IMAGES is for aMUSEd folders; {args.init} is not one (no model_index.json): "
+                           f"tokenize the images for it (maskgit tokenize) and train on --tokens")
+    cfg = override(train_defaults(args.lora is not None), args)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    t0 = time.time()
+    res = finetune(root, args.data, out, cfg=cfg, lora=args.lora, lora_alpha=args.lora_alpha,
+                   lora_targets=lora_targets(args, AMUSED_TARGETS), grad_checkpointing=args.grad_checkpointing,
+                   resume=args.resume, device=device, skip_memory_check=args.skip_memory_check,
+                   meta={"command": args.command_line, "init": str(args.init)})
+    final = out / "final"
+    if not (res.step and final.exists()):
+        return 0
+    print(json.dumps({"step": res.step, "wall_s": round(time.time() - t0, 1),
+                      **{k: round(v, 5) for k, v in res.metrics.items() if isinstance(v, float)}}))
+    if args.lora is not None:
+        print(f"LoRA adapter written to {final}: maskgit.load({str(args.init)!r}, lora={str(final)!r}), or "
+              f"maskgit sample --model {args.init} --lora-weights {final} --prompt ...")
+    else:
+        print(f"aMUSEd folder written to {final}: maskgit.load({str(final)!r}), or maskgit sample --model {final} "
+              f"--prompt ...")
+    write_samples(root, final, args.lora is not None, out / "samples.png", device, cfg.seed)
+    return 0
+
+
+def write_samples(root: Path, final: Path, lora: bool, path: Path, device, seed: int = 0) -> Path:
+    """A grid of the result's images for the first training captions, the model loaded as a user loads it."""
+    from maskgit.pipeline import load
+    from maskgit.storage.images import make_grid, save_png
+    captions = json.loads((final.parent / "data" / "captions.json").read_text())[:-1]  # the last one is ""
+    prompts = list(dict.fromkeys(captions))[:SAMPLE_PROMPTS] or [""]
+    pipe = load(root, device, lora=final) if lora else load(final, device)
+    imgs = pipe.generate(prompts=prompts, seed=seed, output="tensor")
+    save_png(make_grid(imgs.cpu(), labels=prompts, ncol=4, scale=max(1, 128 // imgs.shape[-1])), path)
+    print(f"samples of {len(prompts)} training captions written to {path}")
+    return path
