@@ -20,6 +20,8 @@ SETTINGS = {
     "halton, CFG 0": dict(order="halton", cfg=0.0),
     "halton, CFG 0.5": dict(order="halton", cfg=0.5),
     "halton, CFG 1": dict(order="halton", cfg=1.0),
+    "confidence t8, CFG 0.25": dict(order="confidence", cfg=0.25, choice_temperature=8.0),
+    "confidence t8, CFG 0": dict(order="confidence", cfg=0.0, choice_temperature=8.0),
 }
 
 
@@ -28,7 +30,7 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=1000)
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names of SETTINGS")
+    ap.add_argument("--settings", default=";".join(SETTINGS), help="names of SETTINGS, separated by ';'")
     args = ap.parse_args()
 
     from maskgit.commands.evaluate import evaluator_for
@@ -42,7 +44,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"machine: {machine_description()}; n={args.num}, seeds {seeds}, T={args.steps}", flush=True)
     rows = []
-    for name in args.settings.split(","):
+    for name in args.settings.split(";"):
         kw = dict(SETTINGS[name], steps=args.steps)
         got = {"fd_featurenet": [], "fd_independent": [], "class_accuracy": []}
         t0 = time.perf_counter()
