@@ -37,37 +37,19 @@ VQ = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"]
 TEXT_LEN = 48
 
 
-def _byte_chars() -> list[str]:
-    """GPT-2/CLIP's printable stand-ins for the 256 byte values (a public table)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs))]
-
-
 def build_model(root: Path, seed: int = 0) -> Path:
     """A random tiny aMUSEd folder: model_index.json, scheduler/, vqvae/, transformer/, text_encoder/, tokenizer/."""
     import torch
     import transformers
 
+    from maskgit.families.amused import write_char_clip_tokenizer
     from maskgit.models.amused import UVit2D, UVit2DConfig
     from maskgit.models.amused_vq import AmusedVQ, AmusedVQConfig
     from maskgit.storage.amused import save_uvit, save_vq
     torch.manual_seed(seed)
     save_uvit(UVit2D(UVit2DConfig.from_dict(UVIT)), root / "transformer")
     save_vq(AmusedVQ(AmusedVQConfig.from_dict(VQ)), root / "vqvae")
-    chars = _byte_chars()
-    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    src = root / ".tokenizer_src"
-    src.mkdir(parents=True, exist_ok=True)
-    (src / "vocab.json").write_text(json.dumps(vocab))
-    (src / "merges.txt").write_text("#version: 0.2\n")
-    transformers.CLIPTokenizer(str(src / "vocab.json"), str(src / "merges.txt"),
-                               model_max_length=TEXT_LEN).save_pretrained(root / "tokenizer")
+    vocab = write_char_clip_tokenizer(root / "tokenizer", TEXT_LEN).get_vocab()
     cfg = transformers.CLIPTextConfig(vocab_size=len(vocab), hidden_size=UVIT["encoder_hidden_size"],
                                       intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
                                       max_position_embeddings=TEXT_LEN, projection_dim=UVIT["cond_embed_dim"],

@@ -59,31 +59,16 @@ UVIT["512"], VQ["512"], CLIP["512"] = {**UVIT["256"], "sample_size": 32}, {**VQ[
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 
 
-def _byte_chars() -> list[str]:
-    """GPT-2/CLIP's printable stand-ins for the 256 byte values (a public table)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs))]
-
-
 def build(size: str, root: Path) -> None:
     """Random diffusers components at ``size``, saved as an AmusedPipeline folder (the released layout)."""
     import diffusers
     import torch
     import transformers
-    chars = _byte_chars()
-    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    (root / "src").mkdir(parents=True)
-    (root / "src" / "vocab.json").write_text(json.dumps(vocab))
-    (root / "src" / "merges.txt").write_text("#version: 0.2\n")
+
+    from maskgit.families.amused import write_char_clip_tokenizer
     clip = CLIP[size]
-    tok = transformers.CLIPTokenizer(str(root / "src" / "vocab.json"), str(root / "src" / "merges.txt"),
-                                     model_max_length=clip["max_position_embeddings"])
+    tok = write_char_clip_tokenizer(root / "tokenizer", clip["max_position_embeddings"])  # save_pretrained rewrites
+    vocab = tok.get_vocab()
     torch.manual_seed(0)
     text = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
         vocab_size=49408 if size != "tiny" else len(vocab), bos_token_id=vocab["<|startoftext|>"],

@@ -1,6 +1,6 @@
 """How often a request decoded in a shared batch gets exactly the images it gets alone (the server's batching).
 
-Every request draws its noise from its own seed (``sampling.decoding.RowGenerators``; here ``seed=[...]``, one per
+Every request draws its noise from its own seed (``sampling.noise.RowGenerators``; here ``seed=[...]``, one per
 row), so batching changes only the float rounding of the transformer's and decoder's matmuls, whose kernels depend
 on the batch size. This counts, for --requests one-image requests (classes in turn, seeds 0..n-1), how many of their
 token grids and images are identical alone and inside batches of --batch, and the largest pixel difference of the

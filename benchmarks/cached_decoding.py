@@ -27,7 +27,8 @@ from maskgit.evaluation.samples import machine_description
 from maskgit.models.transformer import MaskGITTransformer, count_flops
 from maskgit.models.vqgan import VQGAN
 from maskgit.pipeline import Pipeline
-from maskgit.sampling.decoding import decode, seeded
+from maskgit.sampling.decoding import decode
+from maskgit.sampling.noise import seeded
 
 
 def cpu_model() -> str:

@@ -26,7 +26,7 @@ from maskgit.evaluation.samples import machine_description
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
 from maskgit.pipeline import Pipeline, load
-from maskgit.sampling.decoding import seeded
+from maskgit.sampling.noise import seeded
 from maskgit.storage.onnx import export_pipeline
 
 

@@ -72,3 +72,19 @@ def png(a) -> bytes:
 def b64(data: bytes) -> str:
     import base64
     return base64.b64encode(data).decode()
+
+
+async def asgi_call(app, path: str, receive) -> list[dict]:
+    """One JSON POST to the ASGI ``app`` by hand, the request's messages coming from ``receive``; returns the ASGI
+    messages sent back (for what a test client cannot do: a client that stalls or leaves mid-request)."""
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
+             "server": ("test", 80)}
+    await app(scope, receive, send)
+    return sent

@@ -26,29 +26,10 @@ K, GRID, CELL, E, C, L = 32, 4, 4, 32, 24, 16  # codes, token grid, pixels per t
 
 # ---------------------------------------------------------------- tiny parts
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table (a public definition)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def write_clip(root):
     """A random 2-layer CLIP text model with projection and a character-level CLIP tokenizer, saved with
     save_pretrained into root/text_encoder and root/tokenizer."""
-    chars = list(bytes_to_unicode().values())
-    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    tdir = root / "tokenizer_src"
-    tdir.mkdir(parents=True, exist_ok=True)
-    (tdir / "vocab.json").write_text(json.dumps(vocab))
-    (tdir / "merges.txt").write_text("#version: 0.2\n")
-    tok = transformers.CLIPTokenizer(str(tdir / "vocab.json"), str(tdir / "merges.txt"), model_max_length=L)
-    tok.save_pretrained(root / "tokenizer")
+    vocab = fam.write_char_clip_tokenizer(root / "tokenizer", L).get_vocab()
     cfg = transformers.CLIPTextConfig(vocab_size=len(vocab), hidden_size=E, intermediate_size=64,
                                       num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=L,
                                       projection_dim=C, bos_token_id=vocab["<|startoftext|>"],

@@ -15,16 +15,14 @@ from maskgit.errors import MaskGITError
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.sampling.cache import padded_positions
 from maskgit.sampling.decoding import (
-    RowGenerators,
     choice_noise_scale,
     decode,
     guidance_scale,
     guide,
-    gumbel,
     mask_counts,
     sample_tokens,
-    uniform,
 )
+from maskgit.sampling.noise import RowGenerators, gumbel, uniform
 from maskgit.sampling.orders import priority
 from maskgit.step_plan import full_steps
 

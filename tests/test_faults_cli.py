@@ -112,7 +112,7 @@ def test_sample_config_refuses_non_finite_values_in_the_library():
 
 def test_seeded_refuses_seeds_outside_0_to_2_63():
     from maskgit.errors import MaskGITError
-    from maskgit.sampling.decoding import seeded
+    from maskgit.sampling.noise import seeded
     for seed in (-1, 2 ** 63, 1.5, True):
         with pytest.raises(MaskGITError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
             seeded(seed, 1)

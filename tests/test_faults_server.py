@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 hypothesis = pytest.importorskip("hypothesis")
-from conftest import b64, png, wait_until_healthy
+from conftest import asgi_call, b64, png, wait_until_healthy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
@@ -233,17 +233,7 @@ async def asgi_post(app, path: str, chunks: list[bytes], gone: asyncio.Event | N
         await (gone or forever).wait()
         return {"type": "http.disconnect"}
 
-    sent = []
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
-             "server": ("test", 80)}
-    await app(scope, receive, send)
-    return sent
+    return await asgi_call(app, path, receive)
 
 
 async def until(condition, timeout: float = 20.0) -> None:

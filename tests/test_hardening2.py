@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import b64, png, tiny_models
+from conftest import asgi_call, b64, png, tiny_models
 from PIL import Image
 
 import maskgit
@@ -289,20 +289,6 @@ def test_docs_page_says_it_needs_the_internet_and_where_the_spec_is(pipe):
 
 
 # ---------------------------------------------------------------- server: connections and shutdown
-
-async def asgi_call(app, path: str, receive) -> list[dict]:
-    sent = []
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
-             "server": ("test", 80)}
-    await app(scope, receive, send)
-    return sent
-
 
 def run_app(pipe, scenario, **config):
     app = make_app(pipe, **config)

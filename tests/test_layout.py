@@ -10,7 +10,7 @@ PKG = Path(maskgit.__file__).parent
 # lower layers first; a module may import only from its own layer or below
 LAYERS = [
     ["maskgit.errors", "maskgit.config", "maskgit.storage.files", "maskgit.accel", "maskgit.memory",
-     "maskgit.devices", "maskgit.step_plan", "maskgit.model_checks"],
+     "maskgit.devices", "maskgit.step_plan", "maskgit.model_checks", "maskgit.distributed"],
     ["maskgit.sampling", "maskgit.runtime"],  # runtime: the numpy + onnxruntime decoder (no torch)
     ["maskgit.models"],
     ["maskgit.storage"],

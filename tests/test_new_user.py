@@ -119,7 +119,7 @@ def test_sample_prints_precision_and_stores_seed_and_settings_in_the_png(tiny_pi
     files = sorted((tmp_path / "d").glob("*.png"))
     last = _settings(files[3])
     assert (last["index"], last["chunk"], last["row"], last["label"], last["class"]) == (3, 1, 0, 1, "b")
-    from maskgit.sampling.decoding import chunk_seed
+    from maskgit.sampling.noise import chunk_seed
     assert last["chunk_seed"] == chunk_seed(0, 1)
     Image.fromarray(IMG).save(tmp_path / "in.png")
     assert main(["edit", "--model", m, "--image", str(tmp_path / "in.png"), "--box", "0,0,4,4", "--seed", "4",

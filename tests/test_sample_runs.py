@@ -9,7 +9,7 @@ import pytest
 
 from maskgit.cli import main
 from maskgit.pipeline import Pipeline
-from maskgit.sampling.decoding import chunk_seed
+from maskgit.sampling.noise import chunk_seed
 from maskgit.storage.images import to_uint8
 
 ARGS = ["--labels", "0,1,2,3,1", "--steps", "3", "--batch-size", "2", "--precision", "fp32"]

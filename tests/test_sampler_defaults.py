@@ -103,7 +103,7 @@ def test_pipeline_candidates_pick_from_the_seeds_candidates(tiny_pipeline_dir):
 
 
 def test_candidate_noise_expands_row_generators():
-    from maskgit.sampling.decoding import RowGenerators
+    from maskgit.sampling.noise import RowGenerators
     g = RowGenerators([(torch.Generator().manual_seed(1), 2), (torch.Generator().manual_seed(2), 1)])
     assert [n for _, n in candidate_noise(None, g, 3, 4).blocks] == [8, 4]
     assert [n for _, n in candidate_noise([1, 2], None, 2, 3).blocks] == [3, 3]

@@ -245,7 +245,7 @@ def test_text_requests_with_different_prompts_share_a_batch(text_pipe):
     # the shared decode equals the library call with the same rows, each row drawing from its request's seed
     import torch
 
-    from maskgit.sampling.decoding import RowGenerators
+    from maskgit.sampling.noise import RowGenerators
     expect = text_pipe.generate(prompts=["a", "b b", "", "c"], negative_prompts=["", "d", "", ""], seed=None,
                                 generator=RowGenerators([(torch.Generator().manual_seed(i), 1) for i in range(4)]),
                                 steps=2, output="np")

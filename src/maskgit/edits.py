@@ -11,7 +11,7 @@ import torch
 from maskgit.errors import MaskGITError
 from maskgit.models.text import TextCondition
 from maskgit.sampling import editing
-from maskgit.sampling.decoding import seeded, uniform
+from maskgit.sampling.noise import seeded, uniform
 from maskgit.sampling.schedules import gamma
 from maskgit.storage.images import as_image_batch, as_pixel_mask, format_images
 

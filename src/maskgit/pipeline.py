@@ -19,8 +19,9 @@ from maskgit.errors import MaskGITError
 from maskgit.models.text import TextCondition
 from maskgit.names import DEFAULT_MODEL, WEIGHTS_DIR, resolve, shipped_models  # noqa: F401  (public here too)
 from maskgit.sampling.arithmetic import batch_rows, class_ids
-from maskgit.sampling.decoding import NoiseSource, check_sample_config, decode, seeded
+from maskgit.sampling.decoding import check_sample_config, decode
 from maskgit.sampling.defaults import defaults_from_meta
+from maskgit.sampling.noise import NoiseSource, seeded
 from maskgit.sampling.selection import best_of, candidate_noise
 from maskgit.storage.checkpoint import load_model, read_config
 from maskgit.storage.images import format_images
@@ -296,7 +297,7 @@ class Pipeline(Edits):
         labels or prompts ``num`` images of each (as --num); ``sample_kw``: SampleConfig fields (steps, top_k, top_p,
         choice_temperature, cfg, cfg_schedule). ``seed``: one for the batch, or one per image (each image is then
         the one its seed gives alone, up to float rounding). ``generator`` (a torch.Generator, or
-        ``sampling.RowGenerators`` for blocks of rows with their own seeds) replaces ``seed``. ``arch="ar"``: the
+        ``sampling.noise.RowGenerators`` for blocks of rows with their own seeds) replaces ``seed``. ``arch="ar"``: the
         autoregressive baseline on the same tokens (``use_cache=False``: without its KV cache)."""
         if arch not in ("maskgit", "ar"):
             raise MaskGITError(f"arch must be 'maskgit' or 'ar', got {arch!r}")

@@ -13,7 +13,7 @@ from maskgit.commands.parser import add_sample_args
 from maskgit.config import SampleConfig, explicit_sample_kwargs
 from maskgit.devices import resolve_device
 from maskgit.errors import MaskGITError
-from maskgit.sampling.decoding import chunk_seed
+from maskgit.sampling.noise import chunk_seed
 
 
 def _sample_args(p) -> None:
@@ -106,7 +106,7 @@ def cmd_sample(args) -> int:
     if args.out is None and args.show_steps is None:
         args.out = "samples.png"  # the default output; with only --show-steps, only the strip is written
     check_sample_args(args, is_png_folder)  # before the model loads: nothing is made for a bad value
-    from maskgit.training.loop import init_distributed, shutdown_distributed
+    from maskgit.distributed import init_distributed, shutdown_distributed
     rank, world, dev = init_distributed(resolve_device(args.device))  # torchrun: this process's share of chunks
     args.device = str(dev)
     pipe = load_pipeline(args, text_encoder=args.text_encoder)

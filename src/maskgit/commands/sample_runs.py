@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from maskgit.errors import MaskGITError
-from maskgit.sampling.decoding import chunk_seed
+from maskgit.sampling.noise import chunk_seed
 from maskgit.storage.files import atomic_write
 from maskgit.storage.images import to_uint8
 

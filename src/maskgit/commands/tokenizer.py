@@ -262,7 +262,7 @@ def cmd_tokenize(args) -> int:
 
     from maskgit.data.encode import tokenize_stream
     from maskgit.data.tokenstore import model_hash
-    from maskgit.training.loop import init_distributed
+    from maskgit.distributed import init_distributed
     if args.workers < 0:
         raise MaskGITError(f"--workers must be >= 0, not {args.workers}")
     if args.batch_size < 1:

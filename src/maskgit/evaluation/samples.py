@@ -42,7 +42,7 @@ def generate(pipe: Pipeline, labels: torch.Tensor, arch: str = "maskgit", sample
     ``progress``: a progress bar on a terminal."""
     from tqdm import tqdm
 
-    from maskgit.sampling.decoding import chunk_seed
+    from maskgit.sampling.noise import chunk_seed
     sample_kw = sample_kw or {}
     out = []
     t0 = time.perf_counter()

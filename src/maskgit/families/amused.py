@@ -193,3 +193,29 @@ def load_pipeline(root: str | Path, pipeline_cls, device: str | torch.device = "
         from maskgit.training.lora import load_lora, merge_lora
         transformer.uvit = merge_lora(load_lora(transformer.uvit, lora))
     return pipeline_cls(tokenizer, transformer, device=device, precision=precision, text_encoder=text)
+
+
+def write_char_clip_tokenizer(folder: str | Path, max_length: int):
+    """For offline tests and benchmarks with random tiny CLIP text encoders: a character-level CLIP tokenizer (one
+    token per byte through GPT-2/CLIP's public byte -> printable character table, each also as ``c</w>``, then
+    ``<|startoftext|>`` and ``<|endoftext|>``; no merges) saved into ``folder`` with ``save_pretrained``. Returns the
+    ``transformers.CLIPTokenizer``; ``tok.get_vocab()`` (514 entries) sizes the text config."""
+    import tempfile
+
+    import transformers
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    chars = [chr(c) for _, c in sorted(zip(bs, cs))]  # by byte value
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    with tempfile.TemporaryDirectory() as src:
+        (Path(src) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(src) / "merges.txt").write_text("#version: 0.2\n")
+        tok = transformers.CLIPTokenizer(str(Path(src) / "vocab.json"), str(Path(src) / "merges.txt"),
+                                         model_max_length=max_length)
+    tok.save_pretrained(folder)
+    return tok

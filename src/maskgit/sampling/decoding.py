@@ -10,77 +10,17 @@ from collections.abc import Callable
 
 import torch
 
-from maskgit.config import SampleConfig, check_seed
+from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
 from maskgit.sampling import amused
 from maskgit.sampling.arithmetic import check_sample_config, choice_noise_scale, guidance_scale  # noqa: F401
 from maskgit.sampling.cache import CachedSteps
+from maskgit.sampling.noise import NoiseSource, gumbel, uniform
 from maskgit.sampling.orders import priority
 from maskgit.sampling.schedules import decode_mask_counts
 from maskgit.step_plan import cache_pattern, guided_step
 
 LogitsFn = Callable[[torch.Tensor, bool], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
-
-
-class RowGenerators:
-    """Generators that own consecutive blocks of a batch's rows: ``[(generator, rows), ...]`` in row order.
-
-    Each block's noise is drawn from its own generator with the block's own shape, i.e. exactly what a decode of
-    that block alone draws. So requests batched together (the server) get the noise each gets alone."""
-
-    def __init__(self, blocks: list[tuple[torch.Generator, int]]):
-        if not blocks or any(n < 1 for _, n in blocks):
-            raise MaskGITError("RowGenerators needs at least one (generator, rows >= 1) block")
-        self.blocks = list(blocks)
-        self.rows = sum(n for _, n in self.blocks)
-
-    def rand(self, shape, device) -> torch.Tensor:
-        if shape[0] != self.rows:
-            raise MaskGITError(f"noise for {shape[0]} rows requested from generators that cover {self.rows}")
-        return torch.cat([torch.rand((n, *shape[1:]), generator=g, device=g.device).to(device)
-                          for g, n in self.blocks])
-
-
-NoiseSource = torch.Generator | RowGenerators | None
-
-
-def chunk_seed(seed: int, chunk: int) -> int:
-    """The seed of chunk ``chunk`` of a many-chunk sampling run started with ``seed``: chunk 0 uses ``seed`` itself
-    (so one batch is what ``Pipeline.generate(seed=seed)`` gives); later chunks use seeds derived from both numbers,
-    so runs with nearby seeds share no chunk, and a chunk's images do not depend on which process decodes it."""
-    if chunk == 0:
-        return seed
-    import hashlib
-    digest = hashlib.sha256(f"maskgit-chunk:{seed}:{chunk}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1  # a non-negative int64
-
-
-def seeded(seed: int | list[int] | None, rows: int) -> NoiseSource:
-    """The noise of a decode of ``rows`` rows: one seed for the batch (None = 0), or one seed per row, each row then
-    drawing exactly what it would draw decoded alone with its seed."""
-    if isinstance(seed, (list, tuple)):
-        if len(seed) != rows or not all(isinstance(s, int) and not isinstance(s, bool) for s in seed):
-            raise MaskGITError(f"give one seed, or one integer seed per image ({rows}); got {list(seed)[:8]}")
-        return RowGenerators([(torch.Generator().manual_seed(check_seed(s)), 1) for s in seed])
-    return torch.Generator().manual_seed(0 if seed is None else check_seed(seed))
-
-
-def _rand(shape, generator: NoiseSource, device) -> torch.Tensor:
-    """Uniform noise drawn on the generator's device, then moved (same numbers on CPU and GPU)."""
-    if isinstance(generator, RowGenerators):
-        return generator.rand(shape, device)
-    gdev = generator.device if generator is not None else "cpu"
-    return torch.rand(shape, generator=generator, device=gdev).to(device)
-
-
-def uniform(shape, generator: NoiseSource, device) -> torch.Tensor:
-    """Uniform noise in [0, 1) from a decode's noise source (one generator, or RowGenerators by blocks of rows)."""
-    return _rand(shape, generator, device)
-
-
-def gumbel(shape, generator, device) -> torch.Tensor:
-    """-log(-log(u)), u uniform, computed in place (a fresh B x N x K buffer costs more than the logs)."""
-    return _rand(shape, generator, device).clamp_(1e-20, 1.0 - 1e-7).log_().neg_().log_().neg_()
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -140,7 +80,7 @@ def decode(logits_fn: LogitsFn, tokens: torch.Tensor, config: SampleConfig, mask
         temps = amused.noise_temperatures(config).to(cur.device)
         start_ratio = (n0.float() / N)[:, None] if config.start_step == 0 else torch.ones(B, 1, device=cur.device)
     # a fixed order (halton / random) replaces the confidence ranking; None = rank by confidence
-    fixed = priority(config.order, (B, N), lambda shape: _rand(shape, generator, cur.device), cur.device)
+    fixed = priority(config.order, (B, N), lambda shape: uniform(shape, generator, cur.device), cur.device)
     cached = CachedSteps(config, n0) if cache_pattern(config.cache) else None
     for step in range(config.start_step, config.steps):
         unknown_map = cur == mask_id
@@ -167,7 +107,7 @@ def decode(logits_fn: LogitsFn, tokens: torch.Tensor, config: SampleConfig, mask
             break
         if reference:
             count = amused.keep_masked(config, step, start_ratio, unknown_map, N)
-            cur = amused.remask(sampled, probs, unknown_map, count, temps[step], _rand((B, N), generator, cur.device),
+            cur = amused.remask(sampled, probs, unknown_map, count, temps[step], uniform((B, N), generator, cur.device),
                                 mask_id)
             if callback:
                 callback(step, cur, sampled)

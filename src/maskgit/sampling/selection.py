@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from maskgit.errors import MaskGITError
-from maskgit.sampling.decoding import NoiseSource, RowGenerators
+from maskgit.sampling.noise import NoiseSource, RowGenerators
 
 
 def candidate_noise(seed: int | list[int] | None, generator: NoiseSource, images: int, k: int) -> NoiseSource:

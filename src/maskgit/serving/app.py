@@ -31,7 +31,7 @@ seconds have passed; then every request not yet answered gets 503 (also one whos
 the decode is not waited for), uploads still arriving get 503, and the process exits.
 
 Seeds. Every request draws its decoding noise from its own ``torch.Generator().manual_seed(seed)``, also inside a
-shared decode (``sampling.RowGenerators``: each request's block of rows has its own generator), so it gets the
+shared decode (``sampling.noise.RowGenerators``: each request's block of rows has its own generator), so it gets the
 images of ``maskgit.load(model).generate(labels, seed=seed, **settings)``:
 - decoded alone (a batch of one, or sent with ``"exact": true``, which is never shared) they are equal bit for bit;
 - in a shared decode only the float rounding of the matmuls can differ (their kernels depend on the batch size):

@@ -23,7 +23,7 @@ import torch
 
 from maskgit.config import SampleConfig, sample_kwargs
 from maskgit.errors import MaskGITError
-from maskgit.sampling.decoding import RowGenerators
+from maskgit.sampling.noise import RowGenerators
 from maskgit.storage.images import to_uint8
 
 log = logging.getLogger("maskgit.serving.app")

@@ -22,6 +22,7 @@ from torch import nn
 
 from maskgit.config import TrainConfig, to_dict
 from maskgit.data.loader import DatasetSource, batch_indices  # noqa: F401  (DatasetSource: re-exported)
+from maskgit.distributed import init_distributed, shutdown_distributed
 from maskgit.errors import MaskGITError
 from maskgit.storage.checkpoint import (
     MANIFEST,
@@ -71,43 +72,6 @@ class StepContext:
 class Task(Protocol):
     model: nn.Module
     def __call__(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]: ...
-
-
-def dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: str) -> tuple[int, int, torch.device]:
-    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
-    global _OWN_GROUP
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend)
-        _OWN_GROUP = True
-    rank, world = dist_info()
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    return rank, world, dev
-
-
-_OWN_GROUP = False  # init_distributed created the process group (so the trainer also ends it)
-
-
-def shutdown_distributed() -> None:
-    """After a successful run: wait for every rank (rank 0 exports last), then destroy the process group that
-    init_distributed created, so that no gloo/nccl thread is left running when the interpreter exits (which
-    aborted ranks with "terminate called without an active exception")."""
-    global _OWN_GROUP
-    if _OWN_GROUP and dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-        _OWN_GROUP = False
 
 
 class EMA:
