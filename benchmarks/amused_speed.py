@@ -8,7 +8,7 @@ encoder), 12 steps, CFG on (guidance 10 = our cfg 9), batch 1 and 4, s/image and
 
 The weights are random (the Hub is not reachable here); the tokenizer is a character-level CLIP tokenizer (the
 released BPE vocabulary is not offline), which changes no cost that matters: prompts are padded to 77 tokens either
-way. Each variant runs in its own process (peak RSS = that variant alone), after one warm-up call per batch size;
+way. Each variant runs in its own process (peak RSS = that variant alone), after one warm-up call at the smallest batch;
 the rounds are the median of --rounds calls."""
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def worker(impl: str, precision: str, root: str, batches: list[int], rounds: int
             pipe.generate(prompts=[PROMPT] * b, steps=12, cfg=9.0, seed=0, output="tensor")
     out = {}
     with torch.inference_mode():
+        run(min(batches))  # warm-up once (first-call allocations, oneDNN packing)
         for b in batches:
-            run(b)  # warm-up (first-call allocations, oneDNN packing)
             times = []
             for _ in range(rounds):
                 t0 = time.perf_counter()
