@@ -184,6 +184,39 @@ def test_max_minutes_fits_warmup_and_decay_into_the_budget(stores, tmp_path, cap
     assert lrs[-1] < 0.02 * 1e-3  # and the cosine decay too
     out = capsys.readouterr().out
     assert "~120 steps fit" in out and "warmup 500 -> 12 steps" in out
+    # a deadline that ends the run before its step count says so at the end
+    assert f"stopped at {res.step:,} of 100,000 steps by --max-minutes 1: expect lower quality" in out
+
+
+def test_a_step_budget_prints_its_expected_wall_time_and_ends_as_the_step_count_run(stores, tmp_path, capsys):
+    """Without --max-minutes the run is the step budget: after the first steps it prints the expected wall time
+    (0.5 s per step on the fake clock), and it ends at --max-steps with the schedule and weights of a run that never
+    measured its time."""
+    from maskgit.models.transformer import MaskGITTransformer
+    from maskgit.training.objectives import MaskedTokenTask
+    from maskgit.training.schedule import ETA_CHECK
+    clock = _Clock()
+
+    class Timed(MaskedTokenTask):
+        def forward(self, batch, ctx):
+            clock.t += 0.5
+            return super().forward(batch, ctx)
+
+    results = []
+    for task_cls, kw in ((Timed, {"clock": clock}), (MaskedTokenTask, {})):
+        torch.manual_seed(0)
+        cfg = TrainConfig(batch_size=8, lr=1e-3, warmup_steps=2, max_steps=ETA_CHECK + 4, save_every=0,
+                          log_every=1, val_batches=1)
+        task = task_cls(MaskGITTransformer(transformer_preset("tiny")), cfg)
+        out_dir = tmp_path / task_cls.__name__
+        res = loop.train(task, TokenStore(stores / "s4"), cfg, out_dir, progress=False, **kw)
+        assert not res.stopped_early and res.step == cfg.max_steps
+        results.append(load_file(str(out_dir / "final" / "model.safetensors")))
+    out = capsys.readouterr().out
+    assert f"measured 0.5 s/step over the first {ETA_CHECK} steps: the remaining 4 steps take ~2 s" in out
+    assert "stopped at" not in out
+    assert results[0].keys() == results[1].keys() and all(torch.equal(results[0][k], results[1][k])
+                                                          for k in results[0])
 
 
 def test_without_a_budget_the_schedule_is_the_configured_one():

@@ -197,7 +197,7 @@ class TrainConfig:
     sample_every: int = 0  # 0 = only at the end
     eval_every: int = 0  # 0 = only at the end
     val_batches: int = 8
-    amp: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; "off" | "bf16"
+    amp: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32; "off" | "bf16"
     max_minutes: float = 0.0  # stop (and save) after this wall time; 0 = no limit
 
     def __post_init__(self):

@@ -229,6 +229,10 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
             sample_fn(task, step)
         plot_metrics(run_dir)
     shutdown_distributed()
+    if stopped_early and not interrupted and rank == 0:
+        print(f"stopped at {step:,} of {cfg.max_steps:,} steps by --max-minutes {cfg.max_minutes:g}: expect lower "
+              f"quality than the full run; rerun with more minutes, or drop --max-minutes for the step budget",
+              flush=True)
     if interrupted:  # a resumable checkpoint of this step is saved; final/ is only for a completed run
         if rank == 0:
             print(f"interrupted at step {step} of {cfg.max_steps}: saved {run_dir}/checkpoints/step_{step:08d}; "

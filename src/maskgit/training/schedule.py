@@ -22,6 +22,7 @@ FIRST_CHECK = 4  # steps measured before the first estimate
 WARMUP_MAX_SHARE = 0.25  # a warmup longer than this share of the fitted run ...
 WARMUP_SHARE = 0.1  # ... is shortened to this share
 TOO_FEW = 20  # fewer steps than this in the budget earns a warning
+ETA_CHECK = 8  # with a step budget (no --max-minutes): steps measured before the expected wall time is printed
 
 
 def lr_factor(step: int, cfg: TrainConfig, warmup: int | None = None, horizon: int | None = None) -> float:
@@ -65,7 +66,13 @@ class BudgetSchedule:
         """After ``step`` steps: at the check points, re-estimate how many steps the budget allows."""
         cfg = self.cfg
         done = step - self.step0
-        if cfg.max_minutes <= 0 or done != self.next_check:
+        if cfg.max_minutes <= 0:
+            if done == ETA_CHECK and step < cfg.max_steps and not self.reported and self.log is not None \
+                    and _rank() == 0:
+                self.reported = True
+                self.log(self.eta(self.elapsed() / done, cfg.max_steps - step))
+            return
+        if done != self.next_check:
             return
         self.next_check *= 2
         elapsed = self.elapsed()
@@ -80,6 +87,15 @@ class BudgetSchedule:
         if not self.reported and self.log is not None and _rank() == 0:
             self.reported = True
             self.log(self.describe(per_step, total))
+
+    @staticmethod
+    def eta(per_step: float, remaining: int) -> str:
+        """The step budget's forecast, printed once the first steps are measured (the recipe's time depends on the
+        machine; its quality does not)."""
+        secs = per_step * remaining
+        when = f"{secs / 60:.1f} min" if secs >= 90 else f"{secs:.0f} s"
+        return (f"measured {per_step:.3g} s/step over the first {ETA_CHECK} steps: the remaining {remaining} steps "
+                f"take ~{when} on this machine")
 
     def describe(self, per_step: float, total: int) -> str:
         cfg = self.cfg
