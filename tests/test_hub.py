@@ -404,3 +404,19 @@ def test_imagenet_class_names_and_labels_by_name(tmp_path):
     assert pipe.class_names == names
     assert main(["sample", "--model", str(tmp_path / "out"), "--labels", "golden retriever", "--steps", "1",
                  "--out", str(tmp_path / "g.png")]) == 0
+
+
+def test_sample_without_labels_on_a_thousand_class_model_asks_for_labels():
+    """8 samples of every class is the default for small class sets; for ImageNet's 1,000 it would be 8,000
+    images, so the command asks for --labels instead."""
+    from types import SimpleNamespace
+
+    from maskgit.commands.sample import _labels
+    from maskgit.errors import MaskGITError
+    from maskgit.storage.official import imagenet_class_names
+    pipe = SimpleNamespace(transformer=SimpleNamespace(config=SimpleNamespace(num_classes=1000)),
+                           class_names=imagenet_class_names())
+    with pytest.raises(MaskGITError, match='give --labels .*"golden retriever"'):
+        _labels(SimpleNamespace(labels=None, num=None), pipe)
+    small = SimpleNamespace(transformer=SimpleNamespace(config=SimpleNamespace(num_classes=4)), class_names=None)
+    assert _labels(SimpleNamespace(labels=None, num=None), small) == [i for i in range(4) for _ in range(8)]

@@ -74,10 +74,17 @@ def register(sub) -> None:
     e.set_defaults(func=cmd_edit)
 
 
+ALL_CLASSES_UP_TO = 100  # without --labels, 8 samples of every class of a model with at most this many
+
+
 def _labels(args, pipe) -> list[int] | None:
     if args.labels is None:
-        if pipe.transformer.config.num_classes and args.num is None:
-            return [i for i in range(pipe.transformer.config.num_classes) for _ in range(8)]
+        n = pipe.transformer.config.num_classes
+        if n > ALL_CLASSES_UP_TO and args.num is None:  # 8 of each of ImageNet's 1,000 classes is 8,000 images
+            raise MaskGITError(f"this model has {n} classes: give --labels (ids or names, e.g. --labels "
+                               f"\"{(pipe.class_names or ['207'])[min(207, n - 1)]}\")")
+        if n and args.num is None:
+            return [i for i in range(n) for _ in range(8)]
         return None
     labels = parse_labels(args.labels, pipe.class_names)
     if not labels:
