@@ -22,6 +22,9 @@ SETTINGS = {
     "halton, CFG 1": dict(order="halton", cfg=1.0),
     "confidence t8, CFG 0.25": dict(order="confidence", cfg=0.25, choice_temperature=8.0),
     "confidence t8, CFG 0": dict(order="confidence", cfg=0.0, choice_temperature=8.0),
+    "halton, CFG 1, cache every2": dict(order="halton", cfg=1.0, cache="every2"),
+    "halton, CFG 1, cache every3": dict(order="halton", cfg=1.0, cache="every3"),
+    "halton, CFG 1 on steps [0.25, 1)": dict(order="halton", cfg=1.0, cfg_start=0.25),
 }
 
 
