@@ -9,11 +9,7 @@ set -euo pipefail
 R=${1:?run directory}
 shift
 MINS=${*:-2 5 10}
-W=$(python3 -c 'import maskgit, pathlib; print(pathlib.Path(maskgit.__file__).parent / "weights/fashion-mnist")')
-mkdir -p "$R"
-[ -f "$R/features/model.safetensors" ] || maskgit train-features --data mnist --out "$R/features" --quiet
-[ -d "$R/tokens-train" ] || maskgit tokenize --model "$W/tokenizer" --data mnist --split train --out "$R/tokens-train"
-[ -d "$R/tokens-test" ] || maskgit tokenize --model "$W/tokenizer" --data mnist --split test --out "$R/tokens-test"
+source "$(dirname "$0")/mnist_setup.sh"
 common=(--tokens "$R/tokens-train" --val-tokens "$R/tokens-test" --tokenizer "$W/tokenizer" --batch-size 128
         --device cpu --log-every 10)
 for m in $MINS; do

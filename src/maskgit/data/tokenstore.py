@@ -63,13 +63,14 @@ def write_sidecars(folder: Path, shape: tuple[int, ...], dtype, labels: np.ndarr
 MANIFEST = "manifest.json"  # {file name: SHA-256} of the token file, labels/captions and meta.json
 
 
-def _verify(path: Path) -> None:
-    """Check the files against the store's manifest; a store written before manifests existed gets a note."""
+def _verify(path: Path) -> bool:
+    """Check the files against the store's manifest (True); a store written before manifests existed gets a note
+    (False)."""
     mf = path / MANIFEST
     if not mf.is_file():
         print(f"note: {path} has no {MANIFEST} (written by an older maskgit): its files are not verified",
               file=sys.stderr)
-        return
+        return False
     try:
         manifest = json.loads(mf.read_text())
         assert isinstance(manifest, dict) and all(isinstance(v, str) for v in manifest.values())
@@ -80,6 +81,7 @@ def _verify(path: Path) -> None:
         if not f.is_file() or sha256_file(f) != digest:
             raise MaskGITError(f"{f} is {'missing' if not f.is_file() else 'damaged'} (its SHA-256 is not the one in "
                                f"{MANIFEST}): re-run `maskgit tokenize`")
+    return True
 
 
 def _read_meta(path: Path) -> dict:
@@ -121,7 +123,7 @@ class TokenStore:
         meta_f = self.path / "meta.json"
         if not meta_f.exists():
             raise MaskGITError(f"{self.path} is not a token store (no meta.json); make one with `maskgit tokenize`")
-        _verify(self.path)
+        verified = _verify(self.path)
         self.meta = _read_meta(self.path)
         if tokenizer_hash is not None and self.meta.get("tokenizer_hash") != tokenizer_hash:
             raise MaskGITError(f"{self.path} was made by a different tokenizer (hash {self.meta.get('tokenizer_hash')}"
@@ -135,7 +137,8 @@ class TokenStore:
                                f"{n}x{h}x{w} {dtype.name} ({n * h * w * dtype.itemsize} bytes): "
                                "re-run `maskgit tokenize`")
         self.tokens = np.memmap(tf, dtype=dtype, mode="r", shape=(n, h, w))
-        _check_tokens(tf, self.tokens, self.meta.get("codebook_size"))
+        if not verified:  # a verified token file is the one tokenize wrote: its ids fit the codebook
+            _check_tokens(tf, self.tokens, self.meta.get("codebook_size"))
         self.labels = None
         if (self.path / "labels.npy").exists():
             try:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from maskgit.errors import MaskGITError
+from maskgit.storage.amused import load_uvit, load_vq, read_json
 
 # the reference pipeline's defaults: 12 steps, guidance_scale 10 (= our cfg 9: cond + 9 (cond - uncond)),
 # confidence-noise temperature annealed linearly 2 -> 0, tokens drawn at temperature 1
@@ -155,21 +156,11 @@ def assemble(vq: nn.Module, uvit: nn.Module, text: ClipText, masking_schedule: s
     return AmusedTokenizer(vq), transformer, text
 
 
-def _json(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise MaskGITError(f"cannot read {path}: {e}") from None
-    if not isinstance(doc, dict):
-        raise MaskGITError(f"{path} is not a JSON object")
-    return doc
-
-
 def load_parts(root: str | Path, text_encoder=None, device: str | torch.device = "cpu"):
     """A folder in diffusers' aMUSEd layout -> (tokenizer, transformer, text encoder) for ``Pipeline``.
     ``text_encoder``: a ClipText (or a folder holding text_encoder/ and tokenizer/) instead of the folder's own."""
     root = Path(root)
-    index = _json(root / "model_index.json")
+    index = read_json(root / "model_index.json")
     if index.get("_class_name") not in (None, "AmusedPipeline", "AmusedImg2ImgPipeline", "AmusedInpaintPipeline"):
         raise MaskGITError(f"{root}/model_index.json describes a {index.get('_class_name')}, not an aMUSEd pipeline")
     for sub in ("vqvae", "transformer"):
@@ -177,8 +168,7 @@ def load_parts(root: str | Path, text_encoder=None, device: str | torch.device =
             raise MaskGITError(f"{root} has no {sub}/ folder: an aMUSEd folder holds vqvae/, transformer/, "
                                "text_encoder/ and tokenizer/")
     sched = root / "scheduler" / "scheduler_config.json"
-    schedule = _json(sched).get("masking_schedule", "cosine") if sched.exists() else "cosine"
-    from maskgit.storage.amused import load_uvit, load_vq
+    schedule = read_json(sched).get("masking_schedule", "cosine") if sched.exists() else "cosine"
     if text_encoder is None or isinstance(text_encoder, (str, Path)):
         text_encoder = ClipText.load(root if text_encoder is None else text_encoder, device)
     return assemble(load_vq(root / "vqvae"), load_uvit(root / "transformer"), text_encoder, schedule)

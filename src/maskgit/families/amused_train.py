@@ -29,6 +29,7 @@ from torch import nn
 
 from maskgit.config import TrainConfig
 from maskgit.errors import MaskGITError
+from maskgit.storage.amused import read_json
 from maskgit.training.objectives import mask_tokens, num_masked
 
 # LoRA on every attention projection (the conv stages' and the transformer layers') and the GEGLU MLP
@@ -69,13 +70,6 @@ class CaptionedTokens:
         return self.hidden[-1], self.pooled[-1]
 
 
-def _json(f: Path) -> dict:
-    try:
-        return json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        raise MaskGITError(f"cannot read {f}: {e}") from None
-
-
 def _stamp(files) -> list:
     return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
@@ -91,8 +85,8 @@ def prepare(root: str | Path, images: str | Path, cache: str | Path | None = Non
     from maskgit.storage.checkpoint import save_tensors
     from maskgit.storage.files import atomic_dir
     root = Path(root)
-    size = UVit2DConfig.from_dict(_json(root / "transformer" / "config.json")).sample_size * \
-        AmusedVQConfig.from_dict(_json(root / "vqvae" / "config.json")).downsample
+    size = UVit2DConfig.from_dict(read_json(root / "transformer" / "config.json")).sample_size * \
+        AmusedVQConfig.from_dict(read_json(root / "vqvae" / "config.json")).downsample
     ds = CaptionFolderDataset(images, image_size=size)
     pairs = [(i, c) for i, caps in enumerate(ds.captions) for c in caps]
     captions = list(dict.fromkeys(c for _, c in pairs if c)) + [""]

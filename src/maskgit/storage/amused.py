@@ -17,17 +17,23 @@ from maskgit.storage.files import atomic_dir
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path`` (the folder's config files), or one line saying why not."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise MaskGITError(f"cannot read {path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise MaskGITError(f"{path} is not a JSON object")
+    return doc
+
+
 def _config(folder: Path, class_name: str) -> dict:
     f = folder / "config.json"
-    try:
-        doc = json.loads(f.read_text())
-    except FileNotFoundError:
+    if not f.is_file():
         raise MaskGITError(f"{folder} has no config.json: an aMUSEd {folder.name}/ folder holds config.json + "
-                           f"{WEIGHT_FILES[0]}") from None
-    except (OSError, ValueError) as e:
-        raise MaskGITError(f"{f} is not readable JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise MaskGITError(f"{f} is not a JSON object")
+                           f"{WEIGHT_FILES[0]}")
+    doc = read_json(f)
     if doc.get("_class_name", class_name) != class_name:
         raise MaskGITError(f"{f} describes a {doc.get('_class_name')}, not the {class_name} this folder needs")
     return doc
