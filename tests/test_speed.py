@@ -461,6 +461,13 @@ def test_onednn_fp32_linears_match_mkl_and_unpack_exactly(monkeypatch, tiny_pipe
     back = plain_linears(fast.transformer)
     for (name, p), q in zip(ref.transformer.state_dict().items(), back.state_dict().values()):
         assert torch.equal(p, q), name
+    packed_sd = fast.transformer.state_dict()  # a packed model's state_dict reads as the plain model's
+    assert list(packed_sd) == list(ref.transformer.state_dict())
+    assert all(torch.equal(packed_sd[k], v) for k, v in ref.transformer.state_dict().items())
+    fc1 = fast.transformer.blocks[0].fc1
+    w = torch.randn(fc1.out_features, fc1.in_features)
+    fc1.load_state_dict({"weight": w, "bias": torch.zeros(fc1.out_features)})
+    assert torch.equal(fc1.weight, w)
     monkeypatch.setenv("MASKGIT_FP32_LINEAR", "auto")
     for vendor, want in (("AuthenticAMD", "onednn"), ("GenuineIntel", "mkl")):
         monkeypatch.setattr(accel, "cpu_capabilities", lambda v=vendor: {"vendor": v})

@@ -342,6 +342,23 @@ class OneDNNLinear(torch.nn.Module):
     def weight(self) -> torch.Tensor:
         return self.packed.to_dense()
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # an nn.Linear's entries ("weight", "bias", unpacked), so state_dict() reads the same on every CPU
+        destination[prefix + "weight"] = self.weight
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name in ("weight",) + (("bias",) if self.bias is not None else ()):
+            if prefix + name not in state_dict:
+                missing_keys.append(prefix + name)
+        if prefix + "weight" in state_dict:
+            w = state_dict[prefix + "weight"].detach().to(self.dtype).contiguous()
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
+        if self.bias is not None and prefix + "bias" in state_dict:
+            self.bias = state_dict[prefix + "bias"].detach().to(self.dtype).clone()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, self.bias, "none", [], "")
 
