@@ -68,3 +68,38 @@ def test_straight_through_gradient_reaches_encoder():
     (rec.pow(2).mean() + sum(losses.values())).backward()
     assert m.encoder.conv_in.weight.grad.abs().sum() > 0
     assert m.quantizer.codebook.grad.abs().sum() > 0
+
+
+def test_tokenizer_training_on_cpu_runs_channels_last_with_the_same_losses(tmp_path):
+    """The trainer keeps a tokenizer's conv weights NHWC on CPU (faster); the losses and gradients are those of
+    the contiguous layout to fp32 rounding, and the saved model loads back as usual."""
+    from maskgit.config import TokenizerTrainConfig, TrainConfig
+    from maskgit.training.loop import StepContext, train
+    from maskgit.training.losses import TokenizerTask
+    torch.manual_seed(0)
+    cfg = vqgan_preset("tiny")
+    x = torch.rand(4, cfg.channels, 16, 16)
+    tasks = [TokenizerTask(VQGAN(cfg), TokenizerTrainConfig(disc_start=0)) for _ in range(2)]
+    tasks[1].load_state_dict(tasks[0].state_dict())
+    tasks[1].to(memory_format=torch.channels_last)
+    ctx = StepContext(0, 0, 4, 0, 1, torch.device("cpu"))
+    out = []
+    for t in tasks:
+        loss, _ = t({"images": x}, ctx)
+        loss.backward()
+        out.append((loss.detach(), t.model.encoder.conv_in.weight.grad.clone()))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-4, atol=1e-6)
+
+    class Images:
+        def __len__(self):
+            return 8
+
+        def batch(self, idx):
+            return {"images": torch.rand(len(idx), cfg.channels, 16, 16, generator=torch.Generator().manual_seed(1))}
+
+    task = TokenizerTask(VQGAN(cfg), TokenizerTrainConfig())
+    train(task, Images(), TrainConfig(batch_size=4, max_steps=2, warmup_steps=1, log_every=1), tmp_path, progress=False)
+    assert task.model.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    back = load_model(tmp_path / "final", "vqgan")
+    assert torch.equal(back.encoder.conv_in.weight, task.model.encoder.conv_in.weight)

@@ -114,6 +114,8 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
         raise MaskGITError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
     torch.manual_seed(cfg.seed + rank)  # the trainer owns the process: dropout uses the global RNG
     task.to(dev)
+    if dev.type == "cpu" and getattr(task, "channels_last", False):
+        task.to(memory_format=torch.channels_last)  # convolutions train ~20-30% faster on CPU in NHWC
     groups = param_groups(task) if param_groups else _default_groups(task, cfg)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     ck = find_checkpoint(run_dir, resume, say=print if rank == 0 else lambda _: None) if resume else None

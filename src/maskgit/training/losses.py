@@ -41,7 +41,11 @@ class _Frozen:
 
 
 class TokenizerTask(nn.Module):
-    """batch = {"images": (b,C,H,W) in [0,1]}; ``task.model`` is the VQGAN."""
+    """batch = {"images": (b,C,H,W) in [0,1]}; ``task.model`` is the VQGAN. On a CPU the trainer keeps the
+    convolutions' weights and the images channels-last (``channels_last``): same losses, ~20-30% less time per
+    step (``benchmarks/trainer_profile.py``)."""
+
+    channels_last = True
 
     def __init__(self, vqgan: VQGAN, cfg: TokenizerTrainConfig, perceptual_net: nn.Module | None = None):
         super().__init__()
@@ -57,6 +61,8 @@ class TokenizerTask(nn.Module):
     def forward(self, batch: dict, ctx: StepContext):
         cfg = self.cfg
         x = batch["images"]
+        if x.device.type == "cpu" and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         vq = self.model
         z = vq.encoder(x)
         q, idx, vq_losses = vq.quantizer(z)
