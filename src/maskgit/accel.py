@@ -5,6 +5,7 @@ choice of fp32 GEMM library on CPUs (oneDNN where MKL runs its generic kernels).
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 
 import torch
@@ -253,11 +254,10 @@ _said: set[str] = set()
 
 
 def say_once(text: str | None) -> None:
-    """Print ``text`` to stderr once per process (notes that would otherwise repeat per model or request)."""
-    import sys
+    """Log ``text`` as a warning once per process (notes that would otherwise repeat per model or request)."""
     if text and text not in _said:
         _said.add(text)
-        print(text, file=sys.stderr, flush=True)
+        logging.getLogger(__name__).warning(text)
 
 
 def amp_choice(amp: str, device: str | torch.device) -> tuple[bool, str]:

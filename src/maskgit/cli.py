@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import shlex
 import sys
 
@@ -62,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in DECODING_COMMANDS:
         from maskgit.memory import tune_malloc
         tune_malloc()  # faster CPU decoding, same results (see its docstring; MASKGIT_TUNE_MALLOC=0 turns it off)
+    # the library's messages are the command's output: INFO on stdout, warnings on stderr, as plain lines (the
+    # "maskgit" logger's console handler, see maskgit/__init__.py)
+    logger = logging.getLogger("maskgit")
+    level = logger.level
+    logger.setLevel(logging.INFO)
     try:
         rc = args.func(args)
     except MaskGITError as e:
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        logger.setLevel(level)  # a caller in Python (tests, a notebook) keeps its own level
     return int(rc or 0)
 
 

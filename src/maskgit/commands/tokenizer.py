@@ -1,8 +1,8 @@
-"""`maskgit train-tokenizer`, `maskgit reconstruct`, `maskgit tokenize`."""
+"""`maskgit train-tokenizer` and `maskgit tokenize` (flags parsed into calls of ``maskgit.train``'s
+train_tokenizer and tokenize_dataset), and `maskgit reconstruct`."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -11,27 +11,20 @@ import numpy as np
 import torch
 
 from maskgit.commands.common import device_arg, resolve_device
-from maskgit.commands.train_setup import finetune_args, first_examples, load_sized, memory_args, report_and_check
-from maskgit.config import (
-    VQGAN_PRESETS,
-    TokenizerTrainConfig,
-    TrainConfig,
-    add_dataclass_args,
-    override,
-    vqgan_preset,
-)
-from maskgit.data.loader import AUGMENT_CHOICES, default_workers, resolve_augment
-from maskgit.errors import MaskGITError
+from maskgit.commands.train_setup import finetune_args, given_settings, memory_args
+from maskgit.config import VQGAN_PRESETS, TokenizerTrainConfig, TrainConfig, add_dataclass_args
+from maskgit.data.loader import AUGMENT_CHOICES, default_workers
 from maskgit.storage.checkpoint import load_model
-
-# the tokenizer stage's own defaults (TrainConfig's are the transformer's)
-TOKENIZER_TRAIN_DEFAULTS = TrainConfig(batch_size=128, lr=2e-4, warmup_steps=500, max_steps=20_000,
-                                       weight_decay=0.0, beta1=0.5, beta2=0.9, grad_clip=1.0, save_every=1000,
-                                       label_smoothing=0.0, cond_dropout=0.0, val_batches=4)
-DEFAULT_TOKENIZER_PRESET = "fmnist-f4"
+from maskgit.train import DEFAULT_TOKENIZER_PRESET, TOKENIZER_TRAIN_DEFAULTS, TOKENIZER_UNUSED
 
 
 def register(sub) -> None:
+    _register_train_tokenizer(sub)
+    _register_reconstruct(sub)
+    _register_tokenize(sub)
+
+
+def _register_train_tokenizer(sub) -> None:
     p = sub.add_parser("train-tokenizer", help="train a VQGAN tokenizer",
                        description="Train a VQGAN tokenizer (reconstruction + perceptual + VQ + adversarial losses).")
     p.add_argument("--data", required=True, help="dataset name (see `maskgit data list`)")
@@ -54,11 +47,12 @@ def register(sub) -> None:
     finetune_args(p, "tokenizer")
     memory_args(p)
     device_arg(p)
-    add_dataclass_args(p, TOKENIZER_TRAIN_DEFAULTS, skip=("label_smoothing", "mask_schedule", "loss_on_all_tokens",
-                                                          "cond_dropout"))
+    add_dataclass_args(p, TOKENIZER_TRAIN_DEFAULTS, skip=TOKENIZER_UNUSED)
     add_dataclass_args(p, TokenizerTrainConfig())
     p.set_defaults(func=cmd_train_tokenizer)
 
+
+def _register_reconstruct(sub) -> None:
     r = sub.add_parser("reconstruct", help="encode + decode images; tokenizer metrics",
                        description="Reconstruct dataset images through a tokenizer and report PSNR, SSIM, "
                                    "codebook usage/perplexity and (with --features) reconstruction FD and accuracy.")
@@ -73,6 +67,8 @@ def register(sub) -> None:
     device_arg(r)
     r.set_defaults(func=cmd_reconstruct)
 
+
+def _register_tokenize(sub) -> None:
     t = sub.add_parser("tokenize", help="encode a dataset into a token store",
                        description="Encode a dataset once into a memory-mapped token store for transformer training.")
     t.add_argument("--model", required=True, help="tokenizer directory")
@@ -101,80 +97,14 @@ def _load_images(name: str, split: str, image_size: int | None):
 
 
 def cmd_train_tokenizer(args) -> int:
-    from maskgit.config import VQGANConfig, from_dict
-    from maskgit.models.features import FeatureNet  # noqa: F401  (registers the kind)
-    from maskgit.models.vqgan import VQGAN
-    from maskgit.storage.checkpoint import read_config
-    from maskgit.training import finetune
-    from maskgit.training.loop import DatasetSource, train
-    from maskgit.training.losses import TokenizerTask
-
-    device = resolve_device(args.device)
-    init_dir, init_ck = finetune.resolve_init(args.init) if args.init else (None, None)
-    if init_dir is not None:
-        if args.preset:
-            raise MaskGITError("--init decides the tokenizer's shape: leave out --preset")
-        vcfg = from_dict(VQGANConfig, read_config(init_dir).get("config", {}), what=f"{init_dir}/config.json")
-        preset = f"--init {args.init}"
-    else:
-        preset = args.preset or DEFAULT_TOKENIZER_PRESET
-        vcfg = vqgan_preset(preset)
-    train_ds, val_ds, size = load_sized(args.data, preset, vcfg.image_size, args.image_size, _load_images)
-    channels = train_ds[0][0].shape[0]
-    if channels != vcfg.channels:
-        if init_dir is not None:
-            raise MaskGITError(f"the --init tokenizer takes {vcfg.channels}-channel images; {args.data} has "
-                               f"{channels}")
-        print(f"{args.data} has {channels}-channel images: the {preset} tokenizer is built for {channels} "
-              f"channels (the preset has {vcfg.channels})")
-        vcfg = dataclasses.replace(vcfg, channels=channels)
-    vcfg = dataclasses.replace(vcfg, image_size=size)
-    tcfg = override(TOKENIZER_TRAIN_DEFAULTS, args)
-    lcfg = override(TokenizerTrainConfig(), args)
-    percep = None
-    if args.perceptual != "none":
-        if not args.perceptual.startswith("features:"):
-            raise MaskGITError("--perceptual must be 'none' or 'features:PATH'")
-        percep = load_model(args.perceptual.split(":", 1)[1], "features")
-    torch.manual_seed(tcfg.seed)  # the CLI owns the process: the initial weights follow --seed
-    task = TokenizerTask(VQGAN(vcfg), lcfg, percep)
-    init_opt = None
-    if init_dir is not None:
-        report, opt_state = finetune.init_tokenizer(task, init_dir, init_ck)
-        init_opt = finetune.optimizer_loader(opt_state)
-        print(f"init from {init_dir}: {report}")
-    if args.freeze:
-        print(f"frozen: {', '.join(finetune.freeze(task.model, 'vqgan', args.freeze))}")
-    source = DatasetSource(train_ds, workers=args.workers, augment=resolve_augment(args.augment, train_ds))
-    g = vcfg.grid_shape(size)
-    report_and_check(task, first_examples(source), tcfg.batch_size, device, ema=tcfg.ema > 0,
-                     skip=args.skip_memory_check,
-                     describe_model=f"tokenizer {preset}: {size}x{size}x{channels} images -> {g[0]}x{g[1]} tokens "
-                                    f"of {vcfg.codebook_size} codes")
-    out = Path(args.out)
-    show = val_ds if val_ds is not None else train_ds
-    fixed = torch.stack([show[i][0] for i in range(min(32, len(show)))])
-
-    def sample_fn(task, step):
-        from maskgit.storage.images import make_grid, save_png
-        task.model.eval()
-        with torch.no_grad():
-            x = fixed.to(next(task.model.parameters()).device)
-            rec = task.model.decode(task.model.encode(x))
-        task.model.train()
-        both = torch.stack([x.cpu(), rec.cpu()], 1).flatten(0, 1)  # original, reconstruction, ...
-        save_png(make_grid(both, ncol=16, scale=2), out / f"recon_{step:08d}.png")
-
-    meta = {"dataset": args.data, "preset": args.preset or DEFAULT_TOKENIZER_PRESET, "command": args.command_line,
-            "perceptual": args.perceptual, "losses": dataclasses.asdict(lcfg)}
-    if init_dir is not None:
-        meta.update(preset=None, init=str(init_dir.resolve()))
-    t0 = time.time()
-    res = train(task, source, tcfg, out, val_data=DatasetSource(val_ds) if val_ds else None,
-                resume=args.resume, device=device, sample_fn=sample_fn, meta=meta, init_optimizer=init_opt)
-    print(json.dumps({"step": res.step, "wall_s": round(time.time() - t0, 1),
-                      **{k: round(v, 5) for k, v in res.metrics.items() if isinstance(v, float)}}))
-    print(f"tokenizer written to {out / 'final'}")
+    from maskgit.train import train_tokenizer
+    run = train_tokenizer(args.data, args.out, preset=args.preset, image_size=args.image_size,
+                          perceptual=args.perceptual, init=args.init, freeze=args.freeze, resume=args.resume,
+                          workers=args.workers, augment=args.augment, device=args.device,
+                          skip_memory_check=args.skip_memory_check, command=args.command_line,
+                          **given_settings(args, TrainConfig, TokenizerTrainConfig, skip=TOKENIZER_UNUSED))
+    print(json.dumps(run.summary()))
+    print(f"tokenizer written to {run.final}")
     return 0
 
 
@@ -258,41 +188,18 @@ def cmd_reconstruct(args) -> int:
 
 def cmd_tokenize(args) -> int:
     """Stream the dataset through the tokenizer into the store (one store also under torchrun)."""
-    import torch.distributed as dist
-
-    from maskgit.data.encode import tokenize_stream
-    from maskgit.data.tokenstore import model_hash
-    from maskgit.distributed import init_distributed
-    if args.workers < 0:
-        raise MaskGITError(f"--workers must be >= 0, not {args.workers}")
-    if args.batch_size < 1:
-        raise MaskGITError(f"--batch-size must be >= 1, not {args.batch_size}")
     from maskgit.memory import bound_malloc
+    from maskgit.train import tokenize_dataset
     bound_malloc()  # peak memory that does not grow with the dataset (before the model's allocations)
-    rank, world, dev = init_distributed(resolve_device(args.device))
-    try:
-        model = load_model(args.model, "vqgan", str(dev))
-        ds = _load_images(args.data, args.split, args.image_size or model.config.image_size)
-        if args.text_encoder and getattr(ds, "classes", None) is not None:
-            raise MaskGITError(f"--text-encoder needs a captioned dataset; {args.data} has class labels")
-        meta = {"dataset": args.data, "split": args.split, "codebook_size": model.codebook_size,
-                "tokenizer": str(Path(args.model).resolve()), "tokenizer_hash": model_hash(model),
-                "classes": getattr(ds, "classes", None)}
-        model.prepare_for_inference(channels_last=dev.type == "cpu")  # the fast CPU encoder (after the hash)
-        stats = tokenize_stream(model, ds, Path(args.out), batch_size=args.batch_size, flip=args.flip,
-                                resume=args.resume, workers=args.workers, device=dev, meta=meta, rank=rank,
-                                world=world)
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-    if rank != 0:
+    stats = tokenize_dataset(args.model, args.data, args.out, split=args.split, image_size=args.image_size,
+                             batch_size=args.batch_size, flip=args.flip, workers=args.workers, resume=args.resume,
+                             text_encoder=args.text_encoder, device=args.device)
+    if stats["rank"] != 0:
         return 0
     print(f"wrote {stats['rows']} token grids to {args.out}; this process encoded {stats['encoded']} images in "
           f"{stats['seconds']:.1f}s ({stats['images_per_s']:.1f} images/s)")
     if args.text_encoder:
-        from maskgit.models.text import ensure_store_text
-        path = ensure_store_text(args.out, args.text_encoder)
-        print(f"wrote the caption embeddings {path}")
+        print(f"wrote the caption embeddings {stats['captions']}")
     return 0
 
 

@@ -11,6 +11,7 @@ batch, set after its tokens are written). The store is renamed into place only w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -26,6 +27,8 @@ from maskgit.data.loader import GroupLoader, Key, default_workers, in_memory, la
 from maskgit.data.tokenstore import token_file_name, write_sidecars
 from maskgit.errors import MaskGITError
 from maskgit.storage.files import atomic_write
+
+log = logging.getLogger(__name__)
 
 PLAN_FILE, DONE_FILE = "plan.json", "done.u8"
 
@@ -120,7 +123,7 @@ def tokenize_stream(model, dataset, out: str | Path, *, batch_size: int, flip: b
             "items": n, "image_size": size, "batches": len(batches), **(meta or {})}
     if resume and not partial_dir(out).exists() and (out / "meta.json").is_file():
         if rank == 0:
-            print(f"{out} is complete already (no unfinished run to resume)")
+            log.info(f"{out} is complete already (no unfinished run to resume)")
         return {"encoded": 0, "rows": rows, "seconds": 0.0, "images_per_s": 0.0, "complete": True}
     part = _prepare(out, plan, resume, rank, world)
     tok_path, done_path = part / token_file_name(dtype), part / DONE_FILE

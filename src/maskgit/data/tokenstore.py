@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,8 @@ import torch
 from maskgit.errors import MaskGITError
 from maskgit.storage.checkpoint import atomic_dir
 from maskgit.storage.files import sha256_file
+
+log = logging.getLogger(__name__)
 
 
 def model_hash(model: torch.nn.Module) -> str:
@@ -68,8 +70,7 @@ def _verify(path: Path) -> bool:
     (False)."""
     mf = path / MANIFEST
     if not mf.is_file():
-        print(f"note: {path} has no {MANIFEST} (written by an older maskgit): its files are not verified",
-              file=sys.stderr)
+        log.warning(f"note: {path} has no {MANIFEST} (written by an older maskgit): its files are not verified")
         return False
     try:
         manifest = json.loads(mf.read_text())

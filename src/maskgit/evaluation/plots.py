@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend, or None (with a printed note) when matplotlib is missing."""
+    """matplotlib.pyplot on the file-only Agg backend, or None (with a logged note) when matplotlib is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib missing: no plot")
+        log.info("matplotlib missing: no plot")
         return None
     return plt
 

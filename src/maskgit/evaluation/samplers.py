@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
 from maskgit.evaluation.plots import pyplot, save
 from maskgit.evaluation.samples import generate
+
+log = logging.getLogger(__name__)
 
 BASE = SampleConfig()  # the settings the shipped model used before it stored its own
 
@@ -79,9 +82,9 @@ class Sweep:
                  "precision": m["precision_featurenet"], "recall": m["recall_featurenet"],
                  "class agreement": m.get("class_accuracy", float("nan")), "s/img": sec / len(self.labels)}
             self.done[key] = r
-            print(f"order={kw['order']} T={kw['steps']} ct={kw['choice_temperature']} cfg={kw['cfg']} "
-                  f"k={kw['candidates']}: FD {r['FD']:.3f} agreement {r['class agreement']:.3f} "
-                  f"{r['s/img']:.4f} s/img", flush=True)
+            log.info(f"order={kw['order']} T={kw['steps']} ct={kw['choice_temperature']} cfg={kw['cfg']} "
+                     f"k={kw['candidates']}: FD {r['FD']:.3f} agreement {r['class agreement']:.3f} "
+                     f"{r['s/img']:.4f} s/img")
             if self.log_path is not None:
                 self.mine.append(r)
                 self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +139,7 @@ def run_samplers(args, pipe, ev, labels, steps: list[int], plot, real_floor: flo
                                                              for kw in rej_kw]
         out.append(("Classifier-guided selection among k candidates per image, T=8",
                     markdown_table(rej, ["candidates"] + cols)))
-    print(f"samplers: {len(sweep.done)} points in {time.time() - t0:.0f} s")
+    log.info(f"samplers: {len(sweep.done)} points in {time.time() - t0:.0f} s")
     return out
 
 
@@ -163,4 +166,4 @@ def _pareto_plot(path: Path, grid: list[dict], front: list[dict], real_floor: fl
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     save(fig, path)
-    print(f"wrote {path}")
+    log.info(f"wrote {path}")

@@ -5,6 +5,7 @@ Random weights at the ImageNet configuration; transformer only (the VQGAN decode
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 import torch
@@ -15,6 +16,8 @@ from maskgit.evaluation.plots import pyplot, save
 from maskgit.models.autoregressive import ARTransformer
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.sampling.decoding import decode
+
+logger = logging.getLogger(__name__)
 
 
 def _forward(model, precision: str, device: str):
@@ -40,7 +43,7 @@ def _seconds(fn, device: str) -> float:
 
 @torch.inference_mode()
 def measure_scaling(config: str, grids: list[int], steps: list[int], batches: list[int], precision: str,
-                    device: str, ar_batch: int = 1, max_batch_tokens: int | None = None, log=print) -> list[dict]:
+                    device: str, ar_batch: int = 1, max_batch_tokens: int | None = None, log=logger.info) -> list[dict]:
     """Rows {model, grid, tokens, steps, batch, precision, s/image}: one timed decode per point after one warm-up
     forward per (grid, batch). ``max_batch_tokens`` skips points whose batch x tokens exceed it (say so in the
     table's notes)."""

@@ -4,6 +4,7 @@ per image and achieved GFLOP/s against a matmul peak measured in the same run; t
 from __future__ import annotations
 
 import functools
+import logging
 import statistics
 import time
 
@@ -24,6 +25,8 @@ from maskgit.models.autoregressive import ARTransformer
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
 from maskgit.sampling.decoding import decode
+
+log = logging.getLogger(__name__)
 
 
 def _under_bf16(model, device: str):
@@ -174,22 +177,42 @@ def run_speed(args, command: str, device: str, batches: list[int]) -> int:
     if "auto" in precisions:
         precisions = ["fp32"] + (["bf16"] if native_bf16(device) else [])
     machine = machine_line(device, cfg, max(batches))
-    print(machine)
+    log.info(machine)
     model = MaskGITTransformer(cfg).to(device).eval()
-    variants = []  # (tag, forward(tokens, labels), the dtype whose peak it is compared with)
+    variants = _speed_variants(model, precisions, device, args.compile, args.int8)
+    rows = _transformer_rows(model, variants, batches, device, args.repeats)
+    dec_rows, dec_flops = _decoder_rows(batches, device, args.repeats, args.compile)
+    rows += dec_rows + _ar_rows(cfg, device, args.repeats, args.no_ar_nocache)
+    cols = ["what", "batch", "s/image", "images/s", "GFLOP/s", "peak GFLOP/s", "% of peak"]
+    table = markdown_table(rows, cols)
+    log.info(table)
+    append_results(args.results, f"Sampling speed, {args.config} (random weights, {', '.join(precisions)})", command,
+                   table, notes=_speed_notes(machine, dec_flops))
+    return 0
+
+
+def _speed_variants(model, precisions: list[str], device: str, use_compile: bool, int8: bool) -> list[tuple]:
+    """(tag, forward(tokens, labels), the dtype whose peak it is compared with) per precision / compile mode."""
+    variants = []
     for prec in precisions:
         if prec == "fp32":  # on the GEMM library the pipeline uses here (accel.fp32_linear_backend)
             fm = onednn_linears(model) if device == "cpu" and fp32_linear_backend() == "onednn" else model
             variants.append(("", fm, torch.float32))
-            if args.compile:
+            if use_compile:
                 variants.append((" (compiled)", compile_frozen(fm), torch.float32))
         elif prec == "bf16":
             bm = bf16_linears(model) if device == "cpu" else model
             variants.append((" (bf16)", _under_bf16(bm, device), torch.bfloat16))
-            if args.compile:
+            if use_compile:
                 variants.append((" (bf16, compiled)", _under_bf16(compile_frozen(bm), device), torch.bfloat16))
-    if args.int8 and device == "cpu":
+    if int8 and device == "cpu":
         variants.append((" (int8)", int8_dynamic(model), torch.float32))
+    return variants
+
+
+def _transformer_rows(model, variants: list[tuple], batches: list[int], device: str, repeats: int) -> list[dict]:
+    """One forward pass and whole decodes (8 and 12 steps; 8 for the other variants) per batch size."""
+    cfg = model.config
     rows = []
     for b in batches:
         labels = torch.randint(0, cfg.num_classes, (b,), device=device)
@@ -198,8 +221,8 @@ def run_speed(args, command: str, device: str, batches: list[int]) -> int:
         for tag, m, dtype in variants:
             # one forward pass alone: the gap to the 8-step row is the decoding loop's own cost
             rows.append(_row(f"MaskGIT transformer, 1 forward{tag}", b, fwd_flops,
-                             timed(lambda probe, m=m: m(start, labels), args.repeats, device, fwd_flops, dtype)))
-            print(rows[-1])
+                             timed(lambda probe, m=m: m(start, labels), repeats, device, fwd_flops, dtype)))
+            log.info(rows[-1])
             for steps in (8, 12) if not tag else (8,):
                 sc = SampleConfig(steps=steps)
 
@@ -209,15 +232,19 @@ def run_speed(args, command: str, device: str, batches: list[int]) -> int:
                         return m(t, labels)
                     decode(logits, start, sc, cfg.mask_id, torch.Generator().manual_seed(0))
                 rows.append(_row(f"MaskGIT transformer, {steps} steps{tag}", b, steps * fwd_flops,
-                                 timed(run, args.repeats, device, steps * fwd_flops, dtype)))
-                print(rows[-1])
-    # the VQGAN decoder with the official layout at 256 px
+                                 timed(run, repeats, device, steps * fwd_flops, dtype)))
+                log.info(rows[-1])
+    return rows
+
+
+def _decoder_rows(batches: list[int], device: str, repeats: int, use_compile: bool) -> tuple[list[dict], dict]:
+    """The VQGAN decoder with the official layout at 256 px: (rows, FLOPs per image executed / official)."""
     with torch.inference_mode(False):  # ordinary weights, as a loaded pipeline has (their derived kernels cache)
         vq = VQGAN(vqgan_preset("imagenet-f16")).to(device).prepare_for_inference(channels_last=device == "cpu")
     dec_variants = [("", vq.decode)]
-    if args.compile:
+    if use_compile:
         dec_variants.append((" (compiled)", compile_frozen(vq.decode)))
-    dec_flops = {}
+    rows, dec_flops = [], {}
     for b in batches:
         toks = torch.randint(0, 1024, (b, 16, 16), device=device)
         # two counts: the FLOPs the decoder executes (its rate) and the official layout's (the issue's unit of work)
@@ -233,45 +260,48 @@ def run_speed(args, command: str, device: str, batches: list[int]) -> int:
                     probe()
                 fn(toks[i:i + n])
         for tag, fn in dec_variants:
-            t = timed(functools.partial(run, fn=fn), args.repeats, device, fl)
+            t = timed(functools.partial(run, fn=fn), repeats, device, fl)
             rows.append(_row(f"VQGAN decoder 256 px{tag}", b, fl, t))
-            print(rows[-1])
+            log.info(rows[-1])
             # the same timing over the official layout's FLOP count (the unit the published layout's cost is stated in)
             rows.append(_row(f"VQGAN decoder 256 px{tag}, at official-layout FLOPs", b, official,
                              {**t, "fraction": t["fraction"] * official / fl}))
-            print(rows[-1])
-    # the AR baseline of the same size: 256 sequential steps
+            log.info(rows[-1])
+    return rows, dec_flops
+
+
+def _ar_rows(cfg, device: str, repeats: int, no_nocache: bool) -> list[dict]:
+    """The AR baseline of the same size: one image in num_tokens sequential steps, with and without KV cache."""
     ar = ARTransformer(cfg).to(device).eval()
     sc = SampleConfig()
+    rows = []
     for cache in (True, False):
-        if not cache and args.no_ar_nocache:
+        if not cache and no_nocache:
             continue
         lab = torch.randint(0, cfg.num_classes, (1,), device=device)
         fl = flops_of(lambda: ar.generate(lab, sc, torch.Generator().manual_seed(0), use_cache=cache))
         t = timed(lambda probe: ar.generate(lab, sc, torch.Generator().manual_seed(0), use_cache=cache),
-                  1 if not cache else args.repeats, device, fl)
+                  1 if not cache else repeats, device, fl)
         rows.append(_row(f"AR, {cfg.num_tokens} steps, {'KV cache' if cache else 'no cache'}", 1, fl, t))
-        print(rows[-1])
-    cols = ["what", "batch", "s/image", "images/s", "GFLOP/s", "peak GFLOP/s", "% of peak"]
-    table = markdown_table(rows, cols)
-    print(table)
-    append_results(args.results, f"Sampling speed, {args.config} (random weights, {', '.join(precisions)})", command,
-                   table,
-                   notes=f"Machine: {machine}. "
-                         "s/image: median of the repeats, with the peak probes taken out. peak: the 2048^3 matmul "
-                         "rate (best of 3) in the row's precision (fp32; bf16 for bf16 rows), on the library the "
-                         "fp32 linears use (see the machine line), probed before and "
-                         "after each repeat and, for the MaskGIT transformer, "
-                         "between its decode steps; a repeat's peak is the mean of its probes (median over "
-                         "repeats shown). % of peak: median over repeats of each repeat's achieved GFLOP/s over its "
-                         "own peak. FLOPs: torch's counter with attention included. The VQGAN decoder computes "
-                         "each nearest-upsample + 3x3 conv in its exact sub-pixel form (vqgan.upsample_conv): "
-                         f"{dec_flops.get('executed', 0) / 1e9:.1f} GFLOP per 256 px image executed, which its "
-                         "GFLOP/s and % of peak count, instead of the official layout's "
-                         f"{dec_flops.get('official', 0) / 1e9:.1f} GFLOP, which its 'at official-layout FLOPs' "
-                         "rows count (same timings). The decoder is timed in decode's own chunks, with the peak "
-                         "probed between them too.")
-    return 0
+        log.info(rows[-1])
+    return rows
+
+
+def _speed_notes(machine: str, dec_flops: dict) -> str:
+    return (f"Machine: {machine}. "
+            "s/image: median of the repeats, with the peak probes taken out. peak: the 2048^3 matmul "
+            "rate (best of 3) in the row's precision (fp32; bf16 for bf16 rows), on the library the "
+            "fp32 linears use (see the machine line), probed before and "
+            "after each repeat and, for the MaskGIT transformer, "
+            "between its decode steps; a repeat's peak is the mean of its probes (median over "
+            "repeats shown). % of peak: median over repeats of each repeat's achieved GFLOP/s over its "
+            "own peak. FLOPs: torch's counter with attention included. The VQGAN decoder computes "
+            "each nearest-upsample + 3x3 conv in its exact sub-pixel form (vqgan.upsample_conv): "
+            f"{dec_flops.get('executed', 0) / 1e9:.1f} GFLOP per 256 px image executed, which its "
+            "GFLOP/s and % of peak count, instead of the official layout's "
+            f"{dec_flops.get('official', 0) / 1e9:.1f} GFLOP, which its 'at official-layout FLOPs' "
+            "rows count (same timings). The decoder is timed in decode's own chunks, with the peak "
+            "probed between them too.")
 
 
 def _row(what: str, batch: int, flops: float, t: dict) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -31,6 +32,8 @@ from maskgit.config import TrainConfig
 from maskgit.errors import MaskGITError
 from maskgit.storage.amused import read_json
 from maskgit.training.objectives import mask_tokens, num_masked
+
+log = logging.getLogger(__name__)
 
 # LoRA on every attention projection (the conv stages' and the transformer layers') and the GEGLU MLP
 AMUSED_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
@@ -97,12 +100,12 @@ def prepare(root: str | Path, images: str | Path, cache: str | Path | None = Non
     if cache is not None and (cache / "key.txt").is_file() and (cache / "key.txt").read_text() == key:
         from safetensors.torch import load_file
         t = load_file(str(cache / "examples.safetensors"))
-        print(f"{len(pairs)} captioned images: tokens and caption embeddings from {cache}")
+        log.info(f"{len(pairs)} captioned images: tokens and caption embeddings from {cache}")
         return CaptionedTokens(*(t[k] for k in KEYS), captions, size)
     from maskgit.families.amused import ClipText
     from maskgit.storage.amused import load_vq
     vq, text = load_vq(root / "vqvae").to(device), ClipText.load(root, device)
-    print(f"tokenizing {len(ds)} images at {size} px with the aMUSEd VQ, encoding {len(captions)} captions")
+    log.info(f"tokenizing {len(ds)} images at {size} px with the aMUSEd VQ, encoding {len(captions)} captions")
     toks = [vq.encode(torch.stack([ds.load(j) for j in range(i, min(i + batch, len(ds)))]).to(device)).cpu()
             for i in range(0, len(ds), batch)]
     hidden, pooled = [], []
@@ -234,17 +237,16 @@ def finetune(base: str | Path, images: str | Path, out: str | Path, *, cfg: Trai
     transformer = AmusedTransformer(uvit, data.hidden.shape[1], data.image_size)
     if lora_cfg is not None:
         names = add_lora(transformer.uvit, lora_cfg["rank"], lora_cfg["alpha"], tuple(lora_cfg["targets"]))
-        print(f"LoRA rank {lora}, alpha {lora_cfg['alpha']:g}: {len(names)} layers, "
-              f"{trainable_parameters(transformer):,} trainable of {sum(p.numel() for p in uvit.parameters()):,}")
+        log.info(f"LoRA rank {lora}, alpha {lora_cfg['alpha']:g}: {len(names)} layers, "
+                 f"{trainable_parameters(transformer):,} trainable of {sum(p.numel() for p in uvit.parameters()):,}")
     if grad_checkpointing:
-        print(enable_grad_checkpointing(transformer))
+        log.info(enable_grad_checkpointing(transformer))
     task = AmusedMaskedTask(transformer, cfg, data.null, root, lora_cfg)
     est = memory.estimate(task, data.batch(torch.arange(min(2, len(data)))), cfg.batch_size, device,
                           ema=cfg.ema > 0)
-    print(f"aMUSEd U-ViT {sum(p.numel() for p in uvit.parameters()) / 1e6:.2f}M parameters, "
-          f"{data.tokens.shape[-2]}x{data.tokens.shape[-1]} tokens, {len(data)} examples (caption embeddings "
-          f"{(data.hidden.nbytes + data.pooled.nbytes) / 2 ** 20:.0f} MiB); {memory.describe(est)}",
-          flush=True)
+    log.info(f"aMUSEd U-ViT {sum(p.numel() for p in uvit.parameters()) / 1e6:.2f}M parameters, "
+             f"{data.tokens.shape[-2]}x{data.tokens.shape[-1]} tokens, {len(data)} examples (caption embeddings "
+             f"{(data.hidden.nbytes + data.pooled.nbytes) / 2 ** 20:.0f} MiB); {memory.describe(est)}")
     if not skip_memory_check:
         memory.check(est, multiple=int(os.environ.get("WORLD_SIZE", "1")))
     meta = {**(meta or {}), "base": str(root.resolve()), "data": str(Path(images).resolve()), "lora": lora_cfg}

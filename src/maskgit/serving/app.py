@@ -39,6 +39,7 @@ images of ``maskgit.load(model).generate(labels, seed=seed, **settings)``:
   within 1/255 per pixel. Edits always run alone, so they are always exact."""
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -59,6 +60,8 @@ from maskgit.serving.schemas import (  # noqa: F401  (re-exported)
     schemas,
     validation_message,
 )
+
+log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
 SWAGGER_UI = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5"
@@ -211,7 +214,7 @@ def serve(model: str | None, host: str = "127.0.0.1", port: int = 8000, device: 
     server = Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                    http=header_timeout_protocol(config.header_timeout),
                                    timeout_graceful_shutdown=config.shutdown_timeout + 2))
-    print(f"maskgit: serving {name} at http://{host}:{port}/ (API docs at /docs); Ctrl+C stops", flush=True)
+    log.info(f"maskgit: serving {name} at http://{host}:{port}/ (API docs at /docs); Ctrl+C stops")
     try:
         server.run()  # re-raises the signal that stopped it once the shutdown is done, as uvicorn.run does
     except KeyboardInterrupt:

@@ -15,8 +15,8 @@ import contextlib
 import hashlib
 import importlib
 import json
+import logging
 import os
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from safetensors.torch import load_file, save_file
 from maskgit.config import from_dict, to_dict
 from maskgit.errors import MaskGITError
 from maskgit.storage.files import atomic_dir, sha256_file
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -192,8 +194,8 @@ def load_model(path: str | Path, expect: str | tuple[str, ...] | None = None,
     load_weights(model, file, assign=True, shapes=shapes)
     if not verified:
         _check_finite(model, file)
-        print(f"note: {path} has no {MANIFEST}: its weights are not verified (a damaged file may load as wrong "
-              f"weights)", file=sys.stderr)
+        log.warning(f"note: {path} has no {MANIFEST}: its weights are not verified (a damaged file may load as "
+                    f"wrong weights)")
     model.meta = doc.get("meta", {})
     return model.to(device).eval()
 

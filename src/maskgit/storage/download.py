@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import logging
 import os
 import shutil
 import sys
@@ -28,6 +29,8 @@ from typing import Any
 from maskgit.errors import MaskGITError
 from maskgit.storage.files import atomic_dir, sha256_file
 from maskgit.storage.flax import OFFICIAL_URL
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,12 +80,14 @@ def folder_name(name: str) -> str:
     return name.replace("/", "--")
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def _announce(msg: str) -> None:
+    """A download's progress lines: warnings, so that Python shows them by default (on stderr, beside tqdm's bar):
+    ~0.9 GB come into the user's cache."""
+    logger.warning(msg)
 
 
 # ---------------------------------------------------------------- the name -> a converted pipeline folder
-def official_pipeline(name: str, log: Callable[[str], None] = _stderr) -> Path:
+def official_pipeline(name: str, log: Callable[[str], None] = _announce) -> Path:
     """The converted pipeline of an official name: from the cache, or downloaded and converted on first use."""
     spec = OFFICIAL_MODELS[name]
     target = home() / "models" / folder_name(name)

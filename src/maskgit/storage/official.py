@@ -10,6 +10,7 @@ releases (and smaller trees of the same layout) all convert. Conversion never li
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import warnings
@@ -32,6 +33,8 @@ from maskgit.storage.flax import (  # noqa: F401  (re-exported)
     unflatten,
     write_flax_msgpack,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def _kind(params: dict) -> str | None:
@@ -335,7 +338,7 @@ def imagenet_class_names() -> list[str]:
 
 def convert_official(tokenizer: str | Path, transformer: str | Path, out: str | Path,
                      dtype: torch.dtype | None = None, force: bool = False,
-                     log: Callable[[str], None] = print, class_names: list[str] | None = None):
+                     log: Callable[[str], None] = logger.info, class_names: list[str] | None = None):
     """Official tokenizer + transformer files -> ``out/tokenizer`` + ``out/maskgit`` (our format), atomically.
     ``class_names``: stored in the transformer's meta; default the ImageNet labels when it has 1,000 classes.
 

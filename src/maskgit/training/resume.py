@@ -8,11 +8,14 @@ to its checkpoint's step only. A run stopped by SIGTERM/SIGINT saves a checkpoin
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from maskgit.errors import MaskGITError
 from maskgit.storage.checkpoint import verify_manifest
 from maskgit.storage.files import atomic_write
+
+log = logging.getLogger(__name__)
 
 INTERRUPTED_EXIT_STATUS = 130  # `maskgit train` after SIGTERM/SIGINT: checkpoint saved, no final/
 
@@ -46,7 +49,7 @@ def latest_checkpoint(run_dir: Path, skipped: list | None = None) -> Path | None
     return None
 
 
-def find_checkpoint(run_dir: Path, resume: bool | str | Path, say=print) -> Path | None:
+def find_checkpoint(run_dir: Path, resume: bool | str | Path, say=log.info) -> Path | None:
     """``resume=True``: the newest checkpoint that verifies (saying which were skipped and why); a path: that
     checkpoint, which must verify (MaskGITError otherwise)."""
     if isinstance(resume, (str, Path)) and not isinstance(resume, bool):
