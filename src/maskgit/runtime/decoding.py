@@ -1,9 +1,11 @@
-"""MaskGIT decoding in numpy: the semantics of ``maskgit.sampling.decoding.decode`` without PyTorch.
+"""MaskGIT decoding in numpy: the one decode loop of ``maskgit.sampling.decoding.decode`` (``arithmetic.decode_loop``)
+over numpy arrays, without PyTorch.
 
 Same mask schedule (official float32 arithmetic), same Gumbel-max token sampling (temperature, top-k, top-p), same
-Gumbel choice noise on the model's confidence, the same fixed orders (Halton, random), same guidance. The uniform
-noise comes from numpy generators (``seeded``) or from any object with ``uniform(shape) -> float32 array`` (a test
-can feed PyTorch's draws, which then gives the same tokens as the PyTorch decoder). Nothing here imports torch."""
+Gumbel choice noise on the model's confidence, the same fixed orders (Halton, random), same guidance: the loop is
+the PyTorch decoder's own, and ``NumpyOps`` gives it numpy's operations. The uniform noise comes from numpy
+generators (``Noise``) or from any object with ``uniform(shape) -> float32 array`` (a test can feed PyTorch's draws,
+which then gives the same tokens as the PyTorch decoder). Nothing here imports torch."""
 
 from __future__ import annotations
 
@@ -14,17 +16,8 @@ import numpy as np
 
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
-from maskgit.sampling.arithmetic import (
-    F32,
-    check_order,
-    check_sample_config,
-    check_schedule,
-    choice_noise_scale,
-    guidance_scale,
-    halton_priority,
-    mask_counts,
-)
-from maskgit.step_plan import cache_pattern, guided_step
+from maskgit.sampling.arithmetic import F32, check_sample_config, check_schedule, decode_loop
+from maskgit.step_plan import cache_pattern
 
 
 class Noise:
@@ -57,45 +50,74 @@ def check_config(cfg: SampleConfig) -> SampleConfig:
     return dataclasses.replace(cfg, schedule=check_schedule(cfg.schedule))
 
 
-def gumbel(shape, noise) -> np.ndarray:
-    u = np.clip(noise.uniform(shape).astype(F32, copy=False), F32(1e-20), F32(1.0 - 1e-7))
-    return -np.log(-np.log(u))
+class NumpyOps:
+    """The decode loop's array operations (``arithmetic.ArrayOps``) on numpy arrays, with the decode's noise."""
 
+    def __init__(self, noise):
+        self.noise = noise
 
-def filter_logits(logits: np.ndarray, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
-    """Logits outside the top-k / nucleus top-p set -> -inf."""
-    K = logits.shape[-1]
-    if top_k and top_k < K:
-        kth = np.partition(logits, K - top_k, axis=-1)[..., K - top_k:K - top_k + 1]
-        logits = np.where(logits < kth, F32(-np.inf), logits)
-    if top_p < 1.0:
-        idx = np.argsort(-logits, axis=-1, kind="stable")
-        s = np.take_along_axis(logits, idx, -1)
-        p = softmax(s)
-        drop = np.cumsum(p, -1) - p > top_p  # keep the smallest set reaching top_p
-        s = np.where(drop, F32(-np.inf), s)
-        out = np.empty_like(logits)
-        np.put_along_axis(out, idx, s, -1)
-        logits = out
-    return logits
+    def scalar(self, value):
+        return F32(value)
 
+    def uniform(self, shape):
+        return np.array(self.noise.uniform(shape), dtype=F32)  # a fresh copy: the gumbel noise is made in place
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+    def clip_(self, x, lo, hi):
+        return np.clip(x, lo, hi, out=x)
 
+    def log_(self, x):
+        return np.log(x, out=x)
 
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+    def neg_(self, x):
+        return np.negative(x, out=x)
 
+    def float32(self, x):
+        return np.asarray(x, F32)
 
-def sample_tokens(logits: np.ndarray, cfg: SampleConfig, noise) -> np.ndarray:
-    """One code per position from softmax(logits / temperature) by Gumbel-max; temperature 0 = argmax."""
-    if cfg.temperature == 0:
-        return logits.argmax(-1)
-    z = filter_logits(logits / F32(cfg.temperature), cfg.top_k, cfg.top_p)
-    return (gumbel(z.shape, noise) + z).argmax(-1)
+    def softmax(self, x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def log_softmax(self, x):
+        z = x - x.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    def cumsum(self, x):
+        return np.cumsum(x, -1)
+
+    def kth_largest(self, x, k):
+        K = x.shape[-1]
+        return np.partition(x, K - k, axis=-1)[..., K - k:K - k + 1]
+
+    def sort_desc(self, x):
+        idx = np.argsort(-x, axis=-1, kind="stable")
+        return np.take_along_axis(x, idx, -1), idx
+
+    def unsort(self, values, idx):
+        out = np.empty_like(values)
+        np.put_along_axis(out, idx, values, -1)
+        return out
+
+    def take(self, x, idx):
+        return np.take_along_axis(x, idx[..., None], -1)[..., 0]
+
+    def rank(self, x):
+        return np.argsort(np.argsort(x, -1, kind="stable"), -1, kind="stable")
+
+    def where(self, cond, a, b):
+        return np.where(cond, a, b)
+
+    def fill(self, x, cond, value):
+        return np.where(cond, x.dtype.type(value), x)
+
+    def expand(self, x, shape):
+        return np.broadcast_to(x, shape)
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def from_numpy(self, x):
+        return x
 
 
 LogitsFn = Callable[[np.ndarray, bool], "np.ndarray | tuple[np.ndarray, np.ndarray]"]
@@ -110,40 +132,4 @@ def decode(logits_fn: LogitsFn, tokens: np.ndarray, config: SampleConfig, mask_i
     cur = np.array(tokens, dtype=np.int64)
     if cur.ndim != 2:
         raise MaskGITError(f"decode expects tokens (B,N), got shape {cur.shape}")
-    noise = Noise(0) if noise is None else noise
-    n0 = (cur == mask_id).sum(1)  # (B,)
-    B, N = cur.shape
-    # a fixed order (halton / random) replaces the confidence ranking, as in sampling.decoding
-    fixed = None if check_order(cfg.order) == "confidence" else (
-        np.broadcast_to(halton_priority(N), (B, N)) if cfg.order == "halton" else noise.uniform((B, N)))
-    for step in range(cfg.start_step, cfg.steps):
-        unknown = cur == mask_id
-        if not unknown.any():
-            break
-        guided = guided_step(cfg, step)  # cfg != 0 and t/T in [cfg_start, cfg_end), as sampling.decoding
-        out = logits_fn(cur, guided)
-        if guided:
-            cond, uncond = out
-            logits = cond + F32(guidance_scale(cfg, step)) * (cond - uncond)
-        else:
-            logits = out
-        logits = np.asarray(logits, F32)
-        sampled = np.where(unknown, sample_tokens(logits, cfg, noise), cur)
-        if step == cfg.steps - 1:
-            cur = sampled
-            if callback:
-                callback(step, cur, sampled)
-            break
-        if fixed is None:  # confidence: the model's own probability of the chosen token
-            score = np.take_along_axis(log_softmax(logits), sampled[..., None], -1)[..., 0]  # (B, N)
-            if cfg.choice_temperature > 0:
-                score = score + F32(choice_noise_scale(cfg, step)) * gumbel(score.shape, noise)
-        else:
-            score = fixed
-        score = np.where(unknown, score, F32(np.inf))
-        keep = mask_counts(cfg.schedule, step, cfg.steps, n0, unknown.sum(1))  # (B,)
-        rank = np.argsort(np.argsort(score, -1, kind="stable"), -1, kind="stable")  # 0 = least confident
-        cur = np.where(rank < keep[:, None], mask_id, sampled)
-        if callback:
-            callback(step, cur, sampled)
-    return cur
+    return decode_loop(NumpyOps(Noise(0) if noise is None else noise), logits_fn, cur, cfg, mask_id, callback)

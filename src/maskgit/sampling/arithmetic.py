@@ -1,12 +1,15 @@
-"""The decoder's arithmetic without PyTorch, shared by ``sampling.decoding`` and the numpy runtime: the sample
-settings' checks, schedule and order names, the official float32 mask ratio, the choice-noise and guidance scales,
-and the 2D Halton order."""
+"""The decoder without PyTorch, shared by ``sampling.decoding`` (torch) and the numpy runtime: the sample settings'
+checks, schedule and order names, the official float32 mask ratio and counts, the choice-noise and guidance scales,
+the 2D Halton order, and the MaskGIT decode loop itself (``decode_loop``, with its token sampling), written once
+against an array-ops seam (``ArrayOps``) that each backend implements."""
 
 from __future__ import annotations
 
 import functools
 import math
 import numbers
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,6 +22,7 @@ from maskgit.config import (
     check_sample_fields,
 )
 from maskgit.errors import MaskGITError
+from maskgit.step_plan import guided_step
 
 F32 = np.float32
 SCHEDULE_NAMES = SCHEDULE_NAMES  # one list of names, defined beside the SampleConfig that checks them
@@ -79,13 +83,14 @@ def decode_mask_ratio(name: str, step: int, steps: int, n0) -> np.ndarray:
     return np.clip(g, F32(1e-6), one)
 
 
-def mask_counts(name: str, step: int, steps: int, n0: np.ndarray, unknown: np.ndarray) -> np.ndarray:
+def mask_counts(name: str, step: int, steps: int, n0, unknown, ops: ArrayOps | None = None):
     """How many tokens stay masked after ``step``: floor(N0 * ratio) of a float32 product, then at least one token
-    revealed and one left masked, as the official decoder does (0 where nothing is unknown). n0, unknown: (B,)."""
-    n0 = np.asarray(n0)
+    revealed and one left masked, as the official decoder does (0 where nothing is unknown). n0, unknown: (B,)
+    numpy arrays, or with ``ops`` that backend's arrays (counted on the host, returned as the backend's array)."""
+    n0, unknown = (np.asarray(n0), np.asarray(unknown)) if ops is None else (ops.to_numpy(n0), ops.to_numpy(unknown))
     keep = np.floor(n0.astype(F32) * decode_mask_ratio(name, step, steps, n0)).astype(np.int64)
-    keep = np.maximum(np.minimum(keep, np.asarray(unknown) - 1), 1)
-    return np.where(np.asarray(unknown) > 0, keep, 0)
+    keep = np.where(unknown > 0, np.maximum(np.minimum(keep, unknown - 1), 1), 0)
+    return keep if ops is None else ops.from_numpy(keep)
 
 
 def choice_noise_scale(cfg: SampleConfig, step: int) -> float:
@@ -141,6 +146,132 @@ def halton_priority(n: int) -> np.ndarray:
     rank = np.empty(n, dtype=F32)
     rank[list(halton_order(*grid_of(n)))] = np.arange(n, dtype=F32)
     return -rank
+
+
+# ---------------------------------------------------------------- the decode loop, once for torch and numpy
+
+class ArrayOps(Protocol):
+    """The array operations the decode loop needs: ``sampling.decoding.TorchOps`` (torch tensors, a torch.Generator
+    or RowGenerators) and ``runtime.decoding.NumpyOps`` (numpy arrays, numpy generators). Each method is the very
+    call that backend's decoder always made, so a backend decodes bit for bit as before. The loop also uses what
+    both array types share: comparisons, ``~``, ``+ - * /``, ``+=``, ``.sum(1)``, ``.any()``, ``.argmax(-1)``,
+    ``.shape`` and ``[..., None]`` indexing. Arrays keep the backend's device and dtypes (float32 logits, int64
+    tokens); ``*_`` methods work in place on a fresh array and return it."""
+
+    def scalar(self, value: float) -> Any: ...  # a Python float as this backend multiplies arrays by it
+    def uniform(self, shape) -> Any: ...  # a fresh float32 array of uniform [0, 1) noise from the decode's source
+    def clip_(self, x, lo, hi) -> Any: ...
+    def log_(self, x) -> Any: ...
+    def neg_(self, x) -> Any: ...
+    def float32(self, x) -> Any: ...
+    def softmax(self, x) -> Any: ...  # this one and those down to rank: along the last axis
+    def log_softmax(self, x) -> Any: ...
+    def cumsum(self, x) -> Any: ...
+    def kth_largest(self, x, k: int) -> Any: ...  # (..., 1)
+    def sort_desc(self, x) -> tuple[Any, Any]: ...  # (values, indices), largest first
+    def unsort(self, values, idx) -> Any: ...  # values scattered back to the positions idx names
+    def take(self, x, idx) -> Any: ...  # x (..., K), idx (...) -> x[..., idx]
+    def rank(self, x) -> Any: ...  # each entry's rank along the last axis, 0 = smallest
+    def where(self, cond, a, b) -> Any: ...
+    def fill(self, x, cond, value) -> Any: ...  # x with ``value`` where cond
+    def expand(self, x, shape) -> Any: ...  # broadcast, no copy
+    def to_numpy(self, x) -> np.ndarray: ...
+    def from_numpy(self, x: np.ndarray) -> Any: ...
+
+
+def gumbel(ops: ArrayOps, shape):
+    """Gumbel(0, 1) noise -log(-log(u)), u uniform, computed in place (a fresh B x N x K buffer costs more than the
+    logs)."""
+    u = ops.clip_(ops.uniform(shape), ops.scalar(1e-20), ops.scalar(1.0 - 1e-7))
+    return ops.neg_(ops.log_(ops.neg_(ops.log_(u))))
+
+
+def filter_logits(ops: ArrayOps, logits, top_k: int = 0, top_p: float = 1.0):
+    """Logits outside the top-k / nucleus top-p set -> -inf."""
+    if top_k and top_k < logits.shape[-1]:
+        logits = ops.fill(logits, logits < ops.kth_largest(logits, top_k), -math.inf)
+    if top_p < 1.0:
+        s, idx = ops.sort_desc(logits)
+        p = ops.softmax(s)
+        drop = ops.cumsum(p) - p > top_p  # keep the smallest set reaching top_p
+        logits = ops.unsort(ops.fill(s, drop, -math.inf), idx)
+    return logits
+
+
+def sample_tokens(ops: ArrayOps, logits, cfg: SampleConfig):
+    """One code per position from softmax(logits / temperature) by Gumbel-max; temperature 0 = argmax."""
+    if cfg.temperature == 0:
+        return logits.argmax(-1)
+    z = filter_logits(ops, logits / ops.scalar(cfg.temperature), cfg.top_k, cfg.top_p)
+    noisy = gumbel(ops, z.shape)
+    noisy += z
+    return noisy.argmax(-1)
+
+
+def guide(cond, uncond, scale: float):
+    """Classifier-free guidance as MaskGIT/Muse write it: ``cond + s * (cond - uncond)``. (diffusers writes
+    ``uncond + w * (cond - uncond)``: the same thing with w = 1 + s, so scale 0 here is plain conditional
+    sampling.)"""
+    return cond + scale * (cond - uncond)
+
+
+def fixed_priority(ops: ArrayOps, order: str, rows: int, n: int):
+    """(rows, n) priority of each position for the fixed orders (higher = revealed earlier), or None for
+    ``confidence`` (the loop ranks by the model's confidence instead). ``random`` draws one order per image."""
+    if check_order(order) == "confidence":
+        return None
+    if order == "halton":
+        return ops.expand(ops.from_numpy(halton_priority(n)), (rows, n))
+    return ops.uniform((rows, n))
+
+
+def decode_loop(ops: ArrayOps, logits_fn: Callable, cur, config: SampleConfig, mask_id: int,
+                callback: Callable | None = None, cached=None, reference=None):
+    """MaskGIT decoding of ``cur`` (B,N) int64, whose ``mask_id`` entries are unknown; known tokens never change.
+
+    Per sample, N0 = the number of masked tokens at the start, so generation (all masked) and editing (some masked)
+    are the same call. Each step: the logits (with guidance on the steps ``step_plan.guided_step`` names), a token
+    for every unknown position, then the lowest-ranked ``mask_counts`` of them masked again, ranked by the model's
+    confidence in its token (plus Gumbel choice noise) or by a fixed order. ``callback(step, tokens_after_step,
+    sampled)`` sees every intermediate grid. The torch decoder adds two optional hooks: ``cached`` (cached decoding,
+    sampling/cache.py: ``logits``, ``restrict``, ``plan``) and ``reference`` (another sampler's arithmetic:
+    ``guide``, ``sample(logits)``, ``remask(step, sampled, unknown)``)."""
+    B, N = cur.shape
+    n0 = (cur == mask_id).sum(1)  # (B,)
+    fixed = fixed_priority(ops, config.order, B, N)  # None = rank by confidence
+    for step in range(config.start_step, config.steps):
+        unknown = cur == mask_id
+        if not unknown.any():
+            break
+        guided = guided_step(config, step)  # cfg != 0 and t/T in [cfg_start, cfg_end)
+        out = logits_fn(cur, guided) if cached is None else cached.logits(logits_fn, cur, step, guided)
+        if guided:
+            out = (guide if reference is None else reference.guide)(*out, ops.scalar(guidance_scale(config, step)))
+        logits = ops.float32(out)
+        drawn = sample_tokens(ops, logits, config) if reference is None else reference.sample(logits)
+        sampled = ops.where(unknown, drawn, cur)
+        if step == config.steps - 1:
+            cur = sampled
+        elif reference is not None:
+            cur = reference.remask(step, sampled, unknown)
+        else:
+            if fixed is None:  # confidence: the model's own probability of the chosen token (unmodified logits)
+                score = ops.take(ops.log_softmax(logits), sampled)  # (B, N)
+                if config.choice_temperature > 0:
+                    score = score + ops.scalar(choice_noise_scale(config, step)) * gumbel(ops, score.shape)
+            else:
+                score = fixed
+            score = ops.fill(score, ~unknown, math.inf)  # known tokens stay
+            if cached is not None:
+                score = cached.restrict(score, unknown)
+            keep = mask_counts(config.schedule, step, config.steps, n0, unknown.sum(1), ops)  # (B,)
+            rank = ops.rank(score)  # 0 = lowest score: stays masked first
+            if cached is not None:
+                cached.plan(step, rank, unknown)
+            cur = ops.fill(sampled, rank < keep[:, None], mask_id)
+        if callback:
+            callback(step, cur, sampled)
+    return cur
 
 
 # ---------------------------------------------------------------- the rows of a generate call (both pipelines)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from maskgit.config import SampleConfig
-from maskgit.sampling.schedules import decode_mask_counts
+from maskgit.sampling.arithmetic import mask_counts
 from maskgit.step_plan import full_steps, guided_step
 
 
@@ -41,8 +41,8 @@ def padded_positions(allowed: torch.Tensor) -> torch.Tensor:
 class CachedSteps:
     """The state of one cached decode: the schedule, the model's key/value store, the current group's positions."""
 
-    def __init__(self, config: SampleConfig, n0: torch.Tensor):
-        self.config, self.n0 = config, n0
+    def __init__(self, config: SampleConfig, n0: torch.Tensor, ops):
+        self.config, self.n0, self.ops = config, n0, ops  # ops: the decode's TorchOps (for the mask counts)
         self.full = full_steps(config.cache, config.start_step, config.steps)
         self.store: dict = {}  # the model's keys and values of the last full step
         self.index: torch.Tensor | None = None  # (B,P) the positions the group's cheap steps run; None: none
@@ -88,7 +88,7 @@ class CachedSteps:
             return
         keep = unknown_map.sum(1)
         for s in range(step, end + 1):  # how many stay masked after the group's last step
-            keep = torch.zeros_like(keep) if s == self.config.steps - 1 else decode_mask_counts(
-                self.config.schedule, s, self.config.steps, self.n0, keep)
+            keep = torch.zeros_like(keep) if s == self.config.steps - 1 else mask_counts(
+                self.config.schedule, s, self.config.steps, self.n0, keep, self.ops)
         self.allowed = unknown_map & (rank >= keep[:, None])
         self.index = padded_positions(self.allowed)

@@ -1,61 +1,134 @@
-"""MaskGIT iterative parallel decoding, the one decode loop behind generation and every edit.
+"""MaskGIT iterative parallel decoding in PyTorch: the one decode loop (``arithmetic.decode_loop``, shared with the
+numpy runtime) over torch tensors, behind generation and every edit.
 
 ``decode`` never sees a model: it receives ``logits_fn(tokens (B,N), guided: bool)`` which returns logits
 (B,N,K), or when ``guided`` a pair (conditional, unconditional) computed in one batched forward."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
-from maskgit.sampling import amused
-from maskgit.sampling.arithmetic import check_sample_config, choice_noise_scale, guidance_scale  # noqa: F401
+from maskgit.sampling import amused, arithmetic
+from maskgit.sampling.arithmetic import (  # noqa: F401  (re-exported: the decoder's public names)
+    check_sample_config,
+    choice_noise_scale,
+    decode_loop,
+    guidance_scale,
+    guide,
+)
 from maskgit.sampling.cache import CachedSteps
-from maskgit.sampling.noise import NoiseSource, gumbel, uniform
-from maskgit.sampling.orders import priority
-from maskgit.sampling.schedules import decode_mask_counts
-from maskgit.step_plan import cache_pattern, guided_step
+from maskgit.sampling.noise import NoiseSource, uniform
+from maskgit.step_plan import cache_pattern
 
 LogitsFn = Callable[[torch.Tensor, bool], "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set logits outside the top-k / nucleus top-p set to -inf."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, idx = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set reaching top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.empty_like(logits).scatter_(-1, idx, sorted_logits)
-    return logits
+class TorchOps:
+    """The decode loop's array operations (``arithmetic.ArrayOps``) on torch tensors on ``device``, with the
+    decode's noise source (one torch.Generator, or RowGenerators by blocks of rows)."""
+
+    def __init__(self, generator: NoiseSource, device):
+        self.generator, self.device = generator, device
+
+    def scalar(self, value):
+        return value  # torch takes a Python float as it is
+
+    def uniform(self, shape):
+        return uniform(shape, self.generator, self.device)
+
+    def clip_(self, x, lo, hi):
+        return x.clamp_(lo, hi)
+
+    def log_(self, x):
+        return x.log_()
+
+    def neg_(self, x):
+        return x.neg_()
+
+    def float32(self, x):
+        return x.float()
+
+    def softmax(self, x):
+        return x.softmax(-1)
+
+    def log_softmax(self, x):
+        return torch.log_softmax(x, -1)
+
+    def cumsum(self, x):
+        return x.cumsum(-1)
+
+    def kth_largest(self, x, k):
+        return x.topk(k, dim=-1).values[..., -1:]
+
+    def sort_desc(self, x):
+        return x.sort(dim=-1, descending=True)
+
+    def unsort(self, values, idx):
+        return torch.empty_like(values).scatter_(-1, idx, values)
+
+    def take(self, x, idx):
+        return x.gather(-1, idx[..., None])[..., 0]
+
+    def rank(self, x):
+        return x.argsort(-1).argsort(-1)
+
+    def where(self, cond, a, b):
+        return torch.where(cond, a, b)
+
+    def fill(self, x, cond, value):
+        return x.masked_fill(cond, value)
+
+    def expand(self, x, shape):
+        return x.expand(*shape)
+
+    def to_numpy(self, x):
+        return x.cpu().numpy()
+
+    def from_numpy(self, x):
+        return torch.from_numpy(x).to(self.device)
 
 
 def sample_tokens(logits: torch.Tensor, cfg: SampleConfig, generator) -> torch.Tensor:
     """Draw one code per position from softmax(logits / temperature) (Gumbel-max); temperature 0 = argmax."""
-    if cfg.temperature == 0:
-        return logits.argmax(-1)
-    z = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
-    return gumbel(z.shape, generator, z.device).add_(z).argmax(-1)
-
-
-def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance as MaskGIT/Muse write it: ``cond + s * (cond - uncond)``. (diffusers writes
-    ``uncond + w * (cond - uncond)``: the same thing with w = 1 + s, so scale 0 here is plain conditional
-    sampling.)"""
-    return cond + scale * (cond - uncond)
+    return arithmetic.sample_tokens(TorchOps(generator, logits.device), logits, cfg)
 
 
 def mask_counts(n0: torch.Tensor, unknown: torch.Tensor, cfg: SampleConfig, step: int) -> torch.Tensor:
     """How many tokens stay masked after ``step``: floor(N0 * gamma((t+1)/T)) in the official float32
-    arithmetic, clamped to [1, unknown - 1] (see schedules.decode_mask_counts)."""
-    return decode_mask_counts(cfg.schedule, step, cfg.steps, n0, unknown)
+    arithmetic, clamped to [1, unknown - 1] (``arithmetic.mask_counts``)."""
+    return arithmetic.mask_counts(cfg.schedule, step, cfg.steps, n0, unknown, TorchOps(None, unknown.device))
+
+
+class AmusedSteps:
+    """The aMUSEd reference scheduler as the loop's ``reference`` hook (``SampleConfig.sampler = "amused"``,
+    sampling/amused.py): its guidance, multinomial token draws and remasking."""
+
+    def __init__(self, ops: TorchOps, config: SampleConfig, n0: torch.Tensor, n: int, mask_id: int):
+        self.ops, self.config, self.n, self.mask_id = ops, config, n, mask_id
+        self.temps = amused.noise_temperatures(config).to(ops.device)
+        # the masked fraction at the start; 1 when an edit resumes the schedule at start_step
+        resumed = torch.ones(n0.shape[0], 1, device=ops.device)
+        self.start_ratio = (n0.float() / n)[:, None] if config.start_step == 0 else resumed  # (B, 1)
+        self.probs = None  # the last draw's softmax, which remasking ranks by
+
+    def guide(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+        return amused.guide(cond, uncond, scale)
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        plain = c.temperature in (0, 1) and not c.top_k and c.top_p == 1
+        z = logits if plain else arithmetic.filter_logits(self.ops, logits / c.temperature, c.top_k, c.top_p)
+        sampled, self.probs = amused.sample(z, c.temperature == 0, self.ops.generator)
+        return sampled
+
+    def remask(self, step: int, sampled: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
+        count = amused.keep_masked(self.config, step, self.start_ratio, unknown, self.n)
+        return amused.remask(sampled, self.probs, unknown, count, self.temps[step],
+                             self.ops.uniform(sampled.shape), self.mask_id)
 
 
 @torch.inference_mode()
@@ -73,60 +146,8 @@ def decode(logits_fn: LogitsFn, tokens: torch.Tensor, config: SampleConfig, mask
     if tokens.ndim != 2:
         raise MaskGITError(f"decode expects tokens (B,N), got {tuple(tokens.shape)}")
     cur = tokens.clone()
-    B, N = cur.shape
+    ops = TorchOps(generator, cur.device)
     n0 = (cur == mask_id).sum(1)  # (B,)
-    reference = config.sampler == "amused"  # the aMUSEd scheduler's arithmetic (sampling/amused.py)
-    if reference:
-        temps = amused.noise_temperatures(config).to(cur.device)
-        start_ratio = (n0.float() / N)[:, None] if config.start_step == 0 else torch.ones(B, 1, device=cur.device)
-    # a fixed order (halton / random) replaces the confidence ranking; None = rank by confidence
-    fixed = priority(config.order, (B, N), lambda shape: uniform(shape, generator, cur.device), cur.device)
-    cached = CachedSteps(config, n0) if cache_pattern(config.cache) else None
-    for step in range(config.start_step, config.steps):
-        unknown_map = cur == mask_id
-        if not unknown_map.any():
-            break
-        guided = guided_step(config, step)  # cfg != 0 and t/T in [cfg_start, cfg_end)
-        out = logits_fn(cur, guided) if cached is None else cached.logits(logits_fn, cur, step, guided)
-        if guided:
-            logits = (amused.guide if reference else guide)(*out, guidance_scale(config, step))
-        else:
-            logits = out
-        logits = logits.float()
-        if reference:
-            plain = config.temperature in (0, 1) and not config.top_k and config.top_p == 1
-            z = logits if plain else filter_logits(logits / config.temperature, config.top_k, config.top_p)
-            sampled, probs = amused.sample(z, config.temperature == 0, generator)
-        else:
-            sampled = sample_tokens(logits, config, generator)
-        sampled = torch.where(unknown_map, sampled, cur)
-        if step == config.steps - 1:
-            cur = sampled
-            if callback:
-                callback(step, cur, sampled)
-            break
-        if reference:
-            count = amused.keep_masked(config, step, start_ratio, unknown_map, N)
-            cur = amused.remask(sampled, probs, unknown_map, count, temps[step], uniform((B, N), generator, cur.device),
-                                mask_id)
-            if callback:
-                callback(step, cur, sampled)
-            continue
-        if fixed is None:  # confidence: the model's own probability of the chosen token (unmodified logits)
-            score = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]  # (B, N)
-            if config.choice_temperature > 0:
-                score = score + choice_noise_scale(config, step) * gumbel(score.shape, generator, score.device)
-        else:
-            score = fixed
-        score = torch.where(unknown_map, score, torch.full_like(score, math.inf))  # known tokens stay
-        if cached is not None:
-            score = cached.restrict(score, unknown_map)
-        keep_masked = mask_counts(n0, unknown_map.sum(1), config, step)  # (B,)
-        rank = score.argsort(-1).argsort(-1)  # 0 = lowest score: stays masked first
-        if cached is not None:
-            cached.plan(step, rank, unknown_map)
-        remask = rank < keep_masked[:, None]
-        cur = torch.where(remask, torch.full_like(sampled, mask_id), sampled)
-        if callback:
-            callback(step, cur, sampled)
-    return cur
+    reference = AmusedSteps(ops, config, n0, cur.shape[1], mask_id) if config.sampler == "amused" else None
+    cached = CachedSteps(config, n0, ops) if cache_pattern(config.cache) else None
+    return decode_loop(ops, logits_fn, cur, config, mask_id, callback, cached, reference)

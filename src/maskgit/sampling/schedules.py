@@ -1,7 +1,10 @@
-"""Mask schedules gamma(r): the fraction of tokens still masked at progress r in [0, 1].
+"""Mask schedules gamma(r): the fraction of tokens still masked at progress r in [0, 1], for training's masks.
 
 gamma(0) ~ 1 (everything masked), gamma(1) ~ 0; each is clipped to [1e-6, 1]. ``log`` and ``exp`` depend on
-the sequence length N (MaskGIT paper, Table 3)."""
+the sequence length N (MaskGIT paper, Table 3). Decoding counts its masks with ``arithmetic.decode_mask_ratio``
+instead (float32, as the official decoder, with each sample's own N0 for log/exp); ``gamma`` stays float64 on
+torch because training's masks and img2img's masked fraction are drawn with it: the float32 ratio would move
+``ceil(gamma * N)`` at boundaries and so change trained models and edits."""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ from maskgit.sampling.arithmetic import (  # noqa: F401  (check_schedule, decode
     SCHEDULE_NAMES,
     check_schedule,
     decode_mask_ratio,
-    mask_counts,
 )
 
 
@@ -60,9 +62,3 @@ def gamma(name: str, r, n: int = 256) -> torch.Tensor:
     r = torch.as_tensor(r, dtype=torch.float64)
     return fn(r, max(n, 2)).clamp(1e-6, 1.0)
 
-
-def decode_mask_counts(name: str, step: int, steps: int, n0: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
-    """How many tokens stay masked after ``step``: floor(N0 * ratio) of a float32 product, then at least one token
-    revealed and one left masked, as the official decoder does (0 where nothing is unknown). n0, unknown: (B,)."""
-    keep = mask_counts(name, step, steps, n0.cpu().numpy(), unknown.cpu().numpy())
-    return torch.from_numpy(keep).to(unknown.device)
