@@ -108,112 +108,31 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
           clock: Callable[[], float] = time.monotonic) -> TrainResult:
     """Run (or resume) training of ``task`` until ``cfg.max_steps``; returns the last metrics. ``init_optimizer``
     loads a fine-tuning start's optimizer state (not on resume); ``clock`` times ``cfg.max_minutes``."""
-    run_dir = Path(run_dir)
-    rank, world, dev = init_distributed(device)
-    if cfg.batch_size % world:
-        raise MaskGITError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
-    torch.manual_seed(cfg.seed + rank)  # the trainer owns the process: dropout uses the global RNG
-    task.to(dev)
-    if dev.type == "cpu" and getattr(task, "channels_last", False):
-        task.to(memory_format=torch.channels_last)  # convolutions train ~20-30% faster on CPU in NHWC
-    groups = param_groups(task) if param_groups else _default_groups(task, cfg)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    ck = find_checkpoint(run_dir, resume, say=print if rank == 0 else lambda _: None) if resume else None
-    if init_optimizer is not None and ck is None:
-        note = init_optimizer(opt)
-        if rank == 0 and note:
-            print(note)
-    budget = BudgetSchedule(cfg, clock)  # fits warmup + decay into --max-minutes
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: budget.factor(s))
-    ema = EMA(task.model, cfg.ema) if cfg.ema > 0 else None
-    step = 0
-    if resume:
-        if ck is None:
-            if rank == 0:
-                print(f"no usable checkpoint in {run_dir}/checkpoints: starting from scratch")
-        else:
-            step = _restore(ck, task, opt, sched, ema, dev)
-            if rank == 0:
-                print(f"resumed from {ck} at step {step}")
-        if rank == 0:
-            truncate_metrics(run_dir / "metrics.jsonl", step)
-    model_for_ddp = task
-    if world > 1:
-        model_for_ddp = nn.parallel.DistributedDataParallel(
-            task, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False)
-    from maskgit.accel import amp_choice
-    use_bf16, amp_why = amp_choice(cfg.amp, dev)  # the sampler's rule: bf16 where the device multiplies it natively
-    if rank == 0:
-        print(f"precision: {'bf16 autocast' if use_bf16 else 'fp32'} ({amp_why})", flush=True)
-
+    run = _Run(task, cfg, Path(run_dir), device, meta)
+    run.prepare(resume, param_groups, init_optimizer, clock)
     stop = {"flag": False}
-    old = {}
-    if rank == 0 or world > 1:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                old[sig] = signal.signal(sig, lambda *_: stop.__setitem__("flag", True))
-            except ValueError:  # not the main thread
-                pass
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "train_config.json").write_text(json.dumps({"train": to_dict(cfg), "amp": {
-            "chosen": "bf16" if use_bf16 else "fp32", "why": amp_why}, **(meta or {})}, indent=1))
-    log_f = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None
-    t0 = time.time()
-    last = {}
+    old = _stop_on_signals(stop) if run.rank == 0 or run.world > 1 else {}
+    run.write_config()
+    log_f = open(run.run_dir / "metrics.jsonl", "a") if run.rank == 0 else None
+    run.t0 = time.time()  # metrics' elapsed_s counts from here
     bar = None
-    if progress and rank == 0:
+    if progress and run.rank == 0:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.max_steps, initial=step, dynamic_ncols=True, mininterval=2.0)
+        bar = tqdm(total=cfg.max_steps, initial=run.step, dynamic_ncols=True, mininterval=2.0)
     stopped_early = interrupted = False
+    last: dict = {}
     try:
         task.train()
-        budget.start(step)
-        while step < cfg.max_steps:
-            t_step = time.perf_counter()
-            batch = rank_batch(data, step, cfg, rank, world, dev)
-            data_s = time.perf_counter() - t_step  # waiting for the batch (loader workers, or loading in-process)
-            ctx = StepContext(step, cfg.seed, cfg.batch_size, rank, world, dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, metrics = model_for_ddp(batch, ctx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.grad_clip))
-            opt.step()
-            sched.step()
-            if ema:
-                ema.update(task.model)
-            step += 1
-            last = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
-                    **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in metrics.items()},
-                    "data_s": round(data_s, 5), "step_s": round(time.perf_counter() - t_step, 5)}
+        run.budget.start(run.step)
+        while run.step < cfg.max_steps:
+            last = run.one_step(data)
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
-            budget.observe(step)
-            over_time = budget.over_time()
-            if world > 1:  # every rank must agree to stop
-                f = torch.tensor([float(stop["flag"] or over_time)], device=dev)
-                dist.all_reduce(f)
-                stopping = bool(f.item() > 0)
-            else:
-                stopping = stop["flag"] or over_time
-            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps or stopping):
-                last["elapsed_s"] = round(time.time() - t0, 2)
-                if val_data is not None and (cfg.eval_every and step % cfg.eval_every == 0):
-                    last.update(evaluate(task, val_data, cfg, dev))
-                log_f.write(json.dumps(last) + "\n")
-                log_f.flush()
-            if rank == 0 and sample_fn and cfg.sample_every and step % cfg.sample_every == 0:
-                sample_fn(task, step)
-            if cfg.save_every and step % cfg.save_every == 0 or step == cfg.max_steps or stopping:
-                if rank == 0:
-                    _save(run_dir, step, task, opt, sched, ema, cfg, meta)
-                if world > 1:
-                    dist.barrier()
+            stopping = run.should_stop(stop["flag"])
+            run.after_step(last, stopping, log_f, val_data, sample_fn)
             if stopping:
-                stopped_early = step < cfg.max_steps
+                stopped_early = run.step < cfg.max_steps
                 interrupted = stop["flag"] and stopped_early  # a signal; --max-minutes is a planned end
                 break
     finally:
@@ -223,24 +142,142 @@ def train(task: nn.Module, data: BatchSource, cfg: TrainConfig, run_dir: str | P
             log_f.close()
         for sig, h in old.items():
             signal.signal(sig, h)
-    if rank == 0 and not interrupted:
-        if val_data is not None:
-            last.update(evaluate(task, val_data, cfg, dev))
-        _export_final(run_dir, task, ema, meta, last)
-        if sample_fn:
-            sample_fn(task, step)
-        plot_metrics(run_dir)
-    shutdown_distributed()
-    if stopped_early and not interrupted and rank == 0:
-        print(f"stopped at {step:,} of {cfg.max_steps:,} steps by --max-minutes {cfg.max_minutes:g}: expect lower "
-              f"quality than the full run; rerun with more minutes, or drop --max-minutes for the step budget",
-              flush=True)
-    if interrupted:  # a resumable checkpoint of this step is saved; final/ is only for a completed run
-        if rank == 0:
-            print(f"interrupted at step {step} of {cfg.max_steps}: saved {run_dir}/checkpoints/step_{step:08d}; "
-                  f"run the same command with --resume to continue", flush=True)
-        raise TrainingInterrupted(f"interrupted at step {step}")
-    return TrainResult(step, last, run_dir, stopped_early)
+    return run.finish(last, stopped_early, interrupted, val_data, sample_fn)
+
+
+def _stop_on_signals(stop: dict) -> dict:
+    """SIGTERM / SIGINT set ``stop["flag"]`` (the loop saves a checkpoint and stops); the old handlers."""
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            old[sig] = signal.signal(sig, lambda *_: stop.__setitem__("flag", True))
+        except ValueError:  # not the main thread
+            pass
+    return old
+
+
+class _Run:
+    """One training run's state: the process group, optimizer, LR schedule, EMA, budget and step."""
+
+    def __init__(self, task: nn.Module, cfg: TrainConfig, run_dir: Path, device, meta: dict | None):
+        self.task, self.cfg, self.run_dir, self.meta = task, cfg, run_dir, meta
+        self.rank, self.world, self.dev = init_distributed(device)
+        if cfg.batch_size % self.world:
+            raise MaskGITError(f"batch size {cfg.batch_size} is not divisible by the {self.world} processes")
+        self.step = 0
+        self.t0 = time.time()
+
+    def say(self, text: str) -> None:
+        if self.rank == 0:
+            print(text, flush=True)
+
+    def prepare(self, resume, param_groups, init_optimizer, clock) -> None:
+        task, cfg, dev, rank = self.task, self.cfg, self.dev, self.rank
+        torch.manual_seed(cfg.seed + rank)  # the trainer owns the process: dropout uses the global RNG
+        task.to(dev)
+        if dev.type == "cpu" and getattr(task, "channels_last", False):
+            task.to(memory_format=torch.channels_last)  # CPU convolutions train faster in NHWC (TokenizerTask)
+        groups = param_groups(task) if param_groups else _default_groups(task, cfg)
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        ck = find_checkpoint(self.run_dir, resume, say=print if rank == 0 else lambda _: None) if resume else None
+        if init_optimizer is not None and ck is None:
+            note = init_optimizer(self.opt)
+            if note:
+                self.say(note)
+        self.budget = BudgetSchedule(cfg, clock)  # fits warmup + decay into --max-minutes
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: self.budget.factor(s))
+        self.ema = EMA(task.model, cfg.ema) if cfg.ema > 0 else None
+        if resume:
+            if ck is None:
+                self.say(f"no usable checkpoint in {self.run_dir}/checkpoints: starting from scratch")
+            else:
+                self.step = _restore(ck, task, self.opt, self.sched, self.ema, dev, self.budget)
+                self.say(f"resumed from {ck} at step {self.step}")
+            if rank == 0:
+                truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        self.model_for_ddp = task
+        if self.world > 1:
+            self.model_for_ddp = nn.parallel.DistributedDataParallel(
+                task, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False)
+        from maskgit.accel import amp_choice
+        self.use_bf16, self.amp_why = amp_choice(cfg.amp, dev)  # the sampler's rule: bf16 where it is native
+        self.say(f"precision: {'bf16 autocast' if self.use_bf16 else 'fp32'} ({self.amp_why})")
+
+    def write_config(self) -> None:
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            amp = {"chosen": "bf16" if self.use_bf16 else "fp32", "why": self.amp_why}
+            (self.run_dir / "train_config.json").write_text(json.dumps(
+                {"train": to_dict(self.cfg), "amp": amp, **(self.meta or {})}, indent=1))
+
+    def one_step(self, data: BatchSource) -> dict:
+        """Load, forward, backward, clip, optimizer, LR, EMA; the step's metrics."""
+        cfg, dev, task = self.cfg, self.dev, self.task
+        t_step = time.perf_counter()
+        batch = rank_batch(data, self.step, cfg, self.rank, self.world, dev)
+        data_s = time.perf_counter() - t_step  # waiting for the batch (loader workers, or loading in-process)
+        ctx = StepContext(self.step, cfg.seed, cfg.batch_size, self.rank, self.world, dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            loss, metrics = self.model_for_ddp(batch, ctx)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.grad_clip))
+        self.opt.step()
+        self.sched.step()
+        if self.ema:
+            self.ema.update(task.model)
+        self.step += 1
+        return {"step": self.step, "loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0],
+                **{k: float(v.detach() if torch.is_tensor(v) else v) for k, v in metrics.items()},
+                "data_s": round(data_s, 5), "step_s": round(time.perf_counter() - t_step, 5)}
+
+    def should_stop(self, signalled: bool) -> bool:
+        self.budget.observe(self.step)
+        over_time = self.budget.over_time()
+        if self.world > 1:  # every rank must agree to stop
+            f = torch.tensor([float(signalled or over_time)], device=self.dev)
+            dist.all_reduce(f)
+            return bool(f.item() > 0)
+        return signalled or over_time
+
+    def after_step(self, last: dict, stopping: bool, log_f, val_data, sample_fn) -> None:
+        """The metrics line, validation, sample grids and checkpoints that fall on this step."""
+        cfg, step = self.cfg, self.step
+        if self.rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps or stopping):
+            last["elapsed_s"] = round(time.time() - self.t0, 2)
+            if val_data is not None and (cfg.eval_every and step % cfg.eval_every == 0):
+                last.update(evaluate(self.task, val_data, cfg, self.dev))
+            log_f.write(json.dumps(last) + "\n")
+            log_f.flush()
+        if self.rank == 0 and sample_fn and cfg.sample_every and step % cfg.sample_every == 0:
+            sample_fn(self.task, step)
+        if cfg.save_every and step % cfg.save_every == 0 or step == cfg.max_steps or stopping:
+            if self.rank == 0:
+                _save(self.run_dir, step, self.task, self.opt, self.sched, self.ema, cfg, self.meta, self.budget)
+            if self.world > 1:
+                dist.barrier()
+
+    def finish(self, last: dict, stopped_early: bool, interrupted: bool, val_data, sample_fn) -> TrainResult:
+        """The final export (EMA weights), last validation and grids; the stop messages."""
+        cfg, step, run_dir = self.cfg, self.step, self.run_dir
+        if self.rank == 0 and not interrupted:
+            if val_data is not None:
+                last.update(evaluate(self.task, val_data, cfg, self.dev))
+            _export_final(run_dir, self.task, self.ema, self.meta, last)
+            if sample_fn:
+                sample_fn(self.task, step)
+            plot_metrics(run_dir)
+        shutdown_distributed()
+        if stopped_early and not interrupted:
+            self.say(f"stopped at {step:,} of {cfg.max_steps:,} steps by --max-minutes {cfg.max_minutes:g}: expect "
+                     f"lower quality than the full run; rerun with more minutes, or drop --max-minutes for the step "
+                     f"budget")
+        if interrupted:  # a resumable checkpoint of this step is saved; final/ is only for a completed run
+            self.say(f"interrupted at step {step} of {cfg.max_steps}: saved {run_dir}/checkpoints/step_{step:08d}; "
+                     f"run the same command with --resume to continue")
+            raise TrainingInterrupted(f"interrupted at step {step}")
+        return TrainResult(step, last, run_dir, stopped_early)
 
 
 def _default_groups(task: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -270,7 +307,7 @@ def evaluate(task: nn.Module, data: BatchSource, cfg: TrainConfig, dev) -> dict:
     return sums
 
 
-def _save(run_dir, step, task, opt, sched, ema, cfg, meta) -> None:
+def _save(run_dir, step, task, opt, sched, ema, cfg, meta, budget: BudgetSchedule | None = None) -> None:
     ck = run_dir / "checkpoints" / f"step_{step:08d}"
     tensors, opt_info = optimizer_to_flat(opt)
     tensors.update({f"task.{k}": v for k, v in checkpoint_state(task).items()})
@@ -280,6 +317,8 @@ def _save(run_dir, step, task, opt, sched, ema, cfg, meta) -> None:
     if ema:
         tensors.update({f"ema.{k}": v for k, v in ema.state.items()})
     info = {"step": step, "optimizer": opt_info, "scheduler": sched.state_dict(), "train": to_dict(cfg)}
+    if budget is not None:
+        info["budget"] = budget.state()
     with atomic_dir(ck) as tmp:
         names = ["config.json", "model.safetensors"]
         if hasattr(task, "write_model"):  # a model outside the project's kinds (aMUSEd) writes its own files
@@ -298,7 +337,7 @@ def _save(run_dir, step, task, opt, sched, ema, cfg, meta) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _restore(ck: Path, task, opt, sched, ema, dev) -> int:
+def _restore(ck: Path, task, opt, sched, ema, dev, budget: BudgetSchedule | None = None) -> int:
     tensors, info = load_train_state(ck)
     task_state = {k[5:]: v for k, v in tensors.items() if k.startswith("task.")}
     missing = set(checkpoint_state(task)) - set(task_state)
@@ -307,6 +346,8 @@ def _restore(ck: Path, task, opt, sched, ema, dev) -> int:
     task.load_state_dict({**task.state_dict(), **task_state})  # a frozen base left out comes from the --init
     optimizer_from_flat(opt, {k: v.to(dev) for k, v in tensors.items() if k.startswith("opt.")}, info["optimizer"])
     sched.load_state_dict(info["scheduler"])
+    if budget is not None:
+        budget.restore(info.get("budget"))
     torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])

@@ -4,7 +4,8 @@ Without ``--max-minutes`` it is ``lr_factor``: linear warmup over ``warmup_steps
 ``max_steps``. With a budget, the run measures its own step time (after 4, 8, 16, ... steps) and moves the end of
 the decay to the step at which the budget will run out, shortening a warmup that would take more than a quarter of
 that to a tenth of it, so warmup and decay both happen inside the budget. Every process of a torchrun job uses rank
-0's estimate. The fitted horizon is not saved: a resumed run fits its own budget again."""
+0's estimate. Checkpoints keep the fitted schedule and the seconds spent (``state``), so a run resumed after an
+interruption with the same settings continues the same schedule, and its ``--max-minutes`` counts the whole run."""
 
 from __future__ import annotations
 
@@ -49,12 +50,39 @@ class BudgetSchedule:
         self.cfg, self.clock, self.log = cfg, clock, log
         self.warmup, self.horizon = cfg.warmup_steps, cfg.max_steps
         self.t0, self.step0, self.next_check, self.reported = 0.0, 0, FIRST_CHECK, False
+        self._restored: tuple[float, int, int] | None = None  # (seconds spent, step0, next check) from a checkpoint
 
     def factor(self, step: int) -> float:
         return lr_factor(step, self.cfg, warmup=self.warmup, horizon=self.horizon)
 
     def start(self, step: int) -> None:
+        """The loop starts at ``step``; a restored budget keeps its seconds spent and its check points (the time
+        between a stop and the resume does not count)."""
+        if self._restored is not None:
+            spent, self.step0, self.next_check = self._restored
+            self._restored = None
+            self.t0 = self.clock() - spent
+            return
         self.t0, self.step0, self.next_check = self.clock(), step, FIRST_CHECK
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the budget: the fitted warmup and horizon, the seconds spent, the checks."""
+        return {"warmup": self.warmup, "horizon": self.horizon, "elapsed_s": self.elapsed(), "step0": self.step0,
+                "next_check": self.next_check, "reported": self.reported, **self._settings()}
+
+    def _settings(self) -> dict:
+        c = self.cfg
+        return {"max_minutes": c.max_minutes, "max_steps": c.max_steps, "warmup_steps": c.warmup_steps}
+
+    def restore(self, state: dict | None) -> None:
+        """Resume under --max-minutes: continue the saved schedule and time budget. Without a budget, or from a
+        checkpoint without one (written before budgets were saved, or under other --max-minutes, --max-steps or
+        --warmup-steps), the schedule follows this run's settings from the resume step, as it always did."""
+        if not state or self.cfg.max_minutes <= 0 or any(state.get(k) != v for k, v in self._settings().items()):
+            return
+        self.warmup, self.horizon = int(state["warmup"]), int(state["horizon"])
+        self.reported = bool(state.get("reported", False))
+        self._restored = (float(state["elapsed_s"]), int(state["step0"]), int(state["next_check"]))
 
     def elapsed(self) -> float:
         return self.clock() - self.t0
