@@ -23,8 +23,9 @@ import time
 import torch
 
 from maskgit.config import transformer_preset, vqgan_preset
+from maskgit.evaluation.frontier import FlopCounter as Counter
 from maskgit.evaluation.samples import machine_description
-from maskgit.models.transformer import MaskGITTransformer, count_flops
+from maskgit.models.transformer import MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
 from maskgit.pipeline import Pipeline
 from maskgit.sampling.decoding import decode
@@ -40,26 +41,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown (no lscpu)"
-
-
-def cheap_flops(cfg, positions: int) -> float:
-    """Matmul FLOPs of one cheap step's row: ``positions`` queries against N + 1 keys, and the head on them."""
-    W, M, L = cfg.width, cfg.mlp_dim, cfg.num_tokens + 1
-    per_layer = 2 * positions * (4 * W * W + 2 * W * M) + 2 * 2 * positions * L * W
-    return float(cfg.depth * per_layer + 2 * positions * (W * W + W * cfg.codebook_size))
-
-
-class Counter:
-    """Wraps a logits_fn and adds up the FLOPs of the forwards it runs."""
-
-    def __init__(self, fn, cfg):
-        self.fn, self.cfg, self.flops = fn, cfg, 0.0
-
-    def __call__(self, tokens, guided, **kw):
-        rows = len(tokens) * (2 if guided else 1)
-        pos = kw.get("positions")
-        self.flops += rows * (count_flops(self.cfg) if pos is None else cheap_flops(self.cfg, pos.shape[1]))
-        return self.fn(tokens, guided, **kw)
 
 
 def main() -> None:

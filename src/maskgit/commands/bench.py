@@ -8,6 +8,8 @@
   scaling    s/image vs token grid (16x16, 32x32), steps and batch, with the AR baseline (random weights)
   precision  bf16 and int8 vs fp32 with the same seeds: FD, class agreement, tokens equal to fp32, speed
   samplers   decoding orders (confidence/halton/random) vs T; choice temperature x CFG x order at T=8 + Pareto
+  frontier   quality (FD in two feature spaces, class agreement; 3 seeds) vs cost for plain T, cached decoding and
+             guidance intervals; cost also on the ImageNet configs (random weights) with FLOPs; a plot
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks (print a table; --results FILE writes it there; draws plots)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["table", "schedules", "tradeoff", "speed", "int8", "precision", "scaling",
-                                        "samplers"])
+                                        "samplers", "frontier"])
     p.add_argument("--model", default=None, help="shipped model name or pipeline directory")
     p.add_argument("--num", type=int, default=1000, help="samples per quality row")
     p.add_argument("--steps", default="4,8,12,16", help="T values (table, schedules)")
@@ -44,7 +46,7 @@ def register(sub) -> None:
     p.add_argument("--grids", default="16,32", help="scaling: token grid sides")
     p.add_argument("--max-batch-tokens", type=int, default=None,
                    help="scaling: skip points whose batch x tokens exceed this")
-    p.add_argument("--precision", default="auto", help="scaling: auto, fp32 or bf16")
+    p.add_argument("--precision", default="auto", help="scaling, frontier: auto, fp32 or bf16")
     p.add_argument("--precisions", default="auto",
                    help="speed: comma-separated fp32,bf16; auto = fp32, plus bf16 where the hardware has it")
     p.add_argument("--candidates", default="",
@@ -53,6 +55,13 @@ def register(sub) -> None:
                    "(run N processes, then once without --shard for the tables)")
     p.add_argument("--points", default="", help="samplers: keep every measured point as JSON in this "
                    "folder (resume, shards)")
+    p.add_argument("--seeds", default="1,2,3", help="frontier: sampling seeds (mean and spread)")
+    p.add_argument("--settings", default=None,
+                   help="frontier: names of its settings, separated by ';' (every setting when left out)")
+    p.add_argument("--cost-only", action="store_true", help="frontier: only the random-weight timing (no sampling "
+                   "on --model, no quality table)")
+    p.add_argument("--configs", default="maskgit-imagenet256,maskgit-imagenet512",
+                   help="frontier: transformer presets timed with random weights ('' for none)")
     p.add_argument("--no-ar-nocache", action="store_true", help="speed: skip the slow AR run without cache")
     p.add_argument("--int8", action="store_true",
                    help="speed: also time the transformer with int8 dynamic quantisation (CPU; nominal FLOPs)")
@@ -69,6 +78,8 @@ def cmd_bench(args) -> int:
         return run_speed(args, command, resolve_device(args.device), parse_ints(args.batches, "--batches"))
     if args.what == "scaling":
         return _scaling(args, command)
+    if args.what == "frontier" and args.cost_only:
+        return _frontier(args, command, None, None)
     from maskgit.commands.evaluate import evaluator_for
     from maskgit.config import SampleConfig
     from maskgit.evaluation.samples import append_results, generate, markdown_table, time_per_image, uniform_labels
@@ -86,6 +97,8 @@ def cmd_bench(args) -> int:
         images, sec = generate(pipe, labels, arch, kw, args.seed, args.batch_size, use_cache)
         return ev(images, labels), sec / len(labels)
 
+    if args.what == "frontier":
+        return _frontier(args, command, pipe, ev)
     if args.what == "samplers":
         from maskgit.evaluation.samplers import run_samplers
         from maskgit.evaluation.samples import load_real
@@ -177,6 +190,36 @@ def cmd_bench(args) -> int:
     table = markdown_table(rows, cols)
     print(table)
     append_results(args.results, title, command, table)
+    return 0
+
+
+def _frontier(args, command: str, pipe, ev) -> int:
+    from maskgit.evaluation import frontier as F
+    from maskgit.evaluation.samples import append_results
+    names = [n for n in (args.settings or "").split(";") if n] or list(F.SETTINGS)
+    unknown = [n for n in names if n not in F.SETTINGS]
+    if unknown:
+        raise MaskGITError(f"unknown frontier setting {unknown[0]!r}; the settings: {'; '.join(F.SETTINGS)}")
+    spec = F.FrontierSpec(settings={n: F.SETTINGS[n] for n in names}, num=args.num,
+                          seeds=tuple(parse_ints(args.seeds, "--seeds")), batch_size=args.batch_size,
+                          configs=tuple(c for c in args.configs.split(",") if c),
+                          batches=tuple(parse_ints(args.batches, "--batches")), repeats=args.repeats,
+                          precision=args.precision)
+    from maskgit.config import transformer_preset
+    for c in spec.configs:
+        transformer_preset(c)  # an unknown preset is an error before the quality runs, not after
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    quality = [] if args.cost_only else F.quality_rows(pipe, ev, spec, say)
+    cost = F.cost_rows(spec, say) if spec.configs else []
+    if quality:
+        F.plot_frontier(Path(args.plots) / "frontier.png", quality, cost)
+    seeds = ", ".join(map(str, spec.seeds))
+    for title, table in ((f"Frontier: quality of each setting on {args.model or 'the shipped model'} "
+                          f"({args.num} samples per seed, seeds {seeds}; mean ± spread)", F.quality_table(quality)),
+                         ("Frontier: cost of each setting, random weights (token decode)", F.cost_table(cost))):
+        if table.count("\n") > 1:
+            print(table)
+            append_results(args.results, title, command, table)
     return 0
 
 
