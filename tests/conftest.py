@@ -88,3 +88,15 @@ async def asgi_call(app, path: str, receive) -> list[dict]:
              "server": ("test", 80)}
     await app(scope, receive, send)
     return sent
+
+
+def write_image_folder(root, height: int, width: int, classes=("cat", "dog"), per_class: int = 6):
+    """An image folder of random RGB PNGs, ``per_class`` per class sub-folder; returns ``root``."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir()
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root

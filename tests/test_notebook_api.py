@@ -4,10 +4,8 @@ CLI as it printed them."""
 
 import logging
 
-import numpy as np
 import pytest
 from conftest import small_store
-from PIL import Image
 
 import maskgit
 from maskgit.cli import main
@@ -19,13 +17,8 @@ TINY = ["--device", "cpu", "--log-every", "1"]
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """An image folder: 2 classes x 6 RGB images of 20x20 px."""
-    root = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
-    for c in ("cat", "dog"):
-        (root / c).mkdir()
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-    return root
+    from conftest import write_image_folder
+    return write_image_folder(tmp_path_factory.mktemp("imgs"), 20, 20)
 
 
 def test_a_notebook_trains_both_stages_and_samples(folder, tmp_path):

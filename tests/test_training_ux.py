@@ -7,7 +7,6 @@ import re
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 import maskgit.training.loop as loop
@@ -20,13 +19,8 @@ from maskgit.errors import MaskGITError
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """An image folder: 2 classes x 6 RGB images of 40x30 px."""
-    root = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
-    for c in ("cat", "dog"):
-        (root / c).mkdir()
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-    return root
+    from conftest import write_image_folder
+    return write_image_folder(tmp_path_factory.mktemp("imgs"), 30, 40)
 
 
 @pytest.fixture(scope="module")
