@@ -80,117 +80,142 @@ def cmd_bench(args) -> int:
         return _scaling(args, command)
     if args.what == "frontier" and args.cost_only:
         return _frontier(args, command, None, None)
-    from maskgit.commands.evaluate import evaluator_for
-    from maskgit.config import SampleConfig
-    from maskgit.evaluation.samples import append_results, generate, markdown_table, time_per_image, uniform_labels
-    from maskgit.pipeline import load
-    pipe = load(args.model, resolve_device(args.device))
-    pipe.sample_defaults = SampleConfig()  # the tables vary knobs around SampleConfig's settings, not a model's own
-    ev = evaluator_for(pipe, None, args.data, args.split)
-    C = pipe.transformer.config.num_classes
-    labels = uniform_labels(args.num, C)
-    steps = parse_ints(args.steps, "--steps")
-    plots = Path(args.plots)
-    rows = []
-
-    def quality(arch, kw, use_cache=True):
-        images, sec = generate(pipe, labels, arch, kw, args.seed, args.batch_size, use_cache)
-        return ev(images, labels), sec / len(labels)
-
+    b = _Bench(args)
     if args.what == "frontier":
-        return _frontier(args, command, pipe, ev)
+        return _frontier(args, command, b.pipe, b.ev)
     if args.what == "samplers":
-        from maskgit.evaluation.samplers import run_samplers
-        from maskgit.evaluation.samples import load_real
-        size = pipe.grid[0] * pipe.tokenizer.config.downsample
-        floor = ev(load_real(args.data, "train", size, args.num), labels_of_train(args, size, args.num))
-        second = (f", FD in the independent feature space {floor['fd_independent']:.3f}"
-                  if "fd_independent" in floor else "")
-        note = (f"Real-data floor at the same n: FD {floor['fd_featurenet']:.3f}{second}, class agreement "
-                f"{floor.get('class_accuracy', float('nan')):.3f}.")
-        for title, table in run_samplers(args, pipe, ev, labels, steps, line_plot, floor["fd_featurenet"]):
-            print(table)
-            append_results(args.results, f"{title}: {args.data} ({args.num} samples per point)", command, table,
-                           notes=note)
-        return 0
-    if args.what == "table":
-        from maskgit.evaluation.samples import load_real
-        size = pipe.grid[0] * pipe.tokenizer.config.downsample
-        m = ev(load_real(args.data, "train", size, args.num), labels_of_train(args, size, args.num))
-        rows.append({"model": "real train images (floor)", "steps": "-", **_pr(m)})
-        for T in steps:
-            kw = {"steps": T}
-            m, _ = quality("maskgit", kw)
-            rows.append({"model": "MaskGIT", "steps": T, **_pr(m),
-                         "s/img (batch 1)": time_per_image(pipe, "maskgit", 1, kw, args.repeats),
-                         "img/s (batch 32)": 1 / time_per_image(pipe, "maskgit", 32, kw, args.repeats)})
-        if pipe.ar is not None:
-            N = pipe.grid[0] * pipe.grid[1]
-            m, _ = quality("ar", {})
-            for cache in (True, False):
-                rows.append({"model": f"AR ({'KV cache' if cache else 'no cache'})", "steps": N,
-                             **_pr(m),
-                             "s/img (batch 1)": time_per_image(pipe, "ar", 1, {}, args.repeats, cache),
-                             "img/s (batch 32)": 1 / time_per_image(pipe, "ar", 32, {}, args.repeats, cache)})
-        cols = ["model", "steps", "FD", "class agreement", "precision", "recall", "s/img (batch 1)",
-                "img/s (batch 32)"]
-        mg = [r for r in rows if r["model"] == "MaskGIT"]
-        series = {"MaskGIT": ([r["steps"] for r in mg], [r["FD"] for r in mg])}
-        ar = [r for r in rows if r["model"].startswith("AR (KV")]
-        if ar:
-            series["AR (256 or h*w steps)"] = ([ar[0]["steps"]], [ar[0]["FD"]])
-        line_plot(plots / "maskgit_vs_ar_fd.png", series, "decoding steps", "FD (project features)",
-              "MaskGIT vs AR: quality")
-        lat = {"MaskGIT batch 1": ([r["steps"] for r in mg], [r["s/img (batch 1)"] for r in mg])}
-        if ar:
-            lat["AR KV cache batch 1"] = ([ar[0]["steps"]], [ar[0]["s/img (batch 1)"]])
-        line_plot(plots / "latency_vs_steps.png", lat, "decoding steps", "seconds per image", "latency", logy=True)
-        title = f"Seed's table: MaskGIT vs AR on {args.data} ({args.num} samples per row)"
-    elif args.what == "schedules":
-        from maskgit.sampling.schedules import SCHEDULES
-        series = {}
-        for name in SCHEDULES:
-            xs, ys = [], []
-            for T in steps:
-                m, _ = quality("maskgit", {"steps": T, "schedule": name})
-                rows.append({"schedule": name, "steps": T, **_pr(m)})
-                xs.append(T)
-                ys.append(m["fd_featurenet"])
-            series[name] = (xs, ys)
-        cols = ["schedule", "steps", "FD", "class agreement", "precision", "recall"]
-        line_plot(plots / "fd_vs_steps_per_schedule.png", series, "decoding steps T", "FD (project features)",
-              "mask schedules")
-        title = f"Mask schedule ablation on {args.data} ({args.num} samples per row)"
-    elif args.what in ("int8", "precision"):
-        from maskgit.evaluation.precision import compare_precisions
-        precs = ["int8"] if args.what == "int8" else ["bf16", "int8"]
-        for r in compare_precisions(args.model, pipe.device.type, precs, labels, ev, 8, args.seed, args.batch_size,
-                                    args.repeats):
-            rows.append({"mode": r.pop("precision"), **_pr(r.pop("metrics")), **r})
-        cols = ["mode", "FD", "class agreement", "precision", "recall", "tokens equal to fp32", "s/img (batch 1)",
-                "img/s (batch 32)"]
-        title = (f"Reduced precision ({', '.join(precs)}) vs fp32, same seeds, T=8, {args.data} "
-                 f"({args.num} samples)")
-    else:  # tradeoff
-        s1, s2 = {}, {}
-        for ct in (0.0, 1.0, 2.0, 4.5, 8.0):
-            m, _ = quality("maskgit", {"steps": 8, "choice_temperature": ct})
-            rows.append({"knob": "choice temperature", "value": ct, **_pr(m)})
-        for cfg in (0.0, 0.5, 1.0, 2.0, 4.0):
-            m, _ = quality("maskgit", {"steps": 8, "cfg": cfg})
-            rows.append({"knob": "CFG scale", "value": cfg, **_pr(m)})
-        for knob, store in (("choice temperature", s1), ("CFG scale", s2)):
-            rs = [r for r in rows if r["knob"] == knob]
-            for key in ("FD", "precision", "recall"):
-                store[key] = ([r["value"] for r in rs], [r[key] for r in rs])
-        line_plot(plots / "tradeoff_choice_temperature.png", s1, "choice temperature", "value", "T=8")
-        line_plot(plots / "tradeoff_cfg.png", s2, "CFG scale", "value", "T=8")
-        cols = ["knob", "value", "FD", "precision", "recall", "class agreement"]
-        title = f"Diversity/fidelity trade-off at T=8 on {args.data} ({args.num} samples per row)"
+        return _samplers(args, command, b)
+    from maskgit.evaluation.samples import append_results, markdown_table
+    rows, cols, title = {"table": _table, "schedules": _schedules, "int8": _precision, "precision": _precision,
+                         "tradeoff": _tradeoff}[args.what](args, b)
     table = markdown_table(rows, cols)
     print(table)
     append_results(args.results, title, command, table)
     return 0
+
+
+class _Bench:
+    """The model, evaluator, labels and step list a quality table runs on."""
+
+    def __init__(self, args):
+        from maskgit.commands.evaluate import evaluator_for
+        from maskgit.config import SampleConfig
+        from maskgit.evaluation.samples import uniform_labels
+        from maskgit.pipeline import load
+        self.args = args
+        self.pipe = load(args.model, resolve_device(args.device))
+        self.pipe.sample_defaults = SampleConfig()  # the tables vary knobs around SampleConfig, not a model's own
+        self.ev = evaluator_for(self.pipe, None, args.data, args.split)
+        self.labels = uniform_labels(args.num, self.pipe.transformer.config.num_classes)
+        self.steps = parse_ints(args.steps, "--steps")
+        self.plots = Path(args.plots)
+
+    def quality(self, arch, kw, use_cache=True):
+        from maskgit.evaluation.samples import generate
+        images, sec = generate(self.pipe, self.labels, arch, kw, self.args.seed, self.args.batch_size, use_cache)
+        return self.ev(images, self.labels), sec / len(self.labels)
+
+    def floor(self) -> dict:
+        """The metrics of as many real training images: what a perfect model would score."""
+        from maskgit.evaluation.samples import load_real
+        size = self.pipe.grid[0] * self.pipe.tokenizer.config.downsample
+        args = self.args
+        return self.ev(load_real(args.data, "train", size, args.num), labels_of_train(args, size, args.num))
+
+
+def _samplers(args, command: str, b: _Bench) -> int:
+    from maskgit.evaluation.samplers import run_samplers
+    from maskgit.evaluation.samples import append_results
+    floor = b.floor()
+    second = (f", FD in the independent feature space {floor['fd_independent']:.3f}"
+              if "fd_independent" in floor else "")
+    note = (f"Real-data floor at the same n: FD {floor['fd_featurenet']:.3f}{second}, class agreement "
+            f"{floor.get('class_accuracy', float('nan')):.3f}.")
+    for title, table in run_samplers(args, b.pipe, b.ev, b.labels, b.steps, line_plot, floor["fd_featurenet"]):
+        print(table)
+        append_results(args.results, f"{title}: {args.data} ({args.num} samples per point)", command, table,
+                       notes=note)
+    return 0
+
+
+def _table(args, b: _Bench):
+    from maskgit.evaluation.samples import time_per_image
+    pipe = b.pipe
+    rows = [{"model": "real train images (floor)", "steps": "-", **_pr(b.floor())}]
+    for T in b.steps:
+        kw = {"steps": T}
+        m, _ = b.quality("maskgit", kw)
+        rows.append({"model": "MaskGIT", "steps": T, **_pr(m),
+                     "s/img (batch 1)": time_per_image(pipe, "maskgit", 1, kw, args.repeats),
+                     "img/s (batch 32)": 1 / time_per_image(pipe, "maskgit", 32, kw, args.repeats)})
+    if pipe.ar is not None:
+        N = pipe.grid[0] * pipe.grid[1]
+        m, _ = b.quality("ar", {})
+        for cache in (True, False):
+            rows.append({"model": f"AR ({'KV cache' if cache else 'no cache'})", "steps": N, **_pr(m),
+                         "s/img (batch 1)": time_per_image(pipe, "ar", 1, {}, args.repeats, cache),
+                         "img/s (batch 32)": 1 / time_per_image(pipe, "ar", 32, {}, args.repeats, cache)})
+    cols = ["model", "steps", "FD", "class agreement", "precision", "recall", "s/img (batch 1)", "img/s (batch 32)"]
+    mg = [r for r in rows if r["model"] == "MaskGIT"]
+    series = {"MaskGIT": ([r["steps"] for r in mg], [r["FD"] for r in mg])}
+    ar = [r for r in rows if r["model"].startswith("AR (KV")]
+    if ar:
+        series["AR (256 or h*w steps)"] = ([ar[0]["steps"]], [ar[0]["FD"]])
+    line_plot(b.plots / "maskgit_vs_ar_fd.png", series, "decoding steps", "FD (project features)",
+              "MaskGIT vs AR: quality")
+    lat = {"MaskGIT batch 1": ([r["steps"] for r in mg], [r["s/img (batch 1)"] for r in mg])}
+    if ar:
+        lat["AR KV cache batch 1"] = ([ar[0]["steps"]], [ar[0]["s/img (batch 1)"]])
+    line_plot(b.plots / "latency_vs_steps.png", lat, "decoding steps", "seconds per image", "latency", logy=True)
+    return rows, cols, f"Seed's table: MaskGIT vs AR on {args.data} ({args.num} samples per row)"
+
+
+def _schedules(args, b: _Bench):
+    from maskgit.sampling.schedules import SCHEDULES
+    rows, series = [], {}
+    for name in SCHEDULES:
+        xs, ys = [], []
+        for T in b.steps:
+            m, _ = b.quality("maskgit", {"steps": T, "schedule": name})
+            rows.append({"schedule": name, "steps": T, **_pr(m)})
+            xs.append(T)
+            ys.append(m["fd_featurenet"])
+        series[name] = (xs, ys)
+    line_plot(b.plots / "fd_vs_steps_per_schedule.png", series, "decoding steps T", "FD (project features)",
+              "mask schedules")
+    cols = ["schedule", "steps", "FD", "class agreement", "precision", "recall"]
+    return rows, cols, f"Mask schedule ablation on {args.data} ({args.num} samples per row)"
+
+
+def _precision(args, b: _Bench):
+    from maskgit.evaluation.precision import compare_precisions
+    precs = ["int8"] if args.what == "int8" else ["bf16", "int8"]
+    rows = [{"mode": r.pop("precision"), **_pr(r.pop("metrics")), **r}
+            for r in compare_precisions(args.model, b.pipe.device.type, precs, b.labels, b.ev, 8, args.seed,
+                                        args.batch_size, args.repeats)]
+    cols = ["mode", "FD", "class agreement", "precision", "recall", "tokens equal to fp32", "s/img (batch 1)",
+            "img/s (batch 32)"]
+    return rows, cols, (f"Reduced precision ({', '.join(precs)}) vs fp32, same seeds, T=8, {args.data} "
+                        f"({args.num} samples)")
+
+
+def _tradeoff(args, b: _Bench):
+    rows = []
+    for ct in (0.0, 1.0, 2.0, 4.5, 8.0):
+        m, _ = b.quality("maskgit", {"steps": 8, "choice_temperature": ct})
+        rows.append({"knob": "choice temperature", "value": ct, **_pr(m)})
+    for cfg in (0.0, 0.5, 1.0, 2.0, 4.0):
+        m, _ = b.quality("maskgit", {"steps": 8, "cfg": cfg})
+        rows.append({"knob": "CFG scale", "value": cfg, **_pr(m)})
+    s1, s2 = {}, {}
+    for knob, store in (("choice temperature", s1), ("CFG scale", s2)):
+        rs = [r for r in rows if r["knob"] == knob]
+        for key in ("FD", "precision", "recall"):
+            store[key] = ([r["value"] for r in rs], [r[key] for r in rs])
+    line_plot(b.plots / "tradeoff_choice_temperature.png", s1, "choice temperature", "value", "T=8")
+    line_plot(b.plots / "tradeoff_cfg.png", s2, "CFG scale", "value", "T=8")
+    cols = ["knob", "value", "FD", "precision", "recall", "class agreement"]
+    return rows, cols, f"Diversity/fidelity trade-off at T=8 on {args.data} ({args.num} samples per row)"
 
 
 def _frontier(args, command: str, pipe, ev) -> int:

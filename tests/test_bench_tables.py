@@ -1,0 +1,22 @@
+"""`maskgit bench table|schedules|tradeoff|int8` on the shipped model at a tiny size: each writes its section with
+one row per point it measures."""
+
+import pytest
+
+from maskgit.cli import main
+
+
+@pytest.mark.parametrize("what, extra, title, rows", [
+    ("table", ["--steps", "2", "--repeats", "1"], "## Seed's table: MaskGIT vs AR", 4),  # floor, T=2, AR x2
+    ("schedules", ["--steps", "2"], "## Mask schedule ablation", 7),
+    ("tradeoff", [], "## Diversity/fidelity trade-off at T=8", 10),
+    ("int8", ["--repeats", "1"], "## Reduced precision (int8) vs fp32", 2),  # fp32, int8
+])
+def test_quality_tables_write_their_section(what, extra, title, rows, tmp_path):
+    results = tmp_path / "RESULTS.md"
+    assert main(["bench", what, "--model", "fashion-mnist", "--num", "20", "--batch-size", "20", "--results",
+                 str(results), "--plots", str(tmp_path), *extra]) == 0
+    text = results.read_text()
+    assert text.startswith(title)
+    body = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    assert len(body) == rows + 1  # header + rows
