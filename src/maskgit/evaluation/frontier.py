@@ -119,10 +119,9 @@ def cost_rows(spec: FrontierSpec, say=lambda _: None) -> list[dict]:
         for b in spec.batches:
             start, labels = torch.full((b, tcfg.num_tokens), pipe.mask_id), torch.arange(b) % tcfg.num_classes
             base_s = None
-            names = ["plain T=8"] + [n for n in spec.settings if n != "plain T=8"]
-            for name in names:
-                kw = {**spec.base, **SETTINGS.get(name, {}), **spec.settings.get(name, {})}
-                cfg = pipe.sample_config(**kw)
+            settings = {"plain T=8": SETTINGS["plain T=8"], **spec.settings}  # the reference first, always
+            for name, kw in settings.items():
+                cfg = pipe.sample_config(**{**spec.base, **kw})
                 counter = FlopCounter(pipe.logits_fn(labels), tcfg)
                 decode(counter, start, cfg, pipe.mask_id, seeded(list(range(b)), b))  # warm-up
                 counter.flops, times = 0.0, []

@@ -165,7 +165,7 @@ class _Run:
         if cfg.batch_size % self.world:
             raise MaskGITError(f"batch size {cfg.batch_size} is not divisible by the {self.world} processes")
         self.step = 0
-        self.t0 = time.time()
+        self.t0 = 0.0  # set when the loop starts (metrics' elapsed_s)
 
     def say(self, text: str) -> None:
         if self.rank == 0:
