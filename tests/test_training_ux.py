@@ -162,7 +162,7 @@ def test_max_minutes_fits_warmup_and_decay_into_the_budget(stores, tmp_path, cap
 
     class Timed(MaskedTokenTask):
         def forward(self, batch, ctx):
-            clock.t += 0.5
+            clock.t += 2.0 if ctx.step < ETA_SKIP else 0.5
             return super().forward(batch, ctx)
 
     torch.manual_seed(0)
@@ -184,22 +184,23 @@ def test_max_minutes_fits_warmup_and_decay_into_the_budget(stores, tmp_path, cap
 
 def test_a_step_budget_prints_its_expected_wall_time_and_ends_as_the_step_count_run(stores, tmp_path, capsys):
     """Without --max-minutes the run is the step budget: after the first steps it prints the expected wall time
-    (0.5 s per step on the fake clock), and it ends at --max-steps with the schedule and weights of a run that never
+    (0.5 s per step on the fake clock, measured after the first steps, which cost 2 s here as kernels are built),
+    and it ends at --max-steps with the schedule and weights of a run that never
     measured its time."""
     from maskgit.models.transformer import MaskGITTransformer
     from maskgit.training.objectives import MaskedTokenTask
-    from maskgit.training.schedule import ETA_CHECK
+    from maskgit.training.schedule import ETA_CHECK, ETA_SKIP
     clock = _Clock()
 
     class Timed(MaskedTokenTask):
         def forward(self, batch, ctx):
-            clock.t += 0.5
+            clock.t += 2.0 if ctx.step < ETA_SKIP else 0.5
             return super().forward(batch, ctx)
 
     results = []
     for task_cls, kw in ((Timed, {"clock": clock}), (MaskedTokenTask, {})):
         torch.manual_seed(0)
-        cfg = TrainConfig(batch_size=8, lr=1e-3, warmup_steps=2, max_steps=ETA_CHECK + 4, save_every=0,
+        cfg = TrainConfig(batch_size=8, lr=1e-3, warmup_steps=2, max_steps=ETA_SKIP + ETA_CHECK + 4, save_every=0,
                           log_every=1, val_batches=1)
         task = task_cls(MaskGITTransformer(transformer_preset("tiny")), cfg)
         out_dir = tmp_path / task_cls.__name__
@@ -207,7 +208,8 @@ def test_a_step_budget_prints_its_expected_wall_time_and_ends_as_the_step_count_
         assert not res.stopped_early and res.step == cfg.max_steps
         results.append(load_file(str(out_dir / "final" / "model.safetensors")))
     out = capsys.readouterr().out
-    assert f"measured 0.5 s/step over the first {ETA_CHECK} steps: the remaining 4 steps take ~2 s" in out
+    span = f"{ETA_SKIP + 1}-{ETA_SKIP + ETA_CHECK}"
+    assert f"measured 0.5 s/step over steps {span}: the remaining 4 steps take ~2 s" in out
     assert "stopped at" not in out
     assert results[0].keys() == results[1].keys() and all(torch.equal(results[0][k], results[1][k])
                                                           for k in results[0])

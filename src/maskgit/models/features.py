@@ -100,8 +100,9 @@ def perceptual_loss(net: FeatureNet, x: torch.Tensor, y: torch.Tensor) -> torch.
     frozen.update({"net." + k: v for k, v in net.named_buffers()})
     maps_x = torch.func.functional_call(_MapsOf(net), frozen, (x,))
     maps_y = torch.func.functional_call(_MapsOf(net), frozen, (y,))
-    total = x.new_zeros(())
+    total = x.new_zeros((), dtype=torch.float32)
     for a, b in zip(maps_x, maps_y):
+        a, b = a.float(), b.float()  # the distance in fp32 under bf16 autocast (a no-op in fp32)
         a = a * torch.rsqrt(a.square().sum(dim=1, keepdim=True) + 1e-10)  # unit channel vectors
         b = b * torch.rsqrt(b.square().sum(dim=1, keepdim=True) + 1e-10)
         total = total + (a - b).square().sum(dim=1).mean()

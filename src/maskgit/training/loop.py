@@ -175,8 +175,14 @@ class _Run:
         task, cfg, dev, rank = self.task, self.cfg, self.dev, self.rank
         torch.manual_seed(cfg.seed + rank)  # the trainer owns the process: dropout uses the global RNG
         task.to(dev)
-        if dev.type == "cpu" and getattr(task, "channels_last", False):
-            task.to(memory_format=torch.channels_last)  # CPU convolutions train faster in NHWC (TokenizerTask)
+        from maskgit.accel import amp_choice
+        self.use_bf16, self.amp_why = amp_choice(cfg.amp, dev)  # the sampler's rule: bf16 where it is native
+        if getattr(task, "channels_last", False):
+            # CPU convolutions train faster in NHWC in fp32 (13% of a tokenizer step) but slower under bf16
+            # autocast (10%), benchmarks/trainer_profile.py --amp off,bf16
+            task.channels_last = dev.type == "cpu" and not self.use_bf16
+            if task.channels_last:
+                task.to(memory_format=torch.channels_last)
         groups = param_groups(task) if param_groups else _default_groups(task, cfg)
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         ck = find_checkpoint(self.run_dir, resume, say=print if rank == 0 else lambda _: None) if resume else None
@@ -199,8 +205,6 @@ class _Run:
         if self.world > 1:
             self.model_for_ddp = nn.parallel.DistributedDataParallel(
                 task, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=False)
-        from maskgit.accel import amp_choice
-        self.use_bf16, self.amp_why = amp_choice(cfg.amp, dev)  # the sampler's rule: bf16 where it is native
         self.say(f"precision: {'bf16 autocast' if self.use_bf16 else 'fp32'} ({self.amp_why})")
 
     def write_config(self) -> None:

@@ -41,9 +41,10 @@ class _Frozen:
 
 
 class TokenizerTask(nn.Module):
-    """batch = {"images": (b,C,H,W) in [0,1]}; ``task.model`` is the VQGAN. On a CPU the trainer keeps the
+    """batch = {"images": (b,C,H,W) in [0,1]}; ``task.model`` is the VQGAN. On a CPU in fp32 the trainer keeps the
     convolutions' weights and the images channels-last (``channels_last``): the same losses to fp32 rounding, in
-    less time (6% of a step at 1 thread on an AVX2 EPYC, ``benchmarks/trainer_profile.py``)."""
+    less time (6-13% of a step, ``benchmarks/trainer_profile.py``); under bf16 autocast it stays contiguous, which
+    is faster there."""
 
     channels_last = True
 
@@ -80,14 +81,14 @@ class TokenizerTask(nn.Module):
         loss = nll + sum(vq_losses.values())
         if self.disc is not None and ctx.step >= cfg.disc_start:
             frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
-            g_loss = -functional_call(self.disc, frozen, (rec,)).mean()
+            g_loss = -functional_call(self.disc, frozen, (rec,)).float().mean()  # losses in fp32 under autocast
             w = cfg.disc_weight
             if self.training and torch.is_grad_enabled():
                 last = vq.decoder.last_layer
                 gn = torch.autograd.grad(nll, last, retain_graph=True)[0].norm()
                 gg = torch.autograd.grad(g_loss, last, retain_graph=True)[0].norm()
                 w = (gn / (gg + 1e-4)).clamp(0, 1e4).detach() * cfg.disc_weight
-            d_loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(rec.detach())).mean()
+            d_loss = F.relu(1 - self.disc(x).float()).mean() + F.relu(1 + self.disc(rec.detach()).float()).mean()
             loss = loss + w * g_loss + d_loss
             logs.update(g_loss=g_loss.detach(), d_loss=d_loss.detach())
         with torch.no_grad():

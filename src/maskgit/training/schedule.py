@@ -23,7 +23,11 @@ FIRST_CHECK = 4  # steps measured before the first estimate
 WARMUP_MAX_SHARE = 0.25  # a warmup longer than this share of the fitted run ...
 WARMUP_SHARE = 0.1  # ... is shortened to this share
 TOO_FEW = 20  # fewer steps than this in the budget earns a warning
-ETA_CHECK = 8  # with a step budget (no --max-minutes): steps measured before the expected wall time is printed
+# With a step budget (no --max-minutes) the expected wall time is printed after ETA_SKIP + ETA_CHECK steps, from
+# the time of the last ETA_CHECK of them: the first steps also build kernels and caches (with bf16 on a CPU they took
+# twice a later step) and would make the forecast far too high.
+ETA_SKIP = 8
+ETA_CHECK = 16
 
 
 def lr_factor(step: int, cfg: TrainConfig, warmup: int | None = None, horizon: int | None = None) -> float:
@@ -51,6 +55,7 @@ class BudgetSchedule:
         self.warmup, self.horizon = cfg.warmup_steps, cfg.max_steps
         self.t0, self.step0, self.next_check, self.reported = 0.0, 0, FIRST_CHECK, False
         self._restored: tuple[float, int, int] | None = None  # (seconds spent, step0, next check) from a checkpoint
+        self._eta_t0: float | None = None  # the clock when the forecast's measured steps began
 
     def factor(self, step: int) -> float:
         return lr_factor(step, self.cfg, warmup=self.warmup, horizon=self.horizon)
@@ -95,10 +100,12 @@ class BudgetSchedule:
         cfg = self.cfg
         done = step - self.step0
         if cfg.max_minutes <= 0:
-            if done == ETA_CHECK and step < cfg.max_steps and not self.reported and self.log is not None \
-                    and _rank() == 0:
+            if done == ETA_SKIP:
+                self._eta_t0 = self.clock()
+            if done == ETA_SKIP + ETA_CHECK and self._eta_t0 is not None and step < cfg.max_steps \
+                    and not self.reported and self.log is not None and _rank() == 0:
                 self.reported = True
-                self.log(self.eta(self.elapsed() / done, cfg.max_steps - step))
+                self.log(self.eta((self.clock() - self._eta_t0) / ETA_CHECK, cfg.max_steps - step))
             return
         if done != self.next_check:
             return
@@ -122,8 +129,8 @@ class BudgetSchedule:
         machine; its quality does not)."""
         secs = per_step * remaining
         when = f"{secs / 60:.1f} min" if secs >= 90 else f"{secs:.0f} s"
-        return (f"measured {per_step:.3g} s/step over the first {ETA_CHECK} steps: the remaining {remaining} steps "
-                f"take ~{when} on this machine")
+        return (f"measured {per_step:.3g} s/step over steps {ETA_SKIP + 1}-{ETA_SKIP + ETA_CHECK}: the remaining "
+                f"{remaining} steps take ~{when} on this machine")
 
     def describe(self, per_step: float, total: int) -> str:
         cfg = self.cfg
