@@ -17,7 +17,7 @@ TOKENIZER=${3:?the tokenizer that made the token store}
 TOK_STEPS=${TOK_STEPS:-800}
 TR_STEPS=${TR_STEPS:-1600}
 SEEDS=${SEEDS:-"1 2"}
-FEATURES=${FEATURES:-weights/fashion-mnist/features}
+FEATURES=${FEATURES:-src/maskgit/weights/fashion-mnist/features}
 mkdir -p "$R"
 
 lane() {  # lane AMP CORE: every seed of one precision, on one core

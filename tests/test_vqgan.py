@@ -71,8 +71,8 @@ def test_straight_through_gradient_reaches_encoder():
 
 
 def test_tokenizer_training_on_cpu_runs_channels_last_with_the_same_losses(tmp_path):
-    """The trainer keeps a tokenizer's conv weights NHWC on CPU (faster); the losses and gradients are those of
-    the contiguous layout to fp32 rounding, and the saved model loads back as usual."""
+    """In fp32 the trainer keeps a tokenizer's conv weights NHWC on CPU (faster there); the losses and gradients are
+    those of the contiguous layout to fp32 rounding, and the saved model loads back as usual."""
     from maskgit.config import TokenizerTrainConfig, TrainConfig
     from maskgit.training.loop import StepContext, train
     from maskgit.training.losses import TokenizerTask
@@ -89,7 +89,8 @@ def test_tokenizer_training_on_cpu_runs_channels_last_with_the_same_losses(tmp_p
         loss.backward()
         out.append((loss.detach(), t.model.encoder.conv_in.weight.grad.clone()))
     torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-4, atol=1e-6)
+    scale = float(out[0][1].abs().max())  # NHWC kernels sum in another order (AVX-512 oneDNN: 3e-6 of ~1e-2)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-4, atol=1e-3 * scale)
 
     class Images:
         def __len__(self):
@@ -98,8 +99,12 @@ def test_tokenizer_training_on_cpu_runs_channels_last_with_the_same_losses(tmp_p
         def batch(self, idx):
             return {"images": torch.rand(len(idx), cfg.channels, 16, 16, generator=torch.Generator().manual_seed(1))}
 
-    task = TokenizerTask(VQGAN(cfg), TokenizerTrainConfig())
-    train(task, Images(), TrainConfig(batch_size=4, max_steps=2, warmup_steps=1, log_every=1), tmp_path, progress=False)
-    assert task.model.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    back = load_model(tmp_path / "final", "vqgan")
+    for amp, nhwc in (("off", True), ("bf16", False)):  # channels-last pays in fp32 only (slower under bf16)
+        task = TokenizerTask(VQGAN(cfg), TokenizerTrainConfig())
+        train(task, Images(), TrainConfig(batch_size=4, max_steps=2, warmup_steps=1, log_every=1, amp=amp),
+              tmp_path / amp, progress=False)
+        w = next(m.weight for m in task.model.encoder.modules()  # C > 1: a layout that strides can tell apart
+                 if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1 and m.kernel_size == (3, 3))
+        assert w.is_contiguous(memory_format=torch.channels_last) == nhwc and (nhwc or w.is_contiguous())
+    back = load_model(tmp_path / "bf16" / "final", "vqgan")
     assert torch.equal(back.encoder.conv_in.weight, task.model.encoder.conv_in.weight)
