@@ -38,10 +38,9 @@ def table(root: Path, kind: str) -> list[str]:
     if not data:
         return []
     keys = [k for k in METRICS[kind] if any(k in line for r in data.values() for ls in r.values() for line in ls)]
-    if not keys:  # no validation yet
-        return []
-    rows = [f"| trainer | precision | step | {' | '.join(keys)} |", "|---|---|---:|" + "---:|" * len(keys)]
-    for amp, by_seed in data.items():
+    rows = [f"| trainer | precision | step | {' | '.join(keys)} |", "|---|---|---:|" + "---:|" * len(keys)] \
+        if keys else []  # a run without a validation split has only its step times here
+    for amp, by_seed in (data.items() if keys else ()):
         steps = sorted({line["step"] for ls in by_seed.values() for line in ls if keys[0] in line})
         for step in steps:
             cells = []
@@ -50,7 +49,7 @@ def table(root: Path, kind: str) -> list[str]:
                 cells.append(spread(vals, 2 if k in ("val_psnr", "val_loss") else 4))
             rows.append(f"| {'tokenizer' if kind == 'tok' else 'transformer'} | {NAMES.get(amp, amp)} "
                         f"({len(by_seed)} seeds) | {step} | {' | '.join(cells)} |")
-    rows.append("")
+    rows += [""] if keys else []
     rows.append("| trainer | precision | median step (s) per seed |")
     rows.append("|---|---|---|")
     for amp, by_seed in data.items():

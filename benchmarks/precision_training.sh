@@ -3,8 +3,8 @@
 #
 # Tokenizer: cpu32-f4 at batch 64 on Fashion-MNIST, with the perceptual term (the shipped Fashion-MNIST features)
 # and the GAN term from step TOK_STEPS/2, validation every TOK_STEPS/4 steps. Transformer: maskgit-cpu-8x8 at batch
-# 32 on a given token store (for example the one benchmarks/own_images_recipe.sh made), validation every TR_STEPS/4
-# steps, then class agreement of 1,000 samples at CFG 2 by the shipped classifier. The fp32 runs go on core 0 and
+# 32 on a given token store (for example the one benchmarks/own_images_recipe.sh made; a train split only, so no
+# validation), then class agreement of 1,000 samples at CFG 2 by the shipped classifier. The fp32 runs go on core 0 and
 # the bf16 runs on core 1, one thread each, side by side: the quality is what this compares (step times come from
 # `benchmarks/trainer_profile.py --amp off,bf16`, run alone).
 #
@@ -28,7 +28,7 @@ lane() {  # lane AMP CORE: every seed of one precision, on one core
       --eval-every $((TOK_STEPS / 4)) --log-every 50 --seed "$seed" --amp "$amp" --out "$R/tok_${amp}_s$seed"
     OMP_NUM_THREADS=1 taskset -c "$core" maskgit train --tokens "$TOKENS" --tokenizer "$TOKENIZER" \
       --preset maskgit-cpu-8x8 --batch-size 32 --lr 5e-4 --max-steps "$TR_STEPS" --warmup-steps $((TR_STEPS / 10)) \
-      --eval-every $((TR_STEPS / 4)) --log-every 50 --seed "$seed" --amp "$amp" --out "$R/mg_${amp}_s$seed"
+      --log-every 50 --seed "$seed" --amp "$amp" --out "$R/mg_${amp}_s$seed"
     mkdir -p "$R/model_${amp}_s$seed"
     cp -r "$TOKENIZER" "$R/model_${amp}_s$seed/tokenizer"
     cp -r "$R/mg_${amp}_s$seed/final" "$R/model_${amp}_s$seed/maskgit"
