@@ -9,7 +9,8 @@
 # `benchmarks/trainer_profile.py --amp off,bf16`, run alone).
 #
 # Usage: benchmarks/precision_training.sh RUN_DIR TOKENS_DIR TOKENIZER_DIR
-#   (env: TOK_STEPS=800 TR_STEPS=1600 SEEDS="1 2")
+#   (env: TOK_STEPS=800 TR_STEPS=1600 SEEDS="1 2"; STAGES=tok for the tokenizer runs only; FP32_CORE=0 BF16_CORE=1
+#   to place the lanes, e.g. both on one core while the other is busy)
 set -euo pipefail
 R=${1:?run directory}
 TOKENS=${2:?token store of the recipe}
@@ -17,6 +18,7 @@ TOKENIZER=${3:?the tokenizer that made the token store}
 TOK_STEPS=${TOK_STEPS:-800}
 TR_STEPS=${TR_STEPS:-1600}
 SEEDS=${SEEDS:-"1 2"}
+STAGES=${STAGES:-tok,mg}
 FEATURES=${FEATURES:-src/maskgit/weights/fashion-mnist/features}
 mkdir -p "$R"
 
@@ -26,6 +28,7 @@ lane() {  # lane AMP CORE: every seed of one precision, on one core
     OMP_NUM_THREADS=1 taskset -c "$core" maskgit train-tokenizer --data fashion-mnist --preset cpu32-f4 \
       --batch-size 64 --max-steps "$TOK_STEPS" --disc-start $((TOK_STEPS / 2)) --perceptual "features:$FEATURES" \
       --eval-every $((TOK_STEPS / 4)) --log-every 50 --seed "$seed" --amp "$amp" --out "$R/tok_${amp}_s$seed"
+    [[ $STAGES == *mg* ]] || continue
     OMP_NUM_THREADS=1 taskset -c "$core" maskgit train --tokens "$TOKENS" --tokenizer "$TOKENIZER" \
       --preset maskgit-cpu-8x8 --batch-size 32 --lr 5e-4 --max-steps "$TR_STEPS" --warmup-steps $((TR_STEPS / 10)) \
       --log-every 50 --seed "$seed" --amp "$amp" --out "$R/mg_${amp}_s$seed"
@@ -37,9 +40,9 @@ lane() {  # lane AMP CORE: every seed of one precision, on one core
   done
 }
 
-lane off 0 > "$R/lane_fp32.log" 2>&1 &
+lane off "${FP32_CORE:-0}" > "$R/lane_fp32.log" 2>&1 &
 A=$!
-lane bf16 1 > "$R/lane_bf16.log" 2>&1 &
+lane bf16 "${BF16_CORE:-1}" > "$R/lane_bf16.log" 2>&1 &
 B=$!
 wait $A
 wait $B

@@ -292,14 +292,14 @@ def test_readme_torchrun_line_runs_with_two_processes(tmp_path):
     line = next(ln for ln in _readme_block("```bash\nmaskgit sample --labels 0,3,7").splitlines()
                 if ln.startswith("torchrun"))
     argv = shlex.split(line.split("  #")[0])
-    assert argv[argv.index("--num") + 1] == "5000" and "--" in argv
+    assert argv[argv.index("--num") + 1] == "100" and "--" in argv
     argv[argv.index("--num") + 1] = "1"
     argv += ["--steps", "2", "--batch-size", "5"]  # 10 images in 2 chunks: one per process
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "2 processes" in r.stdout
-    z = np.load(tmp_path / "fid50k.npz")
+    z = np.load(tmp_path / "ddp.npz")
     assert z["arr_0"].shape == (10, 32, 32, 3) and z["arr_1"].tolist() == list(range(10))
 
 

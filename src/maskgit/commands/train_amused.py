@@ -1,5 +1,6 @@
-"""`maskgit train --init amused/amused-256 --data IMAGES [--lora RANK]`: aMUSEd fine-tuning on captioned images
-(maskgit.families.amused_train), then samples of the result drawn as `maskgit.load` reads it."""
+"""`maskgit train --init amused/amused-256 --data IMAGES [--lora RANK] [--sample-every N]`: aMUSEd fine-tuning on
+captioned images (maskgit.families.amused_train; --sample-every: OUT/samples_STEP.png grids during the run), then
+samples of the result drawn as `maskgit.load` reads it (OUT/samples.png)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ import torch
 
 from maskgit.commands.common import resolve_device
 from maskgit.errors import MaskGITError
-
-SAMPLE_PROMPTS = 8  # the first training captions, drawn from the result at the end
 
 
 def cmd_train_amused(args) -> int:
@@ -58,13 +57,12 @@ def cmd_train_amused(args) -> int:
 
 
 def write_samples(root: Path, final: Path, lora: bool, path: Path, device, seed: int = 0) -> Path:
-    """A grid of the result's images for the first training captions, the model loaded as a user loads it."""
+    """A grid of the result's images for the first training captions, the model loaded as a user loads it (the
+    prompts and layout of the --sample-every grids, OUT/samples_STEP.png)."""
+    from maskgit.families.amused_train import sample_prompts, save_grid
     from maskgit.pipeline import load
-    from maskgit.storage.images import make_grid, save_png
-    captions = json.loads((final.parent / "data" / "captions.json").read_text())[:-1]  # the last one is ""
-    prompts = list(dict.fromkeys(captions))[:SAMPLE_PROMPTS] or [""]
+    prompts = sample_prompts(json.loads((final.parent / "data" / "captions.json").read_text()))
     pipe = load(root, device, lora=final) if lora else load(final, device)
-    imgs = pipe.generate(prompts=prompts, seed=seed, output="tensor")
-    save_png(make_grid(imgs.cpu(), labels=prompts, ncol=4, scale=max(1, 128 // imgs.shape[-1])), path)
+    save_grid(pipe.generate(prompts=prompts, seed=seed, output="tensor"), prompts, path)
     print(f"samples of {len(prompts)} training captions written to {path}")
     return path

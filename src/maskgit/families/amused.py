@@ -167,11 +167,15 @@ def load_parts(root: str | Path, text_encoder=None, device: str | torch.device =
         if not (root / sub).is_dir():
             raise MaskGITError(f"{root} has no {sub}/ folder: an aMUSEd folder holds vqvae/, transformer/, "
                                "text_encoder/ and tokenizer/")
-    sched = root / "scheduler" / "scheduler_config.json"
-    schedule = read_json(sched).get("masking_schedule", "cosine") if sched.exists() else "cosine"
     if text_encoder is None or isinstance(text_encoder, (str, Path)):
         text_encoder = ClipText.load(root if text_encoder is None else text_encoder, device)
-    return assemble(load_vq(root / "vqvae"), load_uvit(root / "transformer"), text_encoder, schedule)
+    return assemble(load_vq(root / "vqvae"), load_uvit(root / "transformer"), text_encoder, masking_schedule(root))
+
+
+def masking_schedule(root: str | Path) -> str:
+    """The mask schedule of the aMUSEd folder ``root``'s scheduler (cosine when it names none)."""
+    sched = Path(root) / "scheduler" / "scheduler_config.json"
+    return read_json(sched).get("masking_schedule", "cosine") if sched.exists() else "cosine"
 
 
 def load_pipeline(root: str | Path, pipeline_cls, device: str | torch.device = "cpu", precision: str = "fp32",

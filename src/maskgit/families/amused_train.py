@@ -12,7 +12,11 @@
    one trainer (``training.loop.train``): checkpoints, ``--resume``, bf16 autocast on GPU, torchrun, metrics.
 4. ``OUT/final``: full fine-tuning writes an aMUSEd folder (the base's files with ``transformer/`` replaced) that
    ``maskgit.load`` reads; LoRA writes the adapter alone (``maskgit.load(BASE, lora=OUT/final)``). A LoRA run's
-   checkpoints hold only the adapters and their optimizer state (the base comes back from ``base`` on resume)."""
+   checkpoints hold only the adapters and their optimizer state (the base comes back from ``base`` on resume).
+5. ``cfg.sample_every`` N > 0: ``OUT/samples_STEP.png`` every N steps and at the end, as the project's own models
+   write theirs: the model being trained (its LoRA adapters applied) on the first training captions, seed
+   ``cfg.seed``, through the one Pipeline (``training_samples``). The CLI also draws ``OUT/samples.png`` from
+   ``final/`` as ``maskgit.load`` reads it."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,6 +50,7 @@ AMUSED_TRAIN_DEFAULTS = TrainConfig(batch_size=8, lr=1e-4, warmup_steps=100, max
 LORA_LR = 8e-4
 KEYS = ("tokens", "image_index", "caption_index", "hidden", "pooled")  # of OUT/data/examples.safetensors
 RUN_FILE = "amused_run.json"  # in each checkpoint: the base and the LoRA settings it was trained with
+SAMPLE_PROMPTS = 8  # the sample grids' prompts: the first distinct training captions
 
 
 def train_defaults(lora: bool) -> TrainConfig:
@@ -207,6 +213,72 @@ def _check_run(ck: Path | None, lora: dict | None) -> None:
                            "or train the new ones in a new --out directory")
 
 
+def sample_prompts(captions: list[str]) -> list[str]:
+    """The sample grids' prompts: the first SAMPLE_PROMPTS distinct training captions ("" when all are empty)."""
+    return list(dict.fromkeys(c for c in captions if c))[:SAMPLE_PROMPTS] or [""]
+
+
+def save_grid(images: torch.Tensor, prompts: list[str], path: Path) -> Path:
+    """An aMUSEd run's sample grid: 4 images a row, each enlarged to at least 128 px, its prompt under it."""
+    from maskgit.storage.images import make_grid, save_png
+    save_png(make_grid(images.cpu(), labels=prompts, ncol=4, scale=max(1, 128 // images.shape[-1])), path)
+    return path
+
+
+class CaptionEmbeddings:
+    """The Pipeline's text encoder for the training captions during training: their CLIP outputs (``OUT/data``),
+    looked up, since the CLIP model is freed once the data is prepared. Prompts and "" as ClipText gives them."""
+
+    def __init__(self, data: CaptionedTokens, device: torch.device):
+        self.index = {c: i for i, c in enumerate(data.captions)}
+        self.hidden, self.pooled, self.device = data.hidden, data.pooled, torch.device(device)
+        self.max_length = int(data.hidden.shape[1])
+
+    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, None, torch.Tensor]:
+        unknown = [p for p in prompts if p not in self.index]
+        if unknown:
+            raise MaskGITError(f"{unknown[0]!r} is not a training caption: only those are embedded during training")
+        i = torch.tensor([self.index[p] for p in prompts], dtype=torch.long)
+        return self.hidden[i].to(self.device), None, self.pooled[i].to(self.device)
+
+
+def training_samples(base: str | Path, data: CaptionedTokens, out: str | Path,
+                     seed: int = 0) -> Callable[[nn.Module, int], None]:
+    """The loop's sample callback for ``cfg.sample_every``: ``out/samples_STEP.png``, the grid of the model being
+    trained (``task.model``, LoRA adapters included) for ``sample_prompts``, seeded by ``seed``, decoded by the
+    base's VQ through the one Pipeline. It leaves the run as it found it: the RNG states, every module's train/eval
+    mode, the VQ kept on the CPU between grids. A second call for the same step (the loop's end call after that
+    step's own) draws nothing."""
+    from maskgit.families.amused import assemble, masking_schedule
+    from maskgit.pipeline import Pipeline
+    from maskgit.storage.amused import load_vq
+    base, out = Path(base), Path(out)
+    prompts, schedule = sample_prompts(data.captions), masking_schedule(base)
+    state: dict = {"vq": None, "step": None}
+
+    def sample_fn(task: nn.Module, step: int) -> None:
+        if state["step"] == step:
+            return
+        state["step"] = step
+        uvit = task.model.uvit
+        dev = next(uvit.parameters()).device
+        if state["vq"] is None:
+            state["vq"] = load_vq(base / "vqvae")
+        modes = [(m, m.training) for m in task.modules()]
+        cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                tok, transformer, text = assemble(state["vq"], uvit, CaptionEmbeddings(data, dev), schedule)
+                pipe = Pipeline(tok, transformer, device=dev, text_encoder=text)
+                images = pipe.generate(prompts=prompts, seed=seed, output="tensor")
+        finally:
+            state["vq"].cpu()
+            for m, training in modes:
+                m.train(training)
+        save_grid(images, prompts, out / f"samples_{step:08d}.png")
+    return sample_fn
+
+
 def finetune(base: str | Path, images: str | Path, out: str | Path, *, cfg: TrainConfig | None = None,
              lora: int | None = None, lora_alpha: float | None = None, lora_targets=AMUSED_TARGETS,
              grad_checkpointing: bool = False, resume: bool | str | Path = False, device: str = "cpu",
@@ -250,5 +322,6 @@ def finetune(base: str | Path, images: str | Path, out: str | Path, *, cfg: Trai
     if not skip_memory_check:
         memory.check(est, multiple=int(os.environ.get("WORLD_SIZE", "1")))
     meta = {**(meta or {}), "base": str(root.resolve()), "data": str(Path(images).resolve()), "lora": lora_cfg}
+    sample_fn = training_samples(root, data, out, cfg.seed) if cfg.sample_every else None
     return train(task, data, cfg, out, resume=ck or resume, device=device, param_groups=lambda t: _groups(t, cfg),
-                 meta=meta, progress=progress)
+                 sample_fn=sample_fn, meta=meta, progress=progress)
