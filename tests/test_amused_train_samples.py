@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+import maskgit
 from maskgit.cli import main
 
 amused_pipeline = pytest.importorskip("test_amused_pipeline")
@@ -103,7 +104,7 @@ def test_the_sampler_leaves_rng_and_modes_and_uses_the_adapters(amused, tmp_path
     task.train()
     model.uvit.encoder_proj.eval()  # a mode of its own: kept as it is
     modes = {n: m.training for n, m in task.named_modules()}
-    sample = training_samples(folder, data, tmp_path, seed=0)
+    sample = training_samples(folder, data, tmp_path, maskgit.Pipeline, seed=0)
     rng = torch.get_rng_state()
     sample(task, 1)
     assert torch.equal(torch.get_rng_state(), rng)

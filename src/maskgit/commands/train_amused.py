@@ -19,6 +19,7 @@ def cmd_train_amused(args) -> int:
     from maskgit.config import override
     from maskgit.families.amused_train import AMUSED_TARGETS, finetune, train_defaults
     from maskgit.names import resolve
+    from maskgit.pipeline import Pipeline
     if not args.init:
         raise MaskGITError("--data IMAGES fine-tunes aMUSEd: add --init amused/amused-256 (or a local aMUSEd "
                            "folder); the project's own models train on a token store (maskgit tokenize, --tokens)")
@@ -40,7 +41,7 @@ def cmd_train_amused(args) -> int:
     res = finetune(root, args.data, out, cfg=cfg, lora=args.lora, lora_alpha=args.lora_alpha,
                    lora_targets=lora_targets(args, AMUSED_TARGETS), grad_checkpointing=args.grad_checkpointing,
                    resume=args.resume, device=device, skip_memory_check=args.skip_memory_check,
-                   meta={"command": args.command_line, "init": str(args.init)})
+                   meta={"command": args.command_line, "init": str(args.init)}, pipeline_cls=Pipeline)
     final = out / "final"
     if not (res.step and final.exists()):
         return 0

@@ -242,15 +242,14 @@ class CaptionEmbeddings:
         return self.hidden[i].to(self.device), None, self.pooled[i].to(self.device)
 
 
-def training_samples(base: str | Path, data: CaptionedTokens, out: str | Path,
+def training_samples(base: str | Path, data: CaptionedTokens, out: str | Path, pipeline_cls,
                      seed: int = 0) -> Callable[[nn.Module, int], None]:
     """The loop's sample callback for ``cfg.sample_every``: ``out/samples_STEP.png``, the grid of the model being
     trained (``task.model``, LoRA adapters included) for ``sample_prompts``, seeded by ``seed``, decoded by the
-    base's VQ through the one Pipeline. It leaves the run as it found it: the RNG states, every module's train/eval
-    mode, the VQ kept on the CPU between grids. A second call for the same step (the loop's end call after that
-    step's own) draws nothing."""
+    base's VQ through the one Pipeline (``pipeline_cls``, passed down by the caller). It leaves the run as it
+    found it: the RNG states, every module's train/eval mode, the VQ kept on the CPU between grids. A second call
+    for the same step (the loop's end call after that step's own) draws nothing."""
     from maskgit.families.amused import assemble, masking_schedule
-    from maskgit.pipeline import Pipeline
     from maskgit.storage.amused import load_vq
     base, out = Path(base), Path(out)
     prompts, schedule = sample_prompts(data.captions), masking_schedule(base)
@@ -269,7 +268,7 @@ def training_samples(base: str | Path, data: CaptionedTokens, out: str | Path,
         try:
             with torch.random.fork_rng(devices=cuda):
                 tok, transformer, text = assemble(state["vq"], uvit, CaptionEmbeddings(data, dev), schedule)
-                pipe = Pipeline(tok, transformer, device=dev, text_encoder=text)
+                pipe = pipeline_cls(tok, transformer, device=dev, text_encoder=text)
                 images = pipe.generate(prompts=prompts, seed=seed, output="tensor")
         finally:
             state["vq"].cpu()
@@ -282,9 +281,10 @@ def training_samples(base: str | Path, data: CaptionedTokens, out: str | Path,
 def finetune(base: str | Path, images: str | Path, out: str | Path, *, cfg: TrainConfig | None = None,
              lora: int | None = None, lora_alpha: float | None = None, lora_targets=AMUSED_TARGETS,
              grad_checkpointing: bool = False, resume: bool | str | Path = False, device: str = "cpu",
-             skip_memory_check: bool = False, meta: dict | None = None, progress: bool = True):
+             skip_memory_check: bool = False, meta: dict | None = None, progress: bool = True, pipeline_cls=None):
     """Fine-tune the aMUSEd folder ``base`` on the captioned images under ``images`` into the run folder ``out``
-    (full fine-tuning, or LoRA adapters of rank ``lora``); returns the loop's TrainResult. See the module text."""
+    (full fine-tuning, or LoRA adapters of rank ``lora``); returns the loop's TrainResult. See the module text.
+    ``pipeline_cls`` (``maskgit.Pipeline``) draws the ``cfg.sample_every`` grids."""
     from maskgit.families.amused import AmusedTransformer
     from maskgit.storage.amused import load_uvit
     from maskgit.training import memory
@@ -296,6 +296,8 @@ def finetune(base: str | Path, images: str | Path, out: str | Path, *, cfg: Trai
     if not (root / "model_index.json").is_file():
         raise MaskGITError(f"{root} is not an aMUSEd folder (no model_index.json)")
     cfg = cfg or train_defaults(lora is not None)
+    if cfg.sample_every and pipeline_cls is None:
+        raise MaskGITError("sample_every needs pipeline_cls (maskgit.Pipeline) to draw the grids with")
     lora_cfg = None if lora is None else {"rank": lora, "alpha": float(lora if lora_alpha is None else lora_alpha),
                                           "targets": list(lora_targets)}
     if lora is not None and cfg.ema > 0:
@@ -322,6 +324,6 @@ def finetune(base: str | Path, images: str | Path, out: str | Path, *, cfg: Trai
     if not skip_memory_check:
         memory.check(est, multiple=int(os.environ.get("WORLD_SIZE", "1")))
     meta = {**(meta or {}), "base": str(root.resolve()), "data": str(Path(images).resolve()), "lora": lora_cfg}
-    sample_fn = training_samples(root, data, out, cfg.seed) if cfg.sample_every else None
+    sample_fn = training_samples(root, data, out, pipeline_cls, cfg.seed) if cfg.sample_every else None
     return train(task, data, cfg, out, resume=ck or resume, device=device, param_groups=lambda t: _groups(t, cfg),
                  sample_fn=sample_fn, meta=meta, progress=progress)
