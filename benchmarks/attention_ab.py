@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from maskgit.config import transformer_preset
 from maskgit.evaluation.speed import ab_table, between_probes
-from maskgit.memory import tune_malloc
+from maskgit.inference import settings
+from maskgit.inference.malloc import tune_malloc
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
         return torch.softmax((q * d ** -0.5) @ k.transpose(-1, -2), -1) @ v
 
     if args.dtype == "bf16":  # the candidates for bf16 inference (CPU bf16 autocast gives bf16 q, k, v)
-        from maskgit.models.transformer import cpu_bf16_attention
+        from maskgit.inference.kernels import cpu_bf16_attention
         # as in the model: q, k, v are strided views of the fused QKV projection's (B, L, 3, H, d) output, and
         # each variant's result ends as the (B, L, H*d) input of the output projection
         qkv = torch.randn(B, L, 3, H, d).bfloat16()
@@ -58,10 +59,12 @@ def main() -> None:
 
         def rows():
             os.environ["MASKGIT_FUSED_ATTENTION"] = "0"
+            settings.reset()  # read again
             try:
                 return merged(cpu_bf16_attention(q, k, v))
             finally:
                 del os.environ["MASKGIT_FUSED_ATTENTION"]
+                settings.reset()
 
         variants = {"fused SDPA, bf16": lambda: merged(fused()),
                     "oneDNN Graph fused kernel (the model's)": lambda: merged(cpu_bf16_attention(q, k, v)),

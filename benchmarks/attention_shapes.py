@@ -27,9 +27,9 @@ import time
 
 import torch
 
-from maskgit import accel
 from maskgit.config import transformer_preset
 from maskgit.evaluation.samples import machine_description
+from maskgit.inference import kernels
 
 VARIANTS = ("one kernel per batch size", "one kernel per batch size, cache holding all",
             "power-of-two chunks (the model's)")
@@ -51,20 +51,20 @@ def run_variant(args, which: int) -> str:
     qkv = torch.randn(max(rows), L, 3, H, d).to(torch.bfloat16)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B,H,L,d) strided views, as the model's
     traced = []
-    trace = accel._trace_fused_attention
+    trace = kernels._trace_fused_attention
 
     def counting_trace(*a):
         traced.append(a[0].shape[0])
         return trace(*a)
-    accel._trace_fused_attention = counting_trace
-    fn = accel.fused_cpu_attention if which == 2 else accel._fused_kernel
+    kernels._trace_fused_attention = counting_trace
+    fn = kernels.fused_cpu_attention if which == 2 else kernels._fused_kernel
     if which == 1:
-        accel.FUSED_ATTENTION_SHAPES = len(set(rows))
+        kernels.FUSED_ATTENTION_SHAPES = len(set(rows))
     with torch.inference_mode():
         warm = torch.randn(1, L - 1, 3, H, d).to(torch.bfloat16).permute(2, 0, 3, 1, 4)
-        if accel.fused_cpu_attention(*warm) is None:
+        if kernels.fused_cpu_attention(*warm) is None:
             raise SystemExit("this torch build has no oneDNN Graph fusion")
-        accel._fused_attention.clear()
+        kernels._fused_attention.clear()
         base = rss_mib()
         cells = []
         for _ in range(1 + args.passes):
@@ -75,7 +75,7 @@ def run_variant(args, which: int) -> str:
                     fn(q[:r], k[:r], v[:r])
             cells.append((time.perf_counter() - t, len(traced)))
     return json.dumps({"first": cells[0], "later": cells[1:], "rows": depth * sum(rows), "mib": rss_mib() - base,
-                       "kept": accel.FUSED_ATTENTION_SHAPES})
+                       "kept": kernels.FUSED_ATTENTION_SHAPES})
 
 
 def batch_rows(args) -> list[int]:

@@ -20,10 +20,10 @@ VARIANTS = {"static (dynamic=False)": False, "torch default (dynamic=None)": Non
 def worker(conn, config: str, batch: int, dynamic) -> None:
     import torch
 
-    from maskgit.accel import compile_frozen
     from maskgit.config import transformer_preset
     from maskgit.evaluation.speed import between_probes, flops_of
-    from maskgit.memory import tune_malloc
+    from maskgit.inference.compile import compile_frozen
+    from maskgit.inference.malloc import tune_malloc
     from maskgit.models.transformer import MaskGITTransformer
     tune_malloc()
     torch.manual_seed(0)

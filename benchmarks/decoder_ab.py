@@ -1,10 +1,10 @@
 """A/B of the VQGAN decoder's two speed changes, interleaved in one process so that they share the machine's moments.
 
 Switches: the sub-pixel form of the upsampling convs (``VQGAN.decoder.subpixel``) and the raised malloc thresholds
-(``maskgit.memory.tune_malloc``; "off" sets glibc's mmap threshold to 32 MiB, the ceiling of its own dynamic one,
-so the decoder's 33.5 MiB activations are mmapped afresh as by default). Official imagenet-f16 layout, random weights,
-256 px, eager fp32. Prints seconds per image and % of the matmul peak (probed before and after each decode) counted
-at the official layout's FLOPs, median over rounds.
+(``maskgit.inference.malloc.tune_malloc``; "off" sets glibc's mmap threshold to 32 MiB, the ceiling of its own dynamic
+one, so the decoder's 33.5 MiB activations are mmapped afresh as by default). Official imagenet-f16 layout, random
+weights, 256 px, eager fp32. Prints seconds per image and % of the matmul peak (probed before and after each decode)
+counted at the official layout's FLOPs, median over rounds.
 
     python benchmarks/decoder_ab.py [--batch 4] [--rounds 4]
 """
@@ -16,7 +16,7 @@ import torch
 import maskgit.models.vqgan as V
 from maskgit.config import vqgan_preset
 from maskgit.evaluation.speed import _official_flops, ab_table, between_probes
-from maskgit.memory import set_malloc_thresholds
+from maskgit.inference.malloc import set_malloc_thresholds
 
 
 def main() -> None:

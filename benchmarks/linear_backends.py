@@ -1,7 +1,7 @@
 """fp32 linear at the ImageNet transformer's MLP shape (2056 x 768 x 3072, and 257 rows for batch 1): MKL addmm vs
-oneDNN with a pre-packed weight (``accel.OneDNNLinear``, what the pipeline's fp32 linears run on where
-``accel.fp32_linear_backend()`` picks oneDNN) vs oneDNN through torch.utils.mkldnn vs torch.mm vs compiled + frozen,
-best of 10 runs in GFLOP/s, and each one's largest relative error against a float64 product.
+oneDNN with a pre-packed weight (``inference.kernels.OneDNNLinear``, what the pipeline's fp32 linears run on where
+``inference.cpu.fp32_linear_backend()`` picks oneDNN) vs oneDNN through torch.utils.mkldnn vs torch.mm vs compiled +
+frozen, best of 10 runs in GFLOP/s, and each one's largest relative error against a float64 product.
 
     python3 benchmarks/linear_backends.py"""
 
@@ -25,7 +25,8 @@ def best(fn, m: int, n: int = 10) -> float:
 
 
 def main() -> None:
-    from maskgit.accel import OneDNNLinear, cpu_capabilities
+    from maskgit.inference.cpu import cpu_capabilities
+    from maskgit.inference.kernels import OneDNNLinear
     print(f"machine: {cpu_capabilities()['model']}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     torch.manual_seed(0)
     lin = torch.nn.Linear(K, N).eval()

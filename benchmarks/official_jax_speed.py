@@ -57,9 +57,9 @@ for r in range(rounds + 1):
 def ours(batch: int, steps: int, compile_: bool, precision: str = "fp32", backend: str = "mkl"):
     import torch
 
-    from maskgit.accel import compile_frozen
     from maskgit.config import SampleConfig, transformer_preset
-    from maskgit.memory import tune_malloc
+    from maskgit.inference.compile import compile_frozen
+    from maskgit.inference.malloc import tune_malloc
     from maskgit.models.transformer import MaskGITTransformer
     from maskgit.sampling.decoding import decode
     tune_malloc()
@@ -67,10 +67,10 @@ def ours(batch: int, steps: int, compile_: bool, precision: str = "fp32", backen
     cfg = transformer_preset("maskgit-imagenet256")
     model = MaskGITTransformer(cfg).eval()
     if precision == "bf16":  # what Pipeline(precision="bf16") runs on a CPU
-        from maskgit.accel import bf16_linears
-        model = bf16_linears(model)
-    elif backend == "onednn":  # what Pipeline(precision="fp32") runs where accel.fp32_linear_backend() says so
-        from maskgit.accel import onednn_linears
+        from maskgit.inference.precision import prepare
+        model = prepare(model, "bf16", "cpu")
+    elif backend == "onednn":  # what Pipeline(precision="fp32") runs where inference.cpu.fp32_linear_backend() says so
+        from maskgit.inference.kernels import onednn_linears
         model = onednn_linears(model)
     fwd = compile_frozen(model) if compile_ else model
     labels = torch.full((batch,), 7)
@@ -106,7 +106,7 @@ def main() -> int:
                          "uses on AMD CPUs)")
     ap.add_argument("--ours-bf16", action="store_true", help="also time ours with precision bf16")
     args = ap.parse_args()
-    from maskgit.accel import cpu_capabilities
+    from maskgit.inference.cpu import cpu_capabilities
     c = cpu_capabilities()
     import torch
     print(f"machine: {c['model']}, {torch.get_num_threads()} threads, avx512_bf16 {c['avx512_bf16']}; "

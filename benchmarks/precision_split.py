@@ -18,10 +18,11 @@ import time
 
 import torch
 
-from maskgit.accel import bf16_linears, fp32_linear_backend, onednn_linears
 from maskgit.config import transformer_preset
 from maskgit.evaluation.samples import machine_description
-from maskgit.memory import tune_malloc
+from maskgit.inference.cpu import fp32_linear_backend
+from maskgit.inference.malloc import tune_malloc
+from maskgit.inference.precision import prepare
 from maskgit.models.transformer import MaskGITTransformer
 
 
@@ -56,8 +57,8 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = transformer_preset(args.config)
     model = MaskGITTransformer(cfg).eval()
-    fp32 = onednn_linears(model) if fp32_linear_backend() == "onednn" else model
-    bf16 = bf16_linears(model)
+    fp32 = prepare(model, "fp32", "cpu")  # what the pipeline runs on this CPU
+    bf16 = prepare(model, "bf16", "cpu")
     B, L = args.batch, cfg.num_tokens + 1
     tokens = torch.full((B, cfg.num_tokens), cfg.mask_id)
     labels = torch.arange(B) % cfg.num_classes

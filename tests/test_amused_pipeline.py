@@ -518,7 +518,7 @@ def test_server_generates_from_prompts_like_the_library(pipe):
 
 def test_power_of_two_chunks_slice_the_pooled_embedding_too(pipe):
     """compile() runs the transformer on power-of-two chunks of a batch: the pooled rows must be sliced alike."""
-    from maskgit.accel import pow2_chunks
+    from maskgit.inference.compile import pow2_chunks
     tokens, labels = torch.randint(0, K, (3, GRID * GRID)), torch.tensor([-1, -1, -1])
     cond = pipe.text_condition(["a", "b b", "c"], "d")
     whole = pipe.logits_fn(labels, cond)(tokens, True)

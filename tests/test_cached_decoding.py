@@ -13,8 +13,10 @@ import maskgit
 from maskgit.config import SampleConfig, transformer_preset
 from maskgit.errors import MaskGITError
 from maskgit.models.transformer import MaskGITTransformer
+from maskgit.sampling import arithmetic
 from maskgit.sampling.cache import padded_positions
 from maskgit.sampling.decoding import (
+    TorchOps,
     choice_noise_scale,
     decode,
     guidance_scale,
@@ -22,8 +24,7 @@ from maskgit.sampling.decoding import (
     mask_counts,
     sample_tokens,
 )
-from maskgit.sampling.noise import RowGenerators, gumbel, uniform
-from maskgit.sampling.orders import priority
+from maskgit.sampling.noise import RowGenerators
 from maskgit.step_plan import full_steps
 
 
@@ -37,7 +38,8 @@ def reference_decode(logits_fn, tokens, config, mask_id, generator):
     cur = tokens.clone()
     B, N = cur.shape
     n0, guided = (cur == mask_id).sum(1), config.cfg != 0
-    fixed = priority(config.order, (B, N), lambda shape: uniform(shape, generator, cur.device), cur.device)
+    ops = TorchOps(generator, cur.device)
+    fixed = arithmetic.fixed_priority(ops, config.order, B, N)
     for step in range(config.start_step, config.steps):
         unknown_map = cur == mask_id
         if not unknown_map.any():
@@ -50,7 +52,7 @@ def reference_decode(logits_fn, tokens, config, mask_id, generator):
         if fixed is None:
             score = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]
             if config.choice_temperature > 0:
-                score = score + choice_noise_scale(config, step) * gumbel(score.shape, generator, score.device)
+                score = score + choice_noise_scale(config, step) * arithmetic.gumbel(ops, score.shape)
         else:
             score = fixed
         score = torch.where(unknown_map, score, torch.full_like(score, math.inf))
@@ -304,3 +306,4 @@ def test_the_server_takes_the_cache_and_the_interval(tiny_pipeline_dir):
     assert bad_cache.status_code == 422 and "cache" in bad_cache.json()["error"]
     assert bad_interval.status_code == 422 and "cfg_start and cfg_end" in bad_interval.json()["error"]
     assert out_of_range.status_code == 422 and "cfg_end" in out_of_range.json()["error"]
+

@@ -31,6 +31,21 @@ def test_equal_quality_uses_the_seed_spread_in_every_space():
     assert F.equal_quality(dict(ref, fd=3.0, fd_indep=5.0, agree=0.99), ref)
 
 
+def test_equal_quality_compares_seed_by_seed_when_both_rows_have_the_same_seeds():
+    ref = {"setting": "plain T=8", "seeds": [1, 2, 3], "fd": 4.0, "fd_spread": 0.2, "fd_seeds": [4.0, 4.1, 3.9],
+           "fd_indep": 6.0, "fd_indep_spread": 0.4, "fd_indep_seeds": [6.0, 6.2, 5.8], "agree": 0.95,
+           "agree_spread": 0.0, "agree_seeds": [0.95] * 3, "s_per_image": 0.1}
+    # 0.15 worse at every seed: inside the unpaired spread (0.2), outside the paired one (0)
+    worse = dict(ref, setting="w", fd=4.15, fd_seeds=[4.15, 4.25, 4.05])
+    assert not F.equal_quality(worse, ref)
+    assert F.equal_quality({k: v for k, v in worse.items() if k != "seeds"}, ref)  # unpaired fallback
+    noisy = dict(ref, setting="n", fd_seeds=[4.3, 3.9, 3.8], fd=4.0)  # differences +0.3, -0.2, -0.1
+    assert F.equal_quality(noisy, ref)
+    table = F.quality_table([ref, worse, noisy])
+    assert "| w |" in table and "+0.150 ± 0.000 / +0.000 ± 0.000 / +0.000 ± 0.000 | no |" in table
+    assert table.splitlines()[-1].endswith("| yes |")
+
+
 def test_bench_frontier_on_the_shipped_model_writes_both_tables(tmp_path, capsys):
     from maskgit.cli import main
     results = tmp_path / "RESULTS.md"
@@ -41,7 +56,8 @@ def test_bench_frontier_on_the_shipped_model_writes_both_tables(tmp_path, capsys
     text = results.read_text()
     assert "## Frontier: quality of each setting" in text and "seeds 1, 2" in text
     lines = [line for line in text.splitlines() if line.startswith("| plain T=8 |")]
-    assert len(lines) == 1 and lines[0].count("±") == 3  # mean ± spread: FD, FD (independent), agreement
+    # mean ± spread of FD, FD (independent), agreement; then the same three seed by seed against plain T=8
+    assert len(lines) == 1 and lines[0].count("±") == 6 and lines[0].endswith("| yes |")
     assert len([line for line in text.splitlines() if line.startswith("| T=")]) == 2
     assert "Frontier: cost" not in text  # no --configs: no random-weight timing
     assert (tmp_path / "frontier.png").stat().st_size > 0
@@ -78,3 +94,6 @@ def test_bench_frontier_refuses_unknown_settings_and_configs_before_any_work(cap
     assert "unknown frontier setting 'plain T=5'" in capsys.readouterr().err
     assert main(["bench", "frontier", "--cost-only", "--configs", "nope"]) != 0
     assert "nope" in capsys.readouterr().err
+    # with the quality half too: the settings are refused before the model (here a missing one) is loaded
+    assert main(["bench", "frontier", "--settings", "plain T=5", "--model", "/nonexistent/model"]) != 0
+    assert "unknown frontier setting 'plain T=5'" in capsys.readouterr().err

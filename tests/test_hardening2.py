@@ -253,9 +253,9 @@ def test_hostile_png_uploads_are_refused_from_their_headers_or_bounded(pipe):
 
 def test_a_request_body_of_a_mib_or_more_gives_its_memory_back_when_answered(pipe, monkeypatch):
     """glibc keeps freed blocks under tune_malloc's raised thresholds: after a large upload the server trims."""
-    import maskgit.memory
+    import maskgit.inference.malloc
     trims = []
-    monkeypatch.setattr(maskgit.memory, "trim_malloc", lambda: trims.append(1) or True)
+    monkeypatch.setattr(maskgit.inference.malloc, "trim_malloc", lambda: trims.append(1) or True)
     big = _grey_png(SIZE, SIZE, _chunk(b"tEXt", b"k\0" + b"a" * (2 * 2 ** 20)))
 
     async def scenario(c, app):
@@ -274,7 +274,7 @@ def test_a_request_body_of_a_mib_or_more_gives_its_memory_back_when_answered(pip
 def test_trim_malloc_returns_freed_memory_on_glibc():
     import platform
 
-    from maskgit.memory import trim_malloc
+    from maskgit.inference.malloc import trim_malloc
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
     assert trim_malloc() is True

@@ -9,7 +9,7 @@ PKG = Path(maskgit.__file__).parent
 
 # lower layers first; a module may import only from its own layer or below
 LAYERS = [
-    ["maskgit.errors", "maskgit.config", "maskgit.storage.files", "maskgit.accel", "maskgit.memory",
+    ["maskgit.errors", "maskgit.config", "maskgit.storage.files", "maskgit.inference",
      "maskgit.devices", "maskgit.step_plan", "maskgit.model_checks", "maskgit.distributed"],
     ["maskgit.sampling", "maskgit.runtime"],  # runtime: the numpy + onnxruntime decoder (no torch)
     ["maskgit.models"],
@@ -144,3 +144,86 @@ def test_readme_file_map_matches_the_tree():
     scripts = {f"benchmarks/{p.name}" for p in (root / "benchmarks").iterdir() if p.suffix in (".py", ".sh")}
     assert not sorted(scripts - listed), "benchmark scripts missing from the file map: " + ", ".join(
         sorted(scripts - listed))
+
+
+# Which module owns which concept: the rule is written there, once. A function or class of the same name elsewhere
+# in the package is allowed only as a face of the owner's (its body calls the owner's function of that name).
+CONCEPTS = {
+    "the decode loop, for torch and numpy": ("maskgit.sampling.arithmetic", (
+        "decode_loop", "fixed_priority", "filter_logits", "sample_tokens", "gumbel", "guide", "guidance_scale")),
+    "the mask schedule of decoding": ("maskgit.sampling.arithmetic", ("decode_mask_ratio", "mask_counts")),
+    "the mask schedule of training": ("maskgit.sampling.schedules", ("gamma",)),
+    "what a sampling config may hold": ("maskgit.sampling.arithmetic", ("check_sample_config",)),
+    "class ids and the rows of a generate call": ("maskgit.sampling.arithmetic", ("class_ids", "batch_rows")),
+    "decoding orders": ("maskgit.sampling.arithmetic", ("check_order", "halton_priority")),
+    "cached decoding": ("maskgit.sampling.cache", ("CachedSteps", "padded_positions")),
+    "a decode's step plan": ("maskgit.step_plan", ("cache_pattern", "full_steps", "guided_step")),
+    "a decode's noise": ("maskgit.sampling.noise", ("RowGenerators", "chunk_seed", "seeded")),
+    "precision": ("maskgit.inference.precision", ("resolve_precision", "check_precision", "prepare", "amp_choice")),
+    "process-wide speed settings": ("maskgit.inference.settings", ("Settings", "settings")),
+    "weights files and their manifest": ("maskgit.storage.checkpoint", ("save_tensors", "write_manifest")),
+    "joining a torchrun process group": ("maskgit.distributed", ("init_distributed",)),
+    "a mask given as pixels": ("maskgit.storage.images", ("as_pixel_mask",)),
+    "the configs": ("maskgit.config", ("SampleConfig", "TrainConfig", "TransformerConfig", "VQGANConfig")),
+    "the one pipeline": ("maskgit.pipeline", ("Pipeline",)),
+}
+
+
+# The same name with another meaning, each with what it means there.
+OTHER_MEANINGS = {
+    ("maskgit.sampling.amused", "guide"): "the aMUSEd reference scheduler's guidance formula (its sampler setting)",
+    ("maskgit.families.amused_train", "prepare"): "tokenizing and caption-encoding an aMUSEd fine-tuning run's data",
+    ("maskgit.evaluation.samplers", "settings"): "one complete set of decoding settings a benchmark row compares",
+}
+
+
+def definitions(files: dict[str, Path]) -> dict[str, list[tuple[str, ast.AST]]]:
+    """Top-level function and class definitions of every module: name -> [(module, node)]."""
+    out: dict[str, list[tuple[str, ast.AST]]] = {}
+    for mod, path in files.items():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                out.setdefault(node.name, []).append((mod, node))
+    return out
+
+
+def calls_name(node: ast.AST, name: str) -> bool:
+    """Whether ``node``'s body calls ``name`` (as ``name(...)`` or ``something.name(...)``)."""
+    for n in ast.walk(node):
+        if isinstance(n, ast.Call):
+            f = n.func
+            if (isinstance(f, ast.Name) and f.id == name) or (isinstance(f, ast.Attribute) and f.attr == name):
+                return True
+    return False
+
+
+def concept_violations(files: dict[str, Path]) -> list[str]:
+    defs, bad = definitions(files), []
+    for concept, (owner, names) in CONCEPTS.items():
+        for name in names:
+            where = defs.get(name, [])
+            if owner not in [m for m, _ in where]:
+                bad.append(f"{concept}: {owner} does not define {name}")
+            bad += [f"{concept}: {m} defines its own {name} (owned by {owner}; a face must call it)"
+                    for m, node in where
+                    if m != owner and (m, name) not in OTHER_MEANINGS and not calls_name(node, name)]
+    return bad
+
+
+def test_every_concept_is_written_in_its_owner_only():
+    files = {module_name(p): p for p in PKG.rglob("*.py")}
+    bad = concept_violations(files)
+    assert not bad, "\n".join(bad)
+
+
+def test_the_concept_check_sees_a_second_copy(tmp_path):
+    """A module that writes its own mask_counts (not calling the owner's) is caught, a face that calls it is not."""
+    files = {module_name(p): p for p in PKG.rglob("*.py")}
+    copy = tmp_path / "copy.py"
+    copy.write_text("def mask_counts(name, step, steps, n0, unknown):\n    return n0 - 1\n")
+    face = tmp_path / "face.py"
+    face.write_text("from maskgit.sampling import arithmetic\n\n\ndef mask_counts(*a):\n"
+                    "    return arithmetic.mask_counts(*a)\n")
+    assert any("maskgit.fake_copy defines its own mask_counts" in b
+               for b in concept_violations({**files, "maskgit.fake_copy": copy}))
+    assert concept_violations({**files, "maskgit.fake_face": face}) == concept_violations(files) == []

@@ -95,7 +95,7 @@ def test_pipeline_repr_names_model_size_classes_device_precision(tiny_pipeline_d
 
 
 def test_load_takes_precision_auto_as_the_cli_does(tiny_pipeline_dir):
-    from maskgit.accel import resolve_precision
+    from maskgit.inference.precision import resolve_precision
     p = load(tiny_pipeline_dir, precision="auto")
     assert p.precision == resolve_precision("auto", "cpu") and p.precision in repr(p)
     assert p.generate([0], steps=2, output="np").shape == (1, 16, 16, 1)
@@ -314,3 +314,24 @@ def test_num_repeats_each_prompt_and_its_negative_prompt_as_it_repeats_labels():
                                                                                         "need prompts")):
         with pytest.raises(MaskGITError, match=match):
             batch_rows(*args)
+
+
+def test_readme_mask_line_makes_the_mask_its_edit_line_reads(tmp_path):
+    """The README's 'Use it' block: the line that writes mask.png and the edit lines that read it and in/000000.png
+    run as written (the sample line first, as the block has it), each with exit code 0 and its output file."""
+    import shlex
+    import subprocess
+    import sys
+    lines = [ln.split("  #")[0].strip() for ln in _readme_block("```bash\nmaskgit sample --labels 0,3,7").splitlines()]
+    wanted = [ln for ln in lines if ln.startswith("maskgit sample --labels 3 --num 4 --out in/")
+              or ln.startswith("python -c") or "--mask mask.png" in ln]
+    assert len(wanted) == 3 and "mask.png" in wanted[1], wanted
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    for line in wanted:
+        argv = shlex.split(line)
+        argv = [sys.executable, *argv[1:]] if argv[0] == "python" else [sys.executable, "-m", "maskgit", *argv[1:]]
+        r = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0, (line, (r.stdout + r.stderr)[-2000:])
+    from PIL import Image
+    assert Image.open(tmp_path / "mask.png").size == (32, 32)
+    assert Image.open(tmp_path / "out.png").size == Image.open(tmp_path / "in" / "000000.png").size

@@ -185,7 +185,7 @@ def test_conditioning_errors():
                                                                 {"label": 1, "steps": 2})]
 
     no_label, cfg, ok = serve(conditioned_pipeline(null_class=False), scenario)
-    assert no_label.status_code == 422 and "no unconditional mode" in no_label.json()["error"]
+    assert no_label.status_code == 422 and "label: this model has no 'no class' id" in no_label.json()["error"]
     assert cfg.status_code == 422 and "CFG" in cfg.json()["error"]
     assert ok.status_code == 200
 

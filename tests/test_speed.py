@@ -82,7 +82,7 @@ def test_compiled_gelu_is_the_same_tanh_gelu():
     a 20,001-element sigmoid was vectorised at 8 floats and stored at 16, past its buffer)."""
     import torch.nn.functional as F
 
-    from maskgit.accel import compile_frozen
+    from maskgit.inference.compile import compile_frozen
     from maskgit.models.transformer import gelu_tanh
     x = torch.linspace(-10, 10, 20001)
     exact = F.gelu(x, approximate="tanh")
@@ -187,8 +187,8 @@ def test_compiled_pipeline_matches_eager(tiny_pipeline_dir):
 def test_compile_frozen_keeps_shapes_static_per_batch_size(dynamic, symbolic):
     """A second batch size gets its own static graph (a symbolic batch dimension ran the ImageNet-size forward
     markedly slower, benchmarks/compile_ab.py); torch's default would make the second graph symbolic."""
-    from maskgit.accel import compile_frozen
     from maskgit.config import transformer_preset
+    from maskgit.inference.compile import compile_frozen
     from maskgit.models.transformer import MaskGITTransformer
     torch._dynamo.reset()
     graphs = []
@@ -211,7 +211,7 @@ def test_compile_frozen_keeps_shapes_static_per_batch_size(dynamic, symbolic):
 
 @pytest.mark.parametrize("B, sizes", [(8, [8]), (13, [8, 4, 1]), (128, [64, 64]), (150, [64, 64, 16, 4, 2])])
 def test_pow2_chunks_split_the_batch_and_slice_every_batch_argument(B, sizes):
-    from maskgit.accel import pow2_chunks
+    from maskgit.inference.compile import pow2_chunks
     seen = []
 
     def fn(x, labels=None, other=None, text=None):
@@ -250,17 +250,17 @@ CPU_KINDS = {"avx512_bf16": {"avx512": True, "avx512_bf16": True, "onednn_bf16":
 
 def mock_cpu(monkeypatch, kind):
     """Pretend to be a CPU of ``kind``; the oneDNN packing is stubbed, so the real reorder never runs."""
-    import maskgit.accel as accel
+    from maskgit.inference import cpu, kernels, precision
     caps = {"model": "test CPU", "vendor": "GenuineIntel", "avx512": False, "avx512_bf16": False, "amx_bf16": False,
             "torch_isa": "AVX2", "onednn_bf16": False, **CPU_KINDS[kind]}
-    monkeypatch.setattr(accel, "cpu_capabilities", lambda: caps)
+    monkeypatch.setattr(cpu, "cpu_capabilities", lambda: caps)
     packed = []
 
     def fake_pack(linear):
         packed.append(linear)
         return torch.nn.Linear(linear.in_features, linear.out_features, dtype=torch.bfloat16)
-    monkeypatch.setattr(accel, "packed_bf16_linear", fake_pack)
-    monkeypatch.setattr(accel, "_said", set())
+    monkeypatch.setattr(kernels, "packed_bf16_linear", fake_pack)
+    monkeypatch.setattr(precision, "_said", set())
     return packed
 
 
@@ -297,18 +297,18 @@ def test_explicit_bf16_runs_on_every_cpu_kind_and_says_when_it_is_slow(monkeypat
 
 
 def test_amp_auto_follows_the_samplers_rule(monkeypatch):
-    import maskgit.accel as accel
+    import maskgit.inference.precision as precision
     for kind, want in (("amx", True), ("avx512", False), ("avx2", False)):
         mock_cpu(monkeypatch, kind)
-        on, why = accel.amp_choice("auto", "cpu")
-        assert on == want == (accel.resolve_precision("auto", "cpu") == "bf16") and why.startswith("--amp auto")
-    assert accel.amp_choice("off", "cpu")[0] is False
-    on, why = accel.amp_choice("bf16", "cpu")
+        on, why = precision.amp_choice("auto", "cpu")
+        assert on == want == (precision.resolve_precision("auto", "cpu") == "bf16") and why.startswith("--amp auto")
+    assert precision.amp_choice("off", "cpu")[0] is False
+    on, why = precision.amp_choice("bf16", "cpu")
     assert on and "slower than fp32" in why  # still the mocked AVX2 CPU
 
 
 def needs_bf16_packing():
-    from maskgit.accel import cpu_capabilities
+    from maskgit.inference.cpu import cpu_capabilities
     if not cpu_capabilities()["onednn_bf16"]:
         pytest.skip("this CPU has no oneDNN bf16 kernels (needs avx_ne_convert or avx512bw/vl/dq)")
 
@@ -334,8 +334,8 @@ def test_bench_speed_command_writes_its_table(tmp_path, monkeypatch):
     peak probes are shrunk (they run between every step: full-size ones took minutes on a slow CPU), and the bf16
     rows are asked for only where bf16 is native (emulated bf16 is the slowest part there)."""
     import maskgit.evaluation.speed as speed
-    from maskgit.accel import native_bf16
     from maskgit.cli import main
+    from maskgit.inference.cpu import native_bf16
     real_peak = speed.matmul_peak
     monkeypatch.setattr(speed, "matmul_peak", lambda device="cpu", n=2048, repeats=10, warmup=3, dtype=torch.float32,
                         shape=None: real_peak(device, 128, 2, 1, dtype, None))
@@ -428,12 +428,15 @@ def test_decoder_subpixel_matches_official_layout(tiny_pipeline_dir):
 def test_tune_malloc_is_idempotent_and_can_be_turned_off(monkeypatch):
     import platform
 
-    import maskgit.memory as S
+    import maskgit.inference.malloc as S
+    import maskgit.inference.settings as settings
     monkeypatch.setattr(S, "_malloc_tuned", None)
     monkeypatch.setenv("MASKGIT_TUNE_MALLOC", "0")
+    monkeypatch.setattr(settings, "_current", None)  # read again
     assert S.tune_malloc() is False
     monkeypatch.setattr(S, "_malloc_tuned", None)
     monkeypatch.delenv("MASKGIT_TUNE_MALLOC")
+    monkeypatch.setattr(settings, "_current", None)
     tuned = S.tune_malloc()
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert tuned is True
@@ -443,14 +446,17 @@ def test_tune_malloc_is_idempotent_and_can_be_turned_off(monkeypatch):
 def test_onednn_fp32_linears_match_mkl_and_unpack_exactly(monkeypatch, tiny_pipeline_dir):
     """fp32 linears on oneDNN (AMD's default, forced here) compute what MKL computes, to fp32 rounding; the packed
     weights unpack bit for bit; the choice follows the CPU vendor and the override."""
-    import maskgit.accel as accel
-    from maskgit.accel import OneDNNLinear, plain_linears
+    import maskgit.inference.cpu as cpu
+    import maskgit.inference.settings as settings
+    from maskgit.inference.kernels import OneDNNLinear, plain_linears
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
     monkeypatch.setenv("MASKGIT_FP32_LINEAR", "mkl")
+    monkeypatch.setattr(settings, "_current", None)  # read again
     ref = Pipeline.load(tiny_pipeline_dir)
     assert not any(isinstance(m, OneDNNLinear) for m in ref.transformer.modules())
     monkeypatch.setenv("MASKGIT_FP32_LINEAR", "onednn")
+    monkeypatch.setattr(settings, "_current", None)
     fast = Pipeline.load(tiny_pipeline_dir)
     assert fast.precision == "fp32" and isinstance(fast.transformer.blocks[0].fc1, OneDNNLinear)
     c = ref.transformer.config
@@ -469,9 +475,11 @@ def test_onednn_fp32_linears_match_mkl_and_unpack_exactly(monkeypatch, tiny_pipe
     fc1.load_state_dict({"weight": w, "bias": torch.zeros(fc1.out_features)})
     assert torch.equal(fc1.weight, w)
     monkeypatch.setenv("MASKGIT_FP32_LINEAR", "auto")
+    monkeypatch.setattr(settings, "_current", None)
     for vendor, want in (("AuthenticAMD", "onednn"), ("GenuineIntel", "mkl")):
-        monkeypatch.setattr(accel, "cpu_capabilities", lambda v=vendor: {"vendor": v})
-        assert accel.fp32_linear_backend() == want
+        monkeypatch.setattr(cpu, "cpu_capabilities", lambda v=vendor: {"vendor": v})
+        assert cpu.fp32_linear_backend() == want
     monkeypatch.setenv("MASKGIT_FP32_LINEAR", "fast")
+    monkeypatch.setattr(settings, "_current", None)
     with pytest.raises(MaskGITError, match="MASKGIT_FP32_LINEAR"):
-        accel.fp32_linear_backend()
+        cpu.fp32_linear_backend()

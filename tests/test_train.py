@@ -122,11 +122,11 @@ def test_amp_auto_trains_as_the_sampler_would_sample(monkeypatch, store, tmp_pat
     train_config.json say which and why."""
     import json
 
-    import maskgit.accel as accel
+    import maskgit.inference.cpu as cpu
     from maskgit.cli import main
     caps = {"model": "test CPU", "vendor": "GenuineIntel", "avx512": kind != "avx2", "avx512_bf16": False,
             "amx_bf16": kind == "amx", "torch_isa": "AVX2", "onednn_bf16": kind != "avx2"}
-    monkeypatch.setattr(accel, "cpu_capabilities", lambda: caps)
+    monkeypatch.setattr(cpu, "cpu_capabilities", lambda: caps)
     out = tmp_path / "run"
     assert main(_cmd(store, out, 2)[3:]) == 0
     doc = json.loads((out / "train_config.json").read_text())

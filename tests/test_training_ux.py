@@ -2,6 +2,7 @@
 schedule fitted to --max-minutes (fake clock), fine-tuning (--init, --freeze, class-count change)."""
 
 import argparse
+import logging
 import re
 
 import numpy as np
@@ -153,9 +154,10 @@ class _Clock:
         return self.t
 
 
-def test_max_minutes_fits_warmup_and_decay_into_the_budget(stores, tmp_path, capsys):
+def test_max_minutes_fits_warmup_and_decay_into_the_budget(stores, tmp_path, capsys, caplog):
     """0.5 s per step (fake clock) and a 1-minute budget: ~120 steps. The default-sized warmup (500) and decay
     (100k steps) are fitted into them: the LR reaches its peak and decays to ~0 by the end."""
+    caplog.set_level(logging.INFO, logger="maskgit")  # the run's messages on stdout, as the command shows them
     from maskgit.models.transformer import MaskGITTransformer
     from maskgit.training.objectives import MaskedTokenTask
     clock = _Clock()
@@ -182,11 +184,12 @@ def test_max_minutes_fits_warmup_and_decay_into_the_budget(stores, tmp_path, cap
     assert f"stopped at {res.step:,} of 100,000 steps by --max-minutes 1: expect lower quality" in out
 
 
-def test_a_step_budget_prints_its_expected_wall_time_and_ends_as_the_step_count_run(stores, tmp_path, capsys):
+def test_a_step_budget_prints_its_expected_wall_time_and_ends_as_the_step_count_run(stores, tmp_path, capsys, caplog):
     """Without --max-minutes the run is the step budget: after the first steps it prints the expected wall time
     (0.5 s per step on the fake clock, measured after the first steps, which cost 2 s here as kernels are built),
     and it ends at --max-steps with the schedule and weights of a run that never
     measured its time."""
+    caplog.set_level(logging.INFO, logger="maskgit")  # the run's messages on stdout, as the command shows them
     from maskgit.models.transformer import MaskGITTransformer
     from maskgit.training.objectives import MaskedTokenTask
     from maskgit.training.schedule import ETA_CHECK, ETA_SKIP

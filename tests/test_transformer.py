@@ -51,7 +51,7 @@ def test_class_token_and_labels_checked():
     c = m.config
     ids = m.cond_ids(torch.tensor([0, 3, -1]), 3, "cpu")
     assert ids.tolist() == [c.codebook_size, c.codebook_size + 3, c.codebook_size + c.num_classes]
-    with pytest.raises(MaskGITError, match="class labels"):
+    with pytest.raises(MaskGITError, match=r"class label\(s\) \[4\] out of range: this model has classes 0..3"):
         m.cond_ids(torch.tensor([4]), 1, "cpu")
 
 
@@ -114,8 +114,10 @@ def test_cpu_bf16_attention_matches_sdpa_on_the_qkv_views(monkeypatch):
     """The bf16 CPU inference attention's own path (one batch row at a time on the strided q/k/v views of the fused
     QKV output; the oneDNN Graph kernel turned off) computes SDPA to bf16 accuracy and hands back a view whose
     (B,L,H,d) transpose is contiguous (no copy)."""
-    from maskgit.models.transformer import cpu_bf16_attention
+    import maskgit.inference.settings as settings
+    from maskgit.inference.kernels import cpu_bf16_attention
     monkeypatch.setenv("MASKGIT_FUSED_ATTENTION", "0")
+    monkeypatch.setattr(settings, "_current", None)  # read again
     torch.manual_seed(0)
     B, L, H, d = 3, 17, 4, 8
     qkv = torch.randn(B, L, 3 * H * d).bfloat16()
@@ -135,8 +137,8 @@ def test_cpu_bf16_attention_under_compile_gives_the_same_product():
     buffer), which inductor compiles to the same values up to bf16 rounding, in the same (B,H,L,d) shape."""
     import shutil
 
-    from maskgit.accel import compile_frozen
-    from maskgit.models.transformer import cpu_bf16_attention
+    from maskgit.inference.compile import compile_frozen
+    from maskgit.inference.kernels import cpu_bf16_attention
     if shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.skip("torch.compile on CPU needs a C++ compiler")
     torch.manual_seed(1)
@@ -152,42 +154,44 @@ def test_cpu_bf16_attention_under_compile_gives_the_same_product():
 def test_fused_cpu_attention_matches_sdpa_and_is_the_same_per_row(monkeypatch):
     """The oneDNN Graph attention (where this torch build has it) computes SDPA to bf16 accuracy on the model's
     strided q/k/v views, gives a row the same numbers alone as in a batch, and is skipped when turned off."""
-    from maskgit import accel
+    from maskgit.inference import kernels, settings
     torch.manual_seed(2)
     qkv = torch.randn(3, 17, 3, 4, 8).bfloat16()
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        y = accel.fused_cpu_attention(q, k, v)
+        y = kernels.fused_cpu_attention(q, k, v)
         if y is None:
             pytest.skip("no fused bf16 attention here: needs oneDNN Graph and a CPU with bf16 kernels (AVX-512 or AMX)")
         ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
         assert y.shape == (3, 4, 17, 8) and y.dtype == torch.bfloat16
         assert (y.float() - ref).abs().max() < 3e-2
-        assert torch.equal(accel.fused_cpu_attention(q[1:2], k[1:2], v[1:2]), y[1:2])
+        assert torch.equal(kernels.fused_cpu_attention(q[1:2], k[1:2], v[1:2]), y[1:2])
         monkeypatch.setenv("MASKGIT_FUSED_ATTENTION", "0")
-        assert accel.fused_cpu_attention(q, k, v) is None
+        monkeypatch.setattr(settings, "_current", None)  # read again
+        assert kernels.fused_cpu_attention(q, k, v) is None
 
 
 def test_fused_cpu_attention_bounds_its_kernels_with_power_of_two_chunks(monkeypatch):
     """Batch sizes other than powers of two run as power-of-two chunks written into one (B,L,H,d) buffer: the same
     numbers as each chunk alone, a (B,L,H,d)-contiguous result, and only power-of-two batch sizes traced, so sizes
     1..12 leave 4 kernels, not 12."""
-    from maskgit import accel
-    monkeypatch.setattr(accel, "_fused_attention", {})
+    from maskgit.inference import kernels
+    from maskgit.inference.compile import pow2_slices
+    monkeypatch.setattr(kernels, "_fused_attention", {})
     torch.manual_seed(3)
     qkv = torch.randn(12, 9, 3, 2, 8).bfloat16()
     q, k, v = qkv.permute(2, 0, 3, 1, 4)
     with torch.inference_mode():
-        if accel.fused_cpu_attention(q[:1], k[:1], v[:1]) is None:
+        if kernels.fused_cpu_attention(q[:1], k[:1], v[:1]) is None:
             pytest.skip("no fused bf16 attention here: needs oneDNN Graph and a CPU with bf16 kernels (AVX-512 or AMX)")
-        y = accel.fused_cpu_attention(q[:7], k[:7], v[:7])  # 4 + 2 + 1
+        y = kernels.fused_cpu_attention(q[:7], k[:7], v[:7])  # 4 + 2 + 1
         assert y.shape == (7, 2, 9, 8) and y.transpose(1, 2).is_contiguous()
-        assert torch.equal(y[4:6], accel.fused_cpu_attention(q[4:6], k[4:6], v[4:6]))
-        assert torch.equal(y[6:], accel.fused_cpu_attention(q[6:7], k[6:7], v[6:7]))
+        assert torch.equal(y[4:6], kernels.fused_cpu_attention(q[4:6], k[4:6], v[4:6]))
+        assert torch.equal(y[6:], kernels.fused_cpu_attention(q[6:7], k[6:7], v[6:7]))
         ref = torch.nn.functional.scaled_dot_product_attention(q[:7].float(), k[:7].float(), v[:7].float())
         assert (y.float() - ref).abs().max() < 3e-2
         for b in range(1, 13):
-            accel.fused_cpu_attention(q[:b], k[:b], v[:b])
-    assert sorted(key[0][0] for key in accel._fused_attention) == [1, 2, 4, 8]
-    assert accel.pow2_slices(13) == [slice(0, 8), slice(8, 12), slice(12, 13)]
-    assert [s.stop - s.start for s in accel.pow2_slices(150)] == [64, 64, 16, 4, 2]
+            kernels.fused_cpu_attention(q[:b], k[:b], v[:b])
+    assert sorted(key[0][0] for key in kernels._fused_attention) == [1, 2, 4, 8]
+    assert pow2_slices(13) == [slice(0, 8), slice(8, 12), slice(12, 13)]
+    assert [s.stop - s.start for s in pow2_slices(150)] == [64, 64, 16, 4, 2]

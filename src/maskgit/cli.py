@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command in DECODING_COMMANDS:
-        from maskgit.memory import tune_malloc
+        from maskgit.inference.malloc import tune_malloc
         tune_malloc()  # faster CPU decoding, same results (see its docstring; MASKGIT_TUNE_MALLOC=0 turns it off)
     # the library's messages are the command's output: INFO on stdout, warnings on stderr, as plain lines (the
     # "maskgit" logger's console handler, see maskgit/__init__.py)

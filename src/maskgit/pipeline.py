@@ -18,7 +18,7 @@ from maskgit.edits import Edits
 from maskgit.errors import MaskGITError
 from maskgit.models.text import TextCondition
 from maskgit.names import DEFAULT_MODEL, WEIGHTS_DIR, resolve, shipped_models  # noqa: F401  (public here too)
-from maskgit.sampling.arithmetic import batch_rows, class_ids
+from maskgit.sampling.arithmetic import batch_rows, check_class_ids
 from maskgit.sampling.decoding import check_sample_config, decode
 from maskgit.sampling.defaults import defaults_from_meta
 from maskgit.sampling.noise import NoiseSource, seeded
@@ -70,32 +70,12 @@ class Pipeline(Edits):
         transformers under bf16 autocast; on CPU with bf16 linear weights), "fp16" (GPU autocast), "auto" (bf16
         where the device multiplies bf16 in hardware, else fp32). The VQGAN always runs in fp32. The non-fp32
         modes trade a little quality for speed (see RESULTS.md); ``self.precision`` is the one chosen."""
-        from maskgit.accel import PRECISIONS, resolve_precision
-        if precision not in PRECISIONS:
-            raise MaskGITError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        from maskgit.inference.kernels import plain_linears
+        from maskgit.inference.precision import prepare, resolve_precision
         precision = resolve_precision(precision, self.device)
-        from maskgit.accel import fp32_linear_backend, onednn_linears, plain_linears
-        self.transformer, self.ar = plain_linears(self.transformer), self.ar and plain_linears(self.ar)
-        if precision == "fp32" and self.device.type == "cpu" and fp32_linear_backend() == "onednn":
-            # same fp32 arithmetic, a faster GEMM library on this CPU (see accel.fp32_linear_backend)
-            self.transformer = onednn_linears(self.transformer)
-            self.ar = self.ar and onednn_linears(self.ar)
-        elif precision == "int8":
-            if self.device.type != "cpu":
-                raise MaskGITError("int8 mode is for CPUs; on a GPU use bf16 or fp16")
-            from maskgit.accel import int8_dynamic
-            self.transformer = int8_dynamic(self.transformer)
-            if self.ar is not None:
-                self.ar = int8_dynamic(self.ar)
-        elif precision == "fp16" and self.device.type != "cuda":
-            from maskgit.accel import native_bf16
-            raise MaskGITError("fp16 autocast is for GPUs; on this CPU use " + (
-                "bf16 (native here) or int8" if native_bf16(self.device) else
-                "fp32 or int8 (bf16 is emulated here, slower than fp32)"))
-        elif precision == "bf16" and self.device.type == "cpu":
-            from maskgit.accel import bf16_linears
-            # packed oneDNN bf16 where it can pack, plain bf16 linears elsewhere (with a note where bf16 is slow)
-            self.transformer = bf16_linears(self.transformer)  # the AR baseline stays fp32
+        self.transformer = prepare(self.transformer, precision, self.device)  # raises for a precision not for here
+        if self.ar is not None:  # under bf16 the AR baseline stays fp32, on torch's own layers
+            self.ar = plain_linears(self.ar) if precision == "bf16" else prepare(self.ar, precision, self.device)
         self.precision = precision
         return self
 
@@ -104,7 +84,7 @@ class Pipeline(Edits):
         needs a C++ compiler on CPU). Graphs are static per batch size, which runs faster than one graph for all
         sizes; the transformer is called on power-of-two chunks of a batch (at most 64 rows), so only those sizes
         compile, each on first use (~30 s at the ImageNet size)."""
-        from maskgit.accel import compile_frozen, pow2_chunks
+        from maskgit.inference.compile import compile_frozen, pow2_chunks
         self._compiled = pow2_chunks(compile_frozen(self.transformer))
         return self
 
@@ -154,13 +134,10 @@ class Pipeline(Edits):
         return self.transformer.config.mask_id
 
     def check_labels(self, labels) -> torch.Tensor:
+        """Class ids (B,) for this model: the one rule of ``check_class_ids`` ("3", 3.0, True, out of range, and
+        -1 on a model without a "no class" id are refused)."""
         c = self.transformer.config
-        t = torch.as_tensor(class_ids(labels), dtype=torch.long)  # "3", 3.0 and True are refused
-        bad = [int(v) for v in t if not (-1 <= int(v) < c.num_classes)]
-        if bad:
-            raise MaskGITError(f"class label(s) {bad} out of range: this model has classes 0..{c.num_classes - 1}"
-                               + (f" ({', '.join(self.class_names)})" if self.class_names else ""))
-        return t
+        return torch.as_tensor(check_class_ids(labels, c.num_classes, c.null_class, self.class_names), dtype=torch.long)
 
     # ------------------------------------------------------------ text conditioning
     @property

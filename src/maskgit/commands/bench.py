@@ -78,11 +78,13 @@ def cmd_bench(args) -> int:
         return run_speed(args, command, resolve_device(args.device), parse_ints(args.batches, "--batches"))
     if args.what == "scaling":
         return _scaling(args, command)
-    if args.what == "frontier" and args.cost_only:
-        return _frontier(args, command, None, None)
+    if args.what == "frontier":
+        spec = _frontier_spec(args)  # every argument checked before the model loads
+        if args.cost_only:
+            return _frontier(args, command, spec, None, None)
     b = _Bench(args)
     if args.what == "frontier":
-        return _frontier(args, command, b.pipe, b.ev)
+        return _frontier(args, command, spec, b.pipe, b.ev)
     if args.what == "samplers":
         return _samplers(args, command, b)
     from maskgit.evaluation.samples import append_results, markdown_table
@@ -218,9 +220,9 @@ def _tradeoff(args, b: _Bench):
     return rows, cols, f"Diversity/fidelity trade-off at T=8 on {args.data} ({args.num} samples per row)"
 
 
-def _frontier(args, command: str, pipe, ev) -> int:
+def _frontier_spec(args):
+    from maskgit.config import transformer_preset
     from maskgit.evaluation import frontier as F
-    from maskgit.evaluation.samples import append_results
     names = [n for n in (args.settings or "").split(";") if n] or list(F.SETTINGS)
     unknown = [n for n in names if n not in F.SETTINGS]
     if unknown:
@@ -230,9 +232,14 @@ def _frontier(args, command: str, pipe, ev) -> int:
                           configs=tuple(c for c in args.configs.split(",") if c),
                           batches=tuple(parse_ints(args.batches, "--batches")), repeats=args.repeats,
                           precision=args.precision)
-    from maskgit.config import transformer_preset
     for c in spec.configs:
         transformer_preset(c)  # an unknown preset is an error before the quality runs, not after
+    return spec
+
+
+def _frontier(args, command: str, spec, pipe, ev) -> int:
+    from maskgit.evaluation import frontier as F
+    from maskgit.evaluation.samples import append_results
     say = lambda m: print(m, flush=True)  # noqa: E731
     quality = [] if args.cost_only else F.quality_rows(pipe, ev, spec, say)
     cost = F.cost_rows(spec, say) if spec.configs else []

@@ -120,8 +120,8 @@ def cmd_sample(args) -> int:
     kw = explicit_sample_kwargs(args)  # the model's own sampling defaults fill the rest
     prompts = _prompts(args, pipe)
     labels = _labels(args, pipe) if prompts is None else None
-    if labels is not None and args.labels is not None:
-        pipe.check_labels(labels)  # in range for this model, before any image is made
+    if prompts is None:  # the pipelines' one label rule (no labels: "no class"), before any image or file is made
+        pipe.check_labels(labels if labels is not None else [-1])
     if args.out is None:  # only the steps strip: one image per requested label (or prompt), not --num of each
         labels = list(dict.fromkeys(labels)) if labels is not None else None
         prompts = list(dict.fromkeys(prompts)) if prompts is not None else None

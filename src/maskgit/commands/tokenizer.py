@@ -188,7 +188,7 @@ def cmd_reconstruct(args) -> int:
 
 def cmd_tokenize(args) -> int:
     """Stream the dataset through the tokenizer into the store (one store also under torchrun)."""
-    from maskgit.memory import bound_malloc
+    from maskgit.inference.malloc import bound_malloc
     from maskgit.train import tokenize_dataset
     bound_malloc()  # peak memory that does not grow with the dataset (before the model's allocations)
     stats = tokenize_dataset(args.model, args.data, args.out, split=args.split, image_size=args.image_size,

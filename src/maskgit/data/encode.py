@@ -111,12 +111,7 @@ def tokenize_stream(model, dataset, out: str | Path, *, batch_size: int, flip: b
     ``on_batch(k)`` runs after the k-th batch of this process is durable. Returns this process's counts/timing."""
     out = Path(out)
     device = torch.device(device)
-    n = len(dataset)
-    if n == 0:
-        raise MaskGITError("the dataset is empty: nothing to tokenize")
-    size = dataset_size(dataset)
-    grid = tuple(model.config.grid_shape(size))
-    dtype = np.dtype(np.uint16 if model.codebook_size <= 65536 else np.int32)
+    n, size, grid, dtype = _store_layout(model, dataset)
     batches = plan_batches(n, batch_size, flip)
     rows = n * (2 if flip else 1)
     plan = {"count": rows, "grid": list(grid), "dtype": dtype.name, "batch_size": batch_size, "flip": flip,
@@ -132,37 +127,16 @@ def tokenize_stream(model, dataset, out: str | Path, *, batch_size: int, flip: b
     workers = default_workers() if workers is None else workers
     chunk = max(1, min(64, -(-batch_size // max(1, workers))))
     row_bytes = grid[0] * grid[1] * dtype.itemsize
-
-    def keys() -> Iterator[Key]:
-        for b in todo:
-            start, count, f = batches[b]
-            for s, c in _chunks(start, count, chunk):
-                yield Key(tuple(range(s, s + c)), flip=f)
-
-    bar = None
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if progress and rank == 0:
-        from tqdm import tqdm
-        left = sum(batches[b][1] for b in range(len(batches)) if not done[b])
-        bar = tqdm(total=left, unit="img", unit_scale=True, dynamic_ncols=True, mininterval=1.0,
-                   desc="tokenize" + (f" ({world} processes)" if world > 1 else ""))
-    stream = iter(GroupLoader(dataset, keys(), workers, pin_memory=device.type == "cuda"))
+    bar = _progress_bar(progress, rank, world, batches, done)
+    stream = iter(GroupLoader(dataset, _keys(batches, todo, chunk), workers, pin_memory=device.type == "cuda"))
     fd_tok, fd_done = os.open(tok_path, os.O_WRONLY), os.open(done_path, os.O_WRONLY)
     t0, encoded = time.time(), 0
     try:
         for k, b in enumerate(todo, 1):
             start, count, f = batches[b]
             parts = [next(stream)["images"].to(device, non_blocking=True) for _ in _chunks(start, count, chunk)]
-            x = torch.cat(parts)  # (count, C, H, W)
-            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-            tokens = model.encode(x)  # (count, h, w) int64
-            if tuple(tokens.shape[1:]) != grid:
-                raise MaskGITError(f"the tokenizer made {tuple(tokens.shape[1:])} grids from {size} px images, "
-                                   f"not the expected {grid}")
-            data = tokens.cpu().numpy().astype(dtype).tobytes()
-            row = (n if f else 0) + start
-            os.pwrite(fd_tok, data, row * row_bytes)
+            data = _encode(model, parts, grid, size, dtype)
+            os.pwrite(fd_tok, data, ((n if f else 0) + start) * row_bytes)
             os.pwrite(fd_done, b"\x01", b)  # after the tokens: a done batch always has its tokens on disk
             encoded += count
             if bar is not None:
@@ -176,14 +150,61 @@ def tokenize_stream(model, dataset, out: str | Path, *, batch_size: int, flip: b
             bar.close()
         del stream
     seconds = time.time() - t0
+    _complete(out, part, dataset, plan, flip, rank, world)
+    return {"encoded": encoded, "rows": rows, "seconds": seconds,
+            "images_per_s": encoded / seconds if seconds > 0 else 0.0, "complete": True}
+
+
+def _store_layout(model, dataset) -> tuple[int, int, tuple[int, int], np.dtype]:
+    """(items, image size, token grid, token dtype) of the store ``model`` makes of ``dataset``."""
+    n = len(dataset)
+    if n == 0:
+        raise MaskGITError("the dataset is empty: nothing to tokenize")
+    size = dataset_size(dataset)
+    grid = tuple(model.config.grid_shape(size))
+    dtype = np.dtype(np.uint16 if model.codebook_size <= 65536 else np.int32)
+    return n, size, grid, dtype
+
+
+def _keys(batches: list[tuple[int, int, bool]], todo: list[int], chunk: int) -> Iterator[Key]:
+    """The loader's requests: each batch still to do, in chunks of at most ``chunk`` images."""
+    for b in todo:
+        start, count, f = batches[b]
+        for s, c in _chunks(start, count, chunk):
+            yield Key(tuple(range(s, s + c)), flip=f)
+
+
+def _progress_bar(progress: bool | None, rank: int, world: int, batches: list[tuple[int, int, bool]], done):
+    """Rank 0's bar over the images left to encode (by default where stderr is a terminal), or None."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not (progress and rank == 0):
+        return None
+    from tqdm import tqdm
+    left = sum(batches[b][1] for b in range(len(batches)) if not done[b])
+    return tqdm(total=left, unit="img", unit_scale=True, dynamic_ncols=True, mininterval=1.0,
+                desc="tokenize" + (f" ({world} processes)" if world > 1 else ""))
+
+
+def _encode(model, parts: list[torch.Tensor], grid: tuple[int, int], size: int, dtype: np.dtype) -> bytes:
+    """One batch's images (the loader's chunks) -> its token rows, as the bytes the store holds."""
+    x = torch.cat(parts)  # (count, C, H, W)
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    tokens = model.encode(x)  # (count, h, w) int64
+    if tuple(tokens.shape[1:]) != grid:
+        raise MaskGITError(f"the tokenizer made {tuple(tokens.shape[1:])} grids from {size} px images, "
+                           f"not the expected {grid}")
+    return tokens.cpu().numpy().astype(dtype).tobytes()
+
+
+def _complete(out: Path, part: Path, dataset, plan: dict, flip: bool, rank: int, world: int) -> None:
+    """Once every process has written its batches, rank 0 finishes the store (``_finish``) and all wait for it."""
     if world > 1:
         dist.barrier()
     if rank == 0:
         _finish(out, part, dataset, plan, flip)
     if world > 1:
         dist.barrier()
-    return {"encoded": encoded, "rows": rows, "seconds": seconds,
-            "images_per_s": encoded / seconds if seconds > 0 else 0.0, "complete": True}
 
 
 def _finish(out: Path, part: Path, dataset, plan: dict, flip: bool) -> None:

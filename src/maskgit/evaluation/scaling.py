@@ -10,9 +10,9 @@ import time
 
 import torch
 
-from maskgit.accel import bf16_linears, resolve_precision
 from maskgit.config import SampleConfig, transformer_preset
 from maskgit.evaluation.plots import pyplot, save
+from maskgit.inference.precision import prepare, resolve_precision
 from maskgit.models.autoregressive import ARTransformer
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.sampling.decoding import decode
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 def _forward(model, precision: str, device: str):
     if precision != "bf16":
         return model
-    model = bf16_linears(model) if device == "cpu" else model
+    model = prepare(model, "bf16", device)  # on CPU: bf16 linears and attention, as the pipeline runs it
 
     def run(tokens, labels):
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):

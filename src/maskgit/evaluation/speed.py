@@ -11,16 +11,10 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from maskgit.accel import (
-    bf16_linears,
-    compile_frozen,
-    cpu_capabilities,
-    fp32_linear_backend,
-    int8_dynamic,
-    native_bf16,
-    onednn_linears,
-)
 from maskgit.config import SampleConfig, transformer_preset, vqgan_preset
+from maskgit.inference.compile import compile_frozen
+from maskgit.inference.cpu import cpu_capabilities, fp32_linear_backend, native_bf16
+from maskgit.inference.precision import prepare
 from maskgit.models.autoregressive import ARTransformer
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
@@ -195,18 +189,18 @@ def _speed_variants(model, precisions: list[str], device: str, use_compile: bool
     """(tag, forward(tokens, labels), the dtype whose peak it is compared with) per precision / compile mode."""
     variants = []
     for prec in precisions:
-        if prec == "fp32":  # on the GEMM library the pipeline uses here (accel.fp32_linear_backend)
-            fm = onednn_linears(model) if device == "cpu" and fp32_linear_backend() == "onednn" else model
+        if prec == "fp32":  # on the GEMM library the pipeline uses here (inference.cpu.fp32_linear_backend)
+            fm = prepare(model, "fp32", device)
             variants.append(("", fm, torch.float32))
             if use_compile:
                 variants.append((" (compiled)", compile_frozen(fm), torch.float32))
         elif prec == "bf16":
-            bm = bf16_linears(model) if device == "cpu" else model
+            bm = prepare(model, "bf16", device)
             variants.append((" (bf16)", _under_bf16(bm, device), torch.bfloat16))
             if use_compile:
                 variants.append((" (bf16, compiled)", _under_bf16(compile_frozen(bm), device), torch.bfloat16))
     if int8 and device == "cpu":
-        variants.append((" (int8)", int8_dynamic(model), torch.float32))
+        variants.append((" (int8)", prepare(model, "int8", device), torch.float32))
     return variants
 
 

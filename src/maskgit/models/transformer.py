@@ -10,25 +10,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskgit.accel import fused_cpu_attention
 from maskgit.config import TransformerConfig
 from maskgit.errors import MaskGITError
+from maskgit.inference.kernels import attention, gelu_tanh
+from maskgit.sampling.arithmetic import check_class_ids
 
 LN_EPS = 1e-12
-_GELU_C = 1.5957691216057308  # 2 * sqrt(2 / pi)
 
 
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GELU with the tanh approximation (the official model's). Under torch.compile it is written as
-    x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), the same function (0.5 (1 + tanh z) = sigmoid(2z)), because inductor
-    vectorises exp far faster than tanh on the CPU; eager keeps ATen's fused kernel and its backward."""
-    if torch.compiler.is_compiling():
-        return x * torch.sigmoid(_GELU_C * (x + 0.044715 * (x * x * x)))
-    return F.gelu(x, approximate="tanh")
+def mlp(fc1: nn.Module, fc2: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The blocks' MLP: fc2(gelu_tanh(fc1(x)))."""
+    return fc2(gelu_tanh(fc1(x)))
 
 
 class Attention(nn.Module):
-    """Multi-head attention with a fused QKV projection and SDPA; optional KV cache for causal decoding."""
+    """Multi-head attention with a fused QKV projection; optional KV cache for causal decoding."""
+
+    attention_fn = staticmethod(attention)  # the inference backend's attention (maskgit.inference.kernels)
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -52,16 +50,13 @@ class Attention(nn.Module):
             cache["k"], cache["v"] = k, v
             # with a cache, queries are the newest positions: causal within them, all past keys visible
             causal = causal and L > 1
-        p = self.dropout if self.training else 0.0
-        if causal and k.shape[2] != L:
+        mask = None
+        if causal and k.shape[2] != L:  # queries after the cached keys: each sees the past and itself
             mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - L)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            causal = False
         elif key_mask is not None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=p)
-        elif not causal and q.dtype == torch.bfloat16 and q.device.type == "cpu" and not torch.is_grad_enabled():
-            y = cpu_bf16_attention(q, k, v)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=p)
+            mask, causal = key_mask[:, None, None, :], False
+        y = self.attention_fn(q, k, v, mask, causal, self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, L, W))  # (B, L, W)
 
 
@@ -90,6 +85,8 @@ class CrossAttention(nn.Module):
 class Block(nn.Module):
     """Post-LN: x = LN(x + Drop(Attn(x))); [x = LN(x + Drop(XAttn(x, text)))]; x = LN(x + Drop(MLP(x)))."""
 
+    mlp_fn = staticmethod(mlp)  # packed inference layers swap in a fused one (maskgit.inference.kernels)
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.attn = Attention(cfg)
@@ -106,9 +103,7 @@ class Block(nn.Module):
         x = self.attn_ln(x + self.drop(self.attn(x, causal, cache, key_mask, step)))
         if self.cross is not None:
             x = self.cross_ln(x + self.drop(self.cross(x, ctx, ctx_mask)))
-        fused = getattr(self.fc1, "forward_gelu_tanh", None)  # an inference linear that fuses the GELU
-        h = fused(x) if fused is not None else gelu_tanh(self.fc1(x))
-        return self.mlp_ln(x + self.drop(self.fc2(h)))
+        return self.mlp_ln(x + self.drop(self.mlp_fn(self.fc1, self.fc2, x)))
 
 
 def cached_keys(step: tuple, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,28 +128,6 @@ def cached_keys(step: tuple, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Te
     ck.transpose(1, 2)[rows, index] = k.transpose(1, 2).to(ck.dtype)  # (B,P,H,d) rows of (B,L,H,d)
     cv.transpose(1, 2)[rows, index] = v.transpose(1, 2).to(cv.dtype)
     return ck, cv
-
-
-def cpu_bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v for bf16 (B,H,L,d) on a CPU at inference (torch's fused CPU kernel ran the
-    ImageNet-size batch-8 attention 3x slower in bf16 than what follows). Where the torch build has it, oneDNN
-    Graph's fused attention kernel (``accel.fused_cpu_attention``); otherwise one batch row at a time: a row's
-    (H,L,L) scores stay in cache and its two bf16 GEMMs run at oneDNN's speed, each row's keys made contiguous
-    first (the GEMM runs far slower on a strided k^T operand) and its output written straight into a (B,L,H,d)
-    buffer, so the caller's (B,L,H*d) view needs no copy. Returns (B,H,L,d)."""
-    scale = q.shape[-1] ** -0.5
-    B, H, L, d = q.shape
-    if torch.compiler.is_compiling():  # the same product in plain ops, which inductor fuses its own way
-        return torch.cat([torch.matmul(torch.matmul(q[i:i + 1] * scale, k[i:i + 1].transpose(-1, -2)).softmax(-1),
-                                       v[i:i + 1]) for i in range(B)])
-    fused = fused_cpu_attention(q, k, v)
-    if fused is not None:
-        return fused
-    out = q.new_empty(B, L, H, d)
-    for i in range(B):
-        s = torch.bmm(q[i] * scale, k[i].contiguous().transpose(1, 2)).softmax(-1)
-        torch.bmm(s, v[i], out=out[i].transpose(0, 1))
-    return out.transpose(1, 2)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -202,12 +175,11 @@ class TokenTransformer(nn.Module):
         labels = labels.to(device=device, dtype=torch.long)
         if labels.shape != (batch,):
             raise MaskGITError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
-        if labels.numel() and (int(labels.max()) >= c.num_classes or int(labels.min()) < -1):
-            raise MaskGITError(f"class labels must lie in [0, {c.num_classes - 1}] (or -1 for none); "
-                               f"got {labels.tolist()[:8]}")
-        if (labels < 0).any() and not c.null_class:
-            if c.num_classes > 0:
-                raise MaskGITError("this model has no 'no class' id: give a class label for every sample")
+        # the pipelines checked their labels; this guards direct calls (training, tests) with one device sync
+        low = -1 if c.null_class or c.num_classes <= 0 else 0
+        if ((labels < low) | (labels >= c.num_classes)).any():
+            names = (getattr(self, "meta", None) or {}).get("class_names")
+            check_class_ids(labels.tolist(), c.num_classes, c.null_class, names)  # raises, in its wording
         null = c.codebook_size + c.num_classes if c.null_class else c.mask_id
         return torch.where(labels >= 0, c.codebook_size + labels, torch.full_like(labels, null))
 

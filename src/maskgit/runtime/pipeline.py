@@ -11,7 +11,7 @@ import numpy as np
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
 from maskgit.runtime.decoding import Noise, decode
-from maskgit.sampling.arithmetic import batch_rows, class_ids
+from maskgit.sampling.arithmetic import batch_rows, check_class_ids
 from maskgit.storage.files import sha256_file
 
 CARD = "model_card.json"
@@ -105,13 +105,9 @@ class OnnxPipeline:
         return cfg
 
     def check_labels(self, labels) -> np.ndarray:
-        lab = np.asarray(class_ids(labels), dtype=np.int64).reshape(-1)  # "3", 3.0 and True are refused
-        bad = [int(v) for v in lab if not -1 <= v < self.num_classes]
-        if bad:
-            raise MaskGITError(f"class label(s) {bad} out of range: this model has classes 0..{self.num_classes - 1}")
-        if (lab < 0).any() and self.num_classes and not self.null_class:
-            raise MaskGITError("this model has no 'no class' id: give a class label for every sample")
-        return lab
+        """Class ids (B,) for this export: the one rule of ``check_class_ids``, as the PyTorch pipeline."""
+        ids = check_class_ids(labels, self.num_classes, self.null_class, self.class_names)
+        return np.asarray(ids, dtype=np.int64).reshape(-1)
 
     # ------------------------------------------------------------ graphs
     def logits_fn(self, labels: np.ndarray):

@@ -293,6 +293,23 @@ def class_ids(labels) -> list[int]:
     return [int(v) for v in items]
 
 
+def check_class_ids(labels, num_classes: int, null_class: bool, class_names=None,
+                    what: str = "class label") -> list[int]:
+    """The one rule for class labels, shared by both pipelines, the server and the model: integer ids (as
+    ``class_ids``), each a class in [0, num_classes) or -1 = no class; -1 only where the model has a "no class"
+    id (a model without classes takes -1 alone). ``class_names`` are named in the message when known."""
+    ids = class_ids(labels)
+    bad = [v for v in ids if not -1 <= v < num_classes]
+    if bad:
+        if num_classes <= 0:
+            raise MaskGITError(f"{what}(s) {bad} out of range: this model has no classes (leave out class labels)")
+        names = f" ({', '.join(class_names)})" if class_names else ""
+        raise MaskGITError(f"{what}(s) {bad} out of range: this model has classes 0..{num_classes - 1}{names}")
+    if num_classes > 0 and not null_class and any(v < 0 for v in ids):
+        raise MaskGITError("this model has no 'no class' id: give a class label for every sample")
+    return ids
+
+
 def batch_rows(labels=None, num=None, prompts=None, negative_prompts=None):
     """(class ids, prompts, negative prompts) with one entry per image. ``num`` alone: that many images without
     a class; with ``labels`` or ``prompts``: ``num`` images of each, label-major (0,0,1,1,...) as the CLI's --num.

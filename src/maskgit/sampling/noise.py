@@ -1,6 +1,6 @@
 """A decode's random numbers: one generator for the batch, or per-row generators (``RowGenerators``, ``seeded``)
-so that a row draws what it draws decoded alone; the seeds of a many-chunk run (``chunk_seed``); uniform and
-Gumbel noise drawn from either."""
+so that a row draws what it draws decoded alone; the seeds of a many-chunk run (``chunk_seed``); uniform noise
+drawn from either (the decode loop's Gumbel noise is made from it, ``arithmetic.gumbel``)."""
 
 from __future__ import annotations
 
@@ -64,8 +64,3 @@ def _rand(shape, generator: NoiseSource, device) -> torch.Tensor:
 def uniform(shape, generator: NoiseSource, device) -> torch.Tensor:
     """Uniform noise in [0, 1) from a decode's noise source (one generator, or RowGenerators by blocks of rows)."""
     return _rand(shape, generator, device)
-
-
-def gumbel(shape, generator, device) -> torch.Tensor:
-    """-log(-log(u)), u uniform, computed in place (a fresh B x N x K buffer costs more than the logs)."""
-    return _rand(shape, generator, device).clamp_(1e-20, 1.0 - 1e-7).log_().neg_().log_().neg_()

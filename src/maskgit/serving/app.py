@@ -89,16 +89,27 @@ def require_server() -> None:
 def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig()):
     """The FastAPI app serving ``pipe``; its worker starts and drains with the app's lifespan."""
     require_server()
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
+    from fastapi import FastAPI
 
     S = schemas()
     batcher = Batcher(pipe, config.max_batch, config.max_wait_ms / 1000, config.queue_size)
     h = Handlers(pipe, name, config, batcher)
     index_html = (WEB_DIR / "index.html").read_text(encoding="utf-8") if (WEB_DIR / "index.html").exists() else ""
+
+    from maskgit import __version__
+    app = FastAPI(title="MaskGIT", version=__version__, lifespan=_lifespan(batcher, config), docs_url=None,
+                  redoc_url=None, description="Generation and editing with a MaskGIT pipeline. See "
+                                              "maskgit.serving.app for the batching and seed semantics.")
+    app.state.batcher, app.state.pipe, app.state.config = batcher, pipe, config
+    app.add_middleware(BodyLimit, max_bytes=int(config.max_body_mb * 2 ** 20), timeout_s=config.body_timeout,
+                       stop_at=lambda: batcher.stop_at)
+    _add_error_handlers(app)
+    _add_routes(app, S, h, batcher, index_html)
+    return app
+
+
+def _lifespan(batcher: Batcher, config: ServerConfig):
+    """The app's lifespan: the worker starts with the app and drains until the shutdown deadline."""
 
     @asynccontextmanager
     async def lifespan(app):
@@ -110,13 +121,15 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
             left = config.shutdown_timeout if stop is None else max(0.0, stop - time.monotonic())
             await asyncio.to_thread(batcher.close, left + 0.5)
 
-    from maskgit import __version__
-    app = FastAPI(title="MaskGIT", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Generation and editing with a MaskGIT pipeline. See maskgit.serving.app for the "
-                              "batching and seed semantics.")
-    app.state.batcher, app.state.pipe, app.state.config = batcher, pipe, config
-    app.add_middleware(BodyLimit, max_bytes=int(config.max_body_mb * 2 ** 20), timeout_s=config.body_timeout,
-                       stop_at=lambda: batcher.stop_at)
+    return lifespan
+
+
+def _add_error_handlers(app) -> None:
+    """Every error as JSON ``{"error": "..."}`` with its status (see the module doc)."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     @app.exception_handler(APIError)
     async def _api_error(request, exc: APIError):
@@ -142,22 +155,30 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
     async def _http_error(request, exc: HTTPException):
         return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
+
+def _body_doc(model, multipart: bool = False) -> dict:
+    """The OpenAPI request body of an endpoint that reads its JSON (or form) body itself."""
+    content = {"application/json": {"schema": model.model_json_schema()}}
+    if multipart:
+        content["multipart/form-data"] = {"schema": {"type": "object", "description": "the same fields as form "
+                                          "fields; image (and mask) as PNG files; box as x,y,w,h"}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _add_routes(app, S, h: Handlers, batcher: Batcher, index_html: str) -> None:
+    """The endpoints (see the module doc), the web page and the API docs page."""
+    from fastapi import Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+
     png_response = {200: {"content": {"application/json": {}, "image/png": {}},
                           "description": "JSON with base64 PNGs, or PNG bytes with Accept: image/png"}}
 
-    def body_doc(model, multipart: bool = False) -> dict:
-        content = {"application/json": {"schema": model.model_json_schema()}}
-        if multipart:
-            content["multipart/form-data"] = {"schema": {"type": "object", "description": "the same fields as form "
-                                              "fields; image (and mask) as PNG files; box as x,y,w,h"}}
-        return {"requestBody": {"required": True, "content": content}}
-
-    @app.post("/v1/generate", responses=png_response, openapi_extra=body_doc(S.GenerateRequest))
+    @app.post("/v1/generate", responses=png_response, openapi_extra=_body_doc(S.GenerateRequest))
     async def generate(request: Request):
         """Generate images of a class (label / labels), unconditionally, or from a prompt (text models)."""
         return await h.generate(request)
 
-    @app.post("/v1/edit", responses=png_response, openapi_extra=body_doc(S.EditRequest, multipart=True))
+    @app.post("/v1/edit", responses=png_response, openapi_extra=_body_doc(S.EditRequest, multipart=True))
     async def edit(request: Request):
         """Inpaint (mask or box), outpaint (side + tokens) or class-edit (mode edit, box + label) one image."""
         return await h.edit(request)
@@ -184,8 +205,6 @@ def create_app(pipe, name: str = "model", config: ServerConfig = ServerConfig())
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     async def docs():
         return HTMLResponse(DOCS_HTML)
-
-    return app
 
 
 def serve(model: str | None, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",

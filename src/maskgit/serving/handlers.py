@@ -11,6 +11,8 @@ import time
 import numpy as np
 
 from maskgit.config import SampleConfig
+from maskgit.errors import MaskGITError
+from maskgit.sampling.arithmetic import check_class_ids
 from maskgit.sampling.schedules import SCHEDULES
 from maskgit.serving.batching import SAMPLE_FIELDS, APIError, Batcher, GenResult, Job, ServerConfig
 from maskgit.serving.schemas import (
@@ -51,10 +53,12 @@ class Handlers:
         names = f" ({', '.join(self.pipe.class_names)})" if self.pipe.class_names else ""
         return f"label or labels in 0..{self.tc.num_classes - 1}{names}"
 
-    def check_label(self, label: int, what: str = "label") -> None:
-        """422 unless ``label`` is -1 (no class) or one of the model's classes."""
-        if not -1 <= label < self.tc.num_classes:
-            raise APIError(422, f"{what}: class {label} is out of range: send {self.class_hint()}")
+    def check_label(self, label: int, field: str = "label") -> None:
+        """422 naming ``field`` unless ``label`` passes the pipelines' one rule (``check_class_ids``)."""
+        try:
+            check_class_ids(label, self.tc.num_classes, self.tc.null_class, self.pipe.class_names)
+        except MaskGITError as e:
+            raise APIError(422, f"{field}: {e}") from None
 
     def check_prompts(self, req) -> None:
         """422 for text fields a model cannot take, or too long; label fields on a text model."""
@@ -82,12 +86,9 @@ class Handlers:
         if len(classes) * num > self.config.max_num:  # before any list of that size exists
             raise APIError(422, f"{len(classes) * num} images asked for; this server's limit is "
                                 f"{self.config.max_num} per request")
-        if req.labels is None and req.label is None and self.tc.num_classes > 0 and not self.tc.null_class:
-            raise APIError(422, f"this model has no unconditional mode: send {self.class_hint()}")
-        if self.conditioning == "class":
+        if self.conditioning != "text":  # no label given: -1, "no class", which a model may not have
             for i, c in enumerate(classes):
-                if c is not None:
-                    self.check_label(c, "label" if req.labels is None else f"labels.{i}")
+                self.check_label(-1 if c is None else c, "label" if req.labels is None else f"labels.{i}")
         return [-1 if c is None else c for c in classes for _ in range(num)]
 
     @staticmethod
@@ -167,7 +168,7 @@ class Handlers:
         mode = req.mode or ("outpaint" if req.side is not None or req.tokens is not None else "inpaint")
         self.check_prompts(req)
         self.check_box(req.box)
-        if req.label is not None and self.conditioning == "class":
+        if req.label is not None and self.conditioning != "text":
             self.check_label(req.label)
         if mode == "edit" and self.conditioning == "text":
             raise APIError(422, "a class edit (mode edit) needs a class-conditional model; text models inpaint "

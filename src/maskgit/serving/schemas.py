@@ -243,7 +243,7 @@ class BodyLimit:
     when the whole body has not arrived ``timeout_s`` seconds after the app first asked for it (a stalled upload,
     or one drip-fed a byte at a time); 503 for a body still arriving when ``stop_at()`` (a ``time.monotonic()``
     shutdown deadline, or None) has passed. After a request whose body was ``TRIM_AFTER_BYTES`` or more, freed
-    memory goes back to the OS (``memory.trim_malloc``), so bursts of large uploads do not raise the resident
+    memory goes back to the OS (``inference.malloc.trim_malloc``), so bursts of large uploads do not raise the resident
     memory for good."""
 
     def __init__(self, app, max_bytes: int, timeout_s: float = 30.0, stop_at=lambda: None):
@@ -300,5 +300,5 @@ class BodyLimit:
             return await self.app(scope, limited, send)
         finally:
             if seen >= TRIM_AFTER_BYTES:
-                from maskgit.memory import trim_malloc
+                from maskgit.inference.malloc import trim_malloc
                 trim_malloc()

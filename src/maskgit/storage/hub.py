@@ -162,7 +162,7 @@ def _amused_files(files: set[str], label: str) -> list[str]:
 
 # ---------------------------------------------------------------- writing and pushing the project's layout
 def _parts(pipe) -> dict:
-    from maskgit.accel import plain_linears
+    from maskgit.inference.kernels import plain_linears
     from maskgit.storage.checkpoint import kind_of
     if pipe.precision != "fp32":
         raise MaskGITError(f"this pipeline runs at {pipe.precision}; saving needs its fp32 weights: load it with "

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskgit.accel import plain_linears, replacing_modules
 from maskgit.errors import MaskGITError
+from maskgit.inference.kernels import plain_linears, replacing_modules
 from maskgit.models.transformer import Attention, MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
 from maskgit.storage.files import atomic_write, sha256_file

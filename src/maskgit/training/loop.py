@@ -8,6 +8,7 @@ the data position is the step), SIGTERM/SIGINT handling, a metrics log, a loss c
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
@@ -38,6 +39,8 @@ from maskgit.training.curves import plot_metrics
 from maskgit.training.lora import CONFIG_NAME, WEIGHTS_NAME, checkpoint_state, lora_modules, save_lora
 from maskgit.training.resume import TrainingInterrupted, find_checkpoint, latest_checkpoint, truncate_metrics  # noqa: F401
 from maskgit.training.schedule import BudgetSchedule, lr_factor  # noqa: F401  (lr_factor: re-exported)
+
+log = logging.getLogger(__name__)  # the run's messages (the maskgit command shows INFO on stdout)
 
 
 class BatchSource(Protocol):
@@ -169,13 +172,13 @@ class _Run:
 
     def say(self, text: str) -> None:
         if self.rank == 0:
-            print(text, flush=True)
+            log.info(text)
 
     def prepare(self, resume, param_groups, init_optimizer, clock) -> None:
         task, cfg, dev, rank = self.task, self.cfg, self.dev, self.rank
         torch.manual_seed(cfg.seed + rank)  # the trainer owns the process: dropout uses the global RNG
         task.to(dev)
-        from maskgit.accel import amp_choice
+        from maskgit.inference.precision import amp_choice
         self.use_bf16, self.amp_why = amp_choice(cfg.amp, dev)  # the sampler's rule: bf16 where it is native
         if getattr(task, "channels_last", False):
             # CPU convolutions train faster in NHWC in fp32 (13% of a tokenizer step) but slower under bf16
@@ -185,7 +188,7 @@ class _Run:
                 task.to(memory_format=torch.channels_last)
         groups = param_groups(task) if param_groups else _default_groups(task, cfg)
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-        ck = find_checkpoint(self.run_dir, resume, say=print if rank == 0 else lambda _: None) if resume else None
+        ck = find_checkpoint(self.run_dir, resume, say=self.say) if resume else None
         if init_optimizer is not None and ck is None:
             note = init_optimizer(self.opt)
             if note:

@@ -9,6 +9,7 @@ interruption with the same settings continues the same schedule, and its ``--max
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ import torch.distributed as dist
 
 from maskgit.config import TrainConfig
 from maskgit.errors import MaskGITError
+
+logger = logging.getLogger(__name__)  # the budget's estimates (the maskgit command shows INFO)
 
 FIRST_CHECK = 4  # steps measured before the first estimate
 WARMUP_MAX_SHARE = 0.25  # a warmup longer than this share of the fitted run ...
@@ -50,7 +53,7 @@ class BudgetSchedule:
     ``over_time()`` once the budget is spent. ``clock`` returns seconds (tests pass a fake one)."""
 
     def __init__(self, cfg: TrainConfig, clock: Callable[[], float] = time.monotonic,
-                 log: Callable[[str], None] | None = print):
+                 log: Callable[[str], None] | None = logger.info):
         self.cfg, self.clock, self.log = cfg, clock, log
         self.warmup, self.horizon = cfg.warmup_steps, cfg.max_steps
         self.t0, self.step0, self.next_check, self.reported = 0.0, 0, FIRST_CHECK, False

@@ -1,7 +1,10 @@
 """glibc malloc thresholds for the process (set by the CLI and server entry points and by CPU pipelines only):
-large freed blocks kept for reuse while sampling, bounded for long streaming jobs."""
+large freed blocks kept for reuse while sampling, bounded for long streaming jobs. ``MASKGIT_TUNE_MALLOC=0``
+(``settings``) leaves glibc's defaults."""
 
 from __future__ import annotations
+
+from maskgit.inference.settings import settings
 
 MALLOC_THRESHOLD = 1 << 30  # bytes
 _malloc_tuned: bool | None = None
@@ -16,12 +19,11 @@ def tune_malloc() -> bool:
     tenth of a decode's time. Raising the mmap and trim thresholds to ``MALLOC_THRESHOLD`` keeps those blocks in the
     heap. Results do not change; the process keeps up to that much freed memory for reuse. Called by the CLI and by
     CPU pipelines; ``MASKGIT_TUNE_MALLOC=0`` turns it off. Returns whether the thresholds are set (False off glibc)."""
-    import os
     global _malloc_tuned
     if _malloc_tuned is not None:
         return _malloc_tuned
     _malloc_tuned = False
-    if os.environ.get("MASKGIT_TUNE_MALLOC", "1") == "0":
+    if not settings().tune_malloc:
         return False
     _malloc_tuned = set_malloc_thresholds(MALLOC_THRESHOLD, MALLOC_THRESHOLD)
     return _malloc_tuned
@@ -37,8 +39,7 @@ def bound_malloc() -> bool:
     the 1-17 MiB activations of a 256 px encoder then fragment the heap: peak memory grew by a third from 2,000 to
     20,000 images (``benchmarks/data_scale.py``); with this it stays flat. Skipped with ``MASKGIT_TUNE_MALLOC=0``;
     process-wide, inherited by forked loader workers."""
-    import os
-    if os.environ.get("MASKGIT_TUNE_MALLOC", "1") == "0":
+    if not settings().tune_malloc:
         return False
     return set_malloc_thresholds(STREAM_MMAP_THRESHOLD, STREAM_TRIM_THRESHOLD)
 
