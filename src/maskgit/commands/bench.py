@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from maskgit.commands.common import device_arg, parse_ints, resolve_device
@@ -243,6 +244,10 @@ def _frontier(args, command: str, spec, pipe, ev) -> int:
     say = lambda m: print(m, flush=True)  # noqa: E731
     quality = [] if args.cost_only else F.quality_rows(pipe, ev, spec, say)
     cost = F.cost_rows(spec, say) if spec.configs else []
+    if quality or cost:
+        Path(args.plots).mkdir(parents=True, exist_ok=True)
+        (Path(args.plots) / "frontier.json").write_text(json.dumps({"command": command, "quality": quality,
+                                                                    "cost": cost}, indent=1))
     if quality:
         F.plot_frontier(Path(args.plots) / "frontier.png", quality, cost)
     seeds = ", ".join(map(str, spec.seeds))
