@@ -61,6 +61,9 @@ def test_bench_frontier_on_the_shipped_model_writes_both_tables(tmp_path, capsys
     assert len([line for line in text.splitlines() if line.startswith("| T=")]) == 2
     assert "Frontier: cost" not in text  # no --configs: no random-weight timing
     assert (tmp_path / "frontier.png").stat().st_size > 0
+    run = json.loads((tmp_path / "frontier.json").read_text())
+    assert [r["setting"] for r in run["quality"]] == ["plain T=8", "T=8, cache every2", "T=8, CFG on [0.25, 1)"]
+    assert all(len(r["fd_indep_seeds"]) == 2 for r in run["quality"]) and run["cost"] == []
 
 
 def test_quality_rows_spread_is_zero_for_one_seed_and_positive_across_seeds():
