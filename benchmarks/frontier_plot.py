@@ -25,7 +25,7 @@ def merge(files: list[Path]) -> tuple[list[dict], list[dict], list[str]]:
         for row in run["quality"]:
             old = quality.setdefault(row["setting"], row)
             for k in ("fd_seeds", "fd_indep_seeds", "agree_seeds"):
-                if old[k] != row[k]:
+                if [round(v, 3) for v in old[k]] != [round(v, 3) for v in row[k]]:  # logs keep 3 decimals
                     raise SystemExit(f"{row['setting']}: {k} differs between runs ({old[k]} vs {row[k]})")
         cost += run["cost"]
     return list(quality.values()), cost, commands

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from maskgit.config import SampleConfig, add_dataclass_args, explicit_sample_kwargs
+from maskgit.commands.parser import add_dataclass_args, explicit_sample_kwargs
+from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
 from maskgit.pipeline import Pipeline
 from maskgit.sampling.defaults import defaults_from_meta, sampling_section

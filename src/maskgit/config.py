@@ -1,7 +1,7 @@
 """Every shape and knob of the project as frozen dataclasses, plus named presets.
 
 A model is fully described by its config; configs round-trip through JSON (``to_dict`` / ``from_dict``)
-and the CLI builds its flags from the dataclass fields, so nothing is written twice."""
+and the CLI builds its flags from the dataclass fields (commands/parser.py), so nothing is written twice."""
 
 from __future__ import annotations
 
@@ -158,13 +158,6 @@ def check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 63:
         raise MaskGITError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     return int(seed)
-
-
-def explicit_sample_kwargs(args: Any) -> dict:
-    """The SampleConfig fields given on a command line (flags left out are None): the model's stored defaults
-    fill the rest (``Pipeline.sample_defaults``)."""
-    return {f.name: v for f in dataclasses.fields(SampleConfig)
-            if f.name != "start_step" and (v := getattr(args, f.name, None)) is not None}
 
 
 def sample_kwargs(cfg: SampleConfig) -> dict:
@@ -355,46 +348,6 @@ def _coerce(tp: Any, v: Any, where: str) -> Any:
     return v
 
 
-def add_dataclass_args(parser, cls: type | Any, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--flag`` per dataclass field (defaults None = keep the config's value). ``cls`` may be an
-    instance: its values are then the defaults shown, so pass the very config the command overrides. What help
-    shows is kept in ``parser.config_defaults`` ({dest: value}) for the test that checks it against the run."""
-    defaults = None if isinstance(cls, type) else cls
-    cls = type(cls) if defaults is not None else cls
-    hints = typing.get_type_hints(cls)
-    if not hasattr(parser, "config_defaults"):
-        parser.config_defaults = {}
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + (prefix + f.name).replace("_", "-")
-        tp = hints[f.name]
-        default = getattr(defaults, f.name) if defaults is not None else (
-            f.default if f.default is not dataclasses.MISSING else None)
-        parser.config_defaults[prefix + f.name] = default
-        if tp is bool:
-            parser.add_argument(flag, dest=prefix + f.name, default=None,
-                                type=lambda s: s.lower() in ("1", "true", "yes", "on"),
-                                help=f"true/false (default {default})")
-        elif typing.get_origin(tp) is tuple:
-            parser.add_argument(flag, dest=prefix + f.name, default=None,
-                                type=lambda s: tuple(int(x) for x in s.split(",")),
-                                help=f"comma-separated ints (default {','.join(map(str, default))})")
-        else:
-            parser.add_argument(flag, dest=prefix + f.name, default=None, type=tp, help=f"(default {default})")
-
-
-def override(cfg: Any, args: Any, prefix: str = "", skip: tuple[str, ...] = ()) -> Any:
-    """Return ``cfg`` with every field that was given on the command line replaced (except those in ``skip``, which
-    a command parses its own way, e.g. comma-separated lists)."""
-    changes = {}
-    for f in dataclasses.fields(cfg):
-        v = None if f.name in skip else getattr(args, prefix + f.name, None)
-        if v is not None:
-            changes[f.name] = v
-    return dataclasses.replace(cfg, **changes)
-
-
 __all__ = ["TRANSFORMER_PRESETS", "VQGAN_PRESETS", "SampleConfig", "TokenizerTrainConfig", "TrainConfig",
-           "TransformerConfig", "VQGANConfig", "add_dataclass_args", "field", "from_dict", "override", "to_dict",
+           "TransformerConfig", "VQGANConfig", "field", "from_dict", "to_dict",
            "transformer_preset", "vqgan_preset"]

@@ -75,8 +75,7 @@ def register(sub) -> None:
 def cmd_bench(args) -> int:
     command = args.command_line
     if args.what == "speed":
-        from maskgit.evaluation.speed import run_speed
-        return run_speed(args, command, resolve_device(args.device), parse_ints(args.batches, "--batches"))
+        return _speed(args, command)
     if args.what == "scaling":
         return _scaling(args, command)
     if args.what == "frontier":
@@ -126,15 +125,36 @@ class _Bench:
         return self.ev(load_real(args.data, "train", size, args.num), labels_of_train(args, size, args.num))
 
 
+def _speed(args, command: str) -> int:
+    from maskgit.evaluation.samples import append_results
+    from maskgit.evaluation.speed import SpeedSpec, run_speed
+    spec = SpeedSpec(config=args.config, batches=tuple(parse_ints(args.batches, "--batches")),
+                     precisions=tuple(p for p in args.precisions.split(",") if p), repeats=args.repeats,
+                     compile=args.compile, int8=args.int8, no_ar_nocache=args.no_ar_nocache)
+    result = run_speed(spec, resolve_device(args.device))
+    print(result.table)
+    append_results(args.results, result.title, command, result.table, notes=result.notes)
+    return 0
+
+
+def _samplers_spec(args, b: _Bench):
+    from maskgit.evaluation.samplers import SamplersSpec
+    return SamplersSpec(steps=tuple(b.steps), seed=args.seed, batch_size=args.batch_size,
+                        candidates=tuple(int(k) for k in args.candidates.split(",") if k),
+                        shard=tuple(int(v) for v in args.shard.split("/")) if args.shard else None,
+                        points=Path(args.points) if args.points else None, plots=Path(args.plots))
+
+
 def _samplers(args, command: str, b: _Bench) -> int:
     from maskgit.evaluation.samplers import run_samplers
     from maskgit.evaluation.samples import append_results
+    spec = _samplers_spec(args, b)
     floor = b.floor()
     second = (f", FD in the independent feature space {floor['fd_independent']:.3f}"
               if "fd_independent" in floor else "")
     note = (f"Real-data floor at the same n: FD {floor['fd_featurenet']:.3f}{second}, class agreement "
             f"{floor.get('class_accuracy', float('nan')):.3f}.")
-    for title, table in run_samplers(args, b.pipe, b.ev, b.labels, b.steps, line_plot, floor["fd_featurenet"]):
+    for title, table in run_samplers(spec, b.pipe, b.ev, b.labels, line_plot, floor["fd_featurenet"]):
         print(table)
         append_results(args.results, f"{title}: {args.data} ({args.num} samples per point)", command, table,
                        notes=note)

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from maskgit.commands.common import device_arg, resolve_device
-from maskgit.config import SampleConfig, add_dataclass_args, override
+from maskgit.commands.parser import add_dataclass_args, override
+from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
 from maskgit.storage.images import to_uint8
 

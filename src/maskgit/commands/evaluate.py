@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from maskgit.commands.common import device_arg, resolve_device
-from maskgit.config import SampleConfig, add_dataclass_args, explicit_sample_kwargs, sample_kwargs
+from maskgit.commands.parser import add_dataclass_args, explicit_sample_kwargs
+from maskgit.config import SampleConfig, sample_kwargs
 from maskgit.errors import MaskGITError
 from maskgit.storage.checkpoint import load_model
 

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from maskgit.config import add_dataclass_args
+    from maskgit.commands.parser import add_dataclass_args
     from maskgit.models.features import FeatureNetConfig
 
     p = subparsers.add_parser(
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maskgit.config import override
+    from maskgit.commands.parser import override
     from maskgit.models.features import FeatureNetConfig
     from maskgit.training.features import train_features
 

@@ -1,9 +1,13 @@
-"""The argument parser of every subcommand: --help shows the default of each option that has one."""
+"""The argument parser of every subcommand: --help shows the default of each option that has one; the flags made
+from config dataclasses (``add_dataclass_args``, ``add_sample_args``) and the reading of them back into configs."""
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import typing
+from typing import Any
 
 
 def _has_default(action: argparse.Action) -> bool:
@@ -40,6 +44,48 @@ class CommandParser(argparse.ArgumentParser):
                                                                               (DefaultsFormatter, fc), {})
         kwargs["formatter_class"] = fc
         super().__init__(*args, **kwargs)
+
+
+# ---------------------------------------------------------------- flags made from config dataclasses
+
+def add_dataclass_args(parser, cls: type | Any, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per dataclass field (defaults None = keep the config's value). ``cls`` may be an
+    instance: its values are then the defaults shown, so pass the very config the command overrides. What help
+    shows is kept in ``parser.config_defaults`` ({dest: value}) for the test that checks it against the run."""
+    defaults = None if isinstance(cls, type) else cls
+    cls = type(cls) if defaults is not None else cls
+    hints = typing.get_type_hints(cls)
+    if not hasattr(parser, "config_defaults"):
+        parser.config_defaults = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        tp = hints[f.name]
+        default = getattr(defaults, f.name) if defaults is not None else (
+            f.default if f.default is not dataclasses.MISSING else None)
+        parser.config_defaults[prefix + f.name] = default
+        if tp is bool:
+            parser.add_argument(flag, dest=prefix + f.name, default=None,
+                                type=lambda s: s.lower() in ("1", "true", "yes", "on"),
+                                help=f"true/false (default {default})")
+        elif typing.get_origin(tp) is tuple:
+            parser.add_argument(flag, dest=prefix + f.name, default=None,
+                                type=lambda s: tuple(int(x) for x in s.split(",")),
+                                help=f"comma-separated ints (default {','.join(map(str, default))})")
+        else:
+            parser.add_argument(flag, dest=prefix + f.name, default=None, type=tp, help=f"(default {default})")
+
+
+def override(cfg: Any, args: Any, prefix: str = "", skip: tuple[str, ...] = ()) -> Any:
+    """Return ``cfg`` with every field that was given on the command line replaced (except those in ``skip``, which
+    a command parses its own way, e.g. comma-separated lists)."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        v = None if f.name in skip else getattr(args, prefix + f.name, None)
+        if v is not None:
+            changes[f.name] = v
+    return dataclasses.replace(cfg, **changes)
 
 
 # ---------------------------------------------------------------- decoding flags of sample / edit
@@ -94,9 +140,6 @@ def stored_sampling_defaults(model: str | None = None) -> tuple[str, dict]:
 def add_sample_args(parser, skip: tuple[str, ...] = ("start_step",)) -> None:
     """One flag per SampleConfig field (default None: the model's stored setting, else SampleConfig's), with help
     text, the choices of the named ones, and what the default model actually uses."""
-    import dataclasses
-    import typing
-
     from maskgit.config import SampleConfig
     hints = typing.get_type_hints(SampleConfig)
     choices = _sample_choices()
@@ -110,3 +153,11 @@ def add_sample_args(parser, skip: tuple[str, ...] = ("start_step",)) -> None:
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, type=hints[f.name],
                             metavar="{" + ",".join(choices[f.name]) + "}" if f.name in choices else None,
                             help=f"{text} ({default})")
+
+
+def explicit_sample_kwargs(args: Any) -> dict:
+    """The SampleConfig fields given on a command line (flags left out are None): the model's stored defaults
+    fill the rest (``Pipeline.sample_defaults``)."""
+    from maskgit.config import SampleConfig
+    return {f.name: v for f in dataclasses.fields(SampleConfig)
+            if f.name != "start_step" and (v := getattr(args, f.name, None)) is not None}

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from maskgit.commands.common import device_arg, load_pipeline, parse_ints, parse_labels, seed_arg, speed_args
-from maskgit.commands.parser import add_sample_args
-from maskgit.config import SampleConfig, explicit_sample_kwargs
+from maskgit.commands.parser import add_sample_args, explicit_sample_kwargs
+from maskgit.config import SampleConfig
 from maskgit.devices import resolve_device
 from maskgit.errors import MaskGITError
 from maskgit.sampling.noise import chunk_seed

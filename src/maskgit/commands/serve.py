@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from maskgit.commands.common import device_arg, resolve_device, speed_args
-from maskgit.config import add_dataclass_args, override
+from maskgit.commands.parser import add_dataclass_args, override
 
 
 def register(sub) -> None:

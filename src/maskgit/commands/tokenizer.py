@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from maskgit.commands.common import device_arg, resolve_device
+from maskgit.commands.parser import add_dataclass_args
 from maskgit.commands.train_setup import finetune_args, given_settings, memory_args
-from maskgit.config import VQGAN_PRESETS, TokenizerTrainConfig, TrainConfig, add_dataclass_args
+from maskgit.config import VQGAN_PRESETS, TokenizerTrainConfig, TrainConfig
 from maskgit.data.loader import AUGMENT_CHOICES, default_workers
 from maskgit.storage.checkpoint import load_model
 from maskgit.train import DEFAULT_TOKENIZER_PRESET, TOKENIZER_TRAIN_DEFAULTS, TOKENIZER_UNUSED

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 from maskgit.commands.common import device_arg
+from maskgit.commands.parser import add_dataclass_args
 from maskgit.commands.train_setup import finetune_args, given_settings, lora_args, lora_targets, memory_args
-from maskgit.config import TRANSFORMER_PRESETS, TrainConfig, add_dataclass_args
+from maskgit.config import TRANSFORMER_PRESETS, TrainConfig
 from maskgit.errors import MaskGITError
 from maskgit.train import TRANSFORMER_TRAIN_DEFAULTS
 

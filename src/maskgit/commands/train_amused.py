@@ -15,8 +15,8 @@ from maskgit.errors import MaskGITError
 
 
 def cmd_train_amused(args) -> int:
+    from maskgit.commands.parser import override
     from maskgit.commands.train_setup import lora_targets
-    from maskgit.config import override
     from maskgit.families.amused_train import AMUSED_TARGETS, finetune, train_defaults
     from maskgit.names import resolve
     from maskgit.pipeline import Pipeline

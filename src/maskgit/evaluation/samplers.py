@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -92,14 +93,28 @@ class Sweep:
         return dict(self.done[key])
 
 
-def run_samplers(args, pipe, ev, labels, steps: list[int], plot, real_floor: float | None) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class SamplersSpec:
+    """What one samplers run measures (``bench samplers``' arguments, as a value)."""
+
+    steps: tuple[int, ...] = (4, 8, 12, 16)  # the T values of the steps sweep
+    seed: int = 0
+    batch_size: int = 100
+    candidates: tuple[int, ...] = ()  # k of the classifier-guided selection sweep (none: no such sweep)
+    shard: tuple[int, int] | None = None  # (i, n): measure only this share of the points (see Sweep)
+    points: Path | None = None  # keep every measured point as JSON in this folder (resume, shards)
+    plots: Path = Path("benchmarks/plots")
+
+
+def run_samplers(spec: SamplersSpec, pipe, ev, labels, plot, real_floor: float | None) -> list[tuple[str, str]]:
     """Run the three sweeps; returns [(title, markdown table)] and draws the plots through ``plot``."""
     from maskgit.evaluation.samples import markdown_table
-    shard = tuple(int(v) for v in args.shard.split("/")) if args.shard else None
-    if shard and not args.points:
+    shard, steps = spec.shard, list(spec.steps)
+    if shard and spec.points is None:
         raise MaskGITError("--shard needs --points DIR (where the shards leave their measurements)")
-    sweep = Sweep(pipe, ev, labels, args.seed, args.batch_size, Path(args.points) if args.points else None, shard)
-    plots = Path(args.plots)
+    sweep = Sweep(pipe, ev, labels, spec.seed, spec.batch_size, None if spec.points is None else Path(spec.points),
+                  shard)
+    plots = Path(spec.plots)
     orders = ("confidence", "halton", "random")
     cols = ["order", "steps", "choice temperature", "CFG", "FD", "FD (independent)", "class agreement", "precision",
             "recall", "s/img"]
@@ -111,8 +126,7 @@ def run_samplers(args, pipe, ev, labels, steps: list[int], plot, real_floor: flo
     grid_kw += [settings(cfg=cfg, order="halton") for cfg in (0.0, 0.5, 1.0, 2.0)]  # no choice noise in halton
     grid_kw += [settings(choice_temperature=2.0), settings(cfg=0.25, choice_temperature=8.0)]
     steps_kw = [settings(steps=T, order=o) for o in orders for T in steps]
-    rej_kw = [settings(candidates=k, **kw) for k in [int(k) for k in args.candidates.split(",") if k]
-              for kw in (dict(choice_temperature=8.0),)]
+    rej_kw = [settings(candidates=k, **kw) for k in spec.candidates for kw in (dict(choice_temperature=8.0),)]
     if shard:  # measure this shard's points and stop; the run without --shard writes the tables
         for kw in {json.dumps(kw, sort_keys=True): kw for kw in grid_kw + steps_kw + rej_kw}.values():
             sweep(kw)

@@ -7,6 +7,7 @@ import functools
 import logging
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -162,27 +163,49 @@ def timed(fn, repeats: int, device: str, flops: float, dtype: torch.dtype = torc
             "fraction": statistics.median(fractions), "probes": len(pp.peaks)}
 
 
+@dataclass(frozen=True)
+class SpeedSpec:
+    """What one speed run measures (``bench speed``'s arguments, as a value)."""
+
+    config: str = "maskgit-imagenet256"  # the transformer preset, with random weights
+    batches: tuple[int, ...] = (1, 8)
+    precisions: tuple[str, ...] = ("auto",)  # fp32, bf16; auto: fp32, plus bf16 where the hardware has it
+    repeats: int = 3  # timing repeats (median)
+    compile: bool = False  # also torch.compile'd transformer and decoder
+    int8: bool = False  # also the transformer with int8 dynamic quantisation (CPU)
+    no_ar_nocache: bool = False  # skip the slow AR run without KV cache
+
+
+@dataclass(frozen=True)
+class SpeedResult:
+    """One speed run: its rows, their Markdown table, and the title and notes of its RESULTS section."""
+
+    rows: list[dict]
+    table: str
+    title: str
+    notes: str
+
+
 @torch.inference_mode()
-def run_speed(args, command: str, device: str, batches: list[int]) -> int:
-    from maskgit.evaluation.samples import append_results, markdown_table
+def run_speed(spec: SpeedSpec, device: str) -> SpeedResult:
+    """Time the transformer (one forward, whole decodes), the VQGAN decoder and the AR baseline per batch size."""
+    from maskgit.evaluation.samples import markdown_table
     torch.manual_seed(0)
-    cfg = transformer_preset(args.config)
-    precisions = [p for p in args.precisions.split(",") if p]
+    cfg = transformer_preset(spec.config)
+    precisions = list(spec.precisions)
     if "auto" in precisions:
         precisions = ["fp32"] + (["bf16"] if native_bf16(device) else [])
-    machine = machine_line(device, cfg, max(batches))
+    machine = machine_line(device, cfg, max(spec.batches))
     log.info(machine)
     model = MaskGITTransformer(cfg).to(device).eval()
-    variants = _speed_variants(model, precisions, device, args.compile, args.int8)
-    rows = _transformer_rows(model, variants, batches, device, args.repeats)
-    dec_rows, dec_flops = _decoder_rows(batches, device, args.repeats, args.compile)
-    rows += dec_rows + _ar_rows(cfg, device, args.repeats, args.no_ar_nocache)
+    variants = _speed_variants(model, precisions, device, spec.compile, spec.int8)
+    rows = _transformer_rows(model, variants, list(spec.batches), device, spec.repeats)
+    dec_rows, dec_flops = _decoder_rows(list(spec.batches), device, spec.repeats, spec.compile)
+    rows += dec_rows + _ar_rows(cfg, device, spec.repeats, spec.no_ar_nocache)
     cols = ["what", "batch", "s/image", "images/s", "GFLOP/s", "peak GFLOP/s", "% of peak"]
-    table = markdown_table(rows, cols)
-    log.info(table)
-    append_results(args.results, f"Sampling speed, {args.config} (random weights, {', '.join(precisions)})", command,
-                   table, notes=_speed_notes(machine, dec_flops))
-    return 0
+    return SpeedResult(rows, markdown_table(rows, cols),
+                       f"Sampling speed, {spec.config} (random weights, {', '.join(precisions)})",
+                       _speed_notes(machine, dec_flops))
 
 
 def _speed_variants(model, precisions: list[str], device: str, use_compile: bool, int8: bool) -> list[tuple]:
