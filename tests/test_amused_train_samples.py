@@ -19,12 +19,7 @@ SIZE = amused_pipeline.GRID * amused_pipeline.CELL  # the tiny model's image siz
 COLOURS, CORNERS = 4, 2  # the distinct captions of lora_train.captioned_images: 8 prompts
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = lora_train._one_thread  # the same one-thread fixture (autouse, per module)
 
 
 @pytest.fixture(scope="module")
