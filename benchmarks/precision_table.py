@@ -53,16 +53,31 @@ def table(root: Path, kind: str) -> list[str]:
     rows.append("| trainer | precision | median step (s) per seed |")
     rows.append("|---|---|---|")
     for amp, by_seed in data.items():
-        med = [f"{statistics.median(line['step_s'] for line in ls[2:] if 'step_s' in line):.3f}"
-               for ls in by_seed.values()]
+        med = [f"{statistics.median(t):.3f}" if (t := [line["step_s"] for line in ls[2:] if "step_s" in line])
+               else "-" for ls in by_seed.values()]  # "-": a run still in its first steps
         rows.append(f"| {'tokenizer' if kind == 'tok' else 'transformer'} | {NAMES.get(amp, amp)} | "
                     f"{', '.join(med)} |")
     return rows + [""]
 
 
+def seed_table(root: Path) -> list[str]:
+    """The tokenizer's validation PSNR of every run, seed by seed: a drop that the mean of a few seeds hides."""
+    data = runs(root, "tok")
+    steps = sorted({line["step"] for r in data.values() for ls in r.values() for line in ls if "val_psnr" in line})
+    if not steps:
+        return []
+    rows = [f"| tokenizer run | {' | '.join(f'PSNR at {s}' for s in steps)} |", "|---|" + "---:|" * len(steps)]
+    for amp, by_seed in data.items():
+        for seed, ls in sorted(by_seed.items(), key=lambda kv: int(kv[0])):
+            got = {line["step"]: line["val_psnr"] for line in ls if "val_psnr" in line}
+            cells = [f"{got[s]:.2f}" if s in got else "-" for s in steps]
+            rows.append(f"| {NAMES.get(amp, amp)}, seed {seed} | {' | '.join(cells)} |")
+    return rows + [""]
+
+
 def main() -> None:
     root = Path(sys.argv[1])
-    lines = table(root, "tok") + table(root, "mg")
+    lines = table(root, "tok") + seed_table(root) + table(root, "mg")
     agree: dict[str, list[float]] = {}
     for f in sorted(root.glob("agreement_*_s*.json")):
         agree.setdefault(f.stem.split("_")[1], []).append(json.loads(f.read_text())["class_agreement"])
