@@ -66,8 +66,13 @@ def imports_of(path: Path, mod: str, modules: set[str]) -> set[str]:
     return out
 
 
+def module_files() -> dict[str, Path]:
+    """Every module of the package: dotted name -> file."""
+    return {module_name(p): p for p in PKG.rglob("*.py")}
+
+
 def graph() -> dict[str, set[str]]:
-    files = {module_name(p): p for p in PKG.rglob("*.py")}
+    files = module_files()
     return {m: imports_of(p, m, set(files)) for m, p in files.items()}
 
 
@@ -211,14 +216,14 @@ def concept_violations(files: dict[str, Path]) -> list[str]:
 
 
 def test_every_concept_is_written_in_its_owner_only():
-    files = {module_name(p): p for p in PKG.rglob("*.py")}
+    files = module_files()
     bad = concept_violations(files)
     assert not bad, "\n".join(bad)
 
 
 def test_the_concept_check_sees_a_second_copy(tmp_path):
     """A module that writes its own mask_counts (not calling the owner's) is caught, a face that calls it is not."""
-    files = {module_name(p): p for p in PKG.rglob("*.py")}
+    files = module_files()
     copy = tmp_path / "copy.py"
     copy.write_text("def mask_counts(name, step, steps, n0, unknown):\n    return n0 - 1\n")
     face = tmp_path / "face.py"
