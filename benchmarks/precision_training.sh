@@ -10,7 +10,7 @@
 #
 # Usage: benchmarks/precision_training.sh RUN_DIR TOKENS_DIR TOKENIZER_DIR
 #   (env: TOK_STEPS=800 TR_STEPS=1600 SEEDS="1 2"; STAGES=tok for the tokenizer runs only; FP32_CORE=0 BF16_CORE=1
-#   to place the lanes, e.g. both on one core while the other is busy)
+#   to place the lanes, e.g. both on one core while the other is busy; LANES=bf16 or LANES=fp32 for one lane only)
 set -euo pipefail
 R=${1:?run directory}
 TOKENS=${2:?token store of the recipe}
@@ -20,6 +20,7 @@ TR_STEPS=${TR_STEPS:-1600}
 SEEDS=${SEEDS:-"1 2"}
 STAGES=${STAGES:-tok,mg}
 FEATURES=${FEATURES:-src/maskgit/weights/fashion-mnist/features}
+LANES=${LANES:-fp32,bf16}
 mkdir -p "$R"
 
 lane() {  # lane AMP CORE: every seed of one precision, on one core
@@ -40,10 +41,8 @@ lane() {  # lane AMP CORE: every seed of one precision, on one core
   done
 }
 
-lane off "${FP32_CORE:-0}" > "$R/lane_fp32.log" 2>&1 &
-A=$!
-lane bf16 "${BF16_CORE:-1}" > "$R/lane_bf16.log" 2>&1 &
-B=$!
-wait $A
-wait $B
+pids=()
+if [[ $LANES == *fp32* ]]; then lane off "${FP32_CORE:-0}" > "$R/lane_fp32.log" 2>&1 & pids+=($!); fi
+if [[ $LANES == *bf16* ]]; then lane bf16 "${BF16_CORE:-1}" > "$R/lane_bf16.log" 2>&1 & pids+=($!); fi
+for pid in "${pids[@]}"; do wait "$pid"; done
 python3 benchmarks/precision_table.py "$R"

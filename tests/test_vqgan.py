@@ -108,3 +108,30 @@ def test_tokenizer_training_on_cpu_runs_channels_last_with_the_same_losses(tmp_p
         assert w.is_contiguous(memory_format=torch.channels_last) == nhwc and (nhwc or w.is_contiguous())
     back = load_model(tmp_path / "bf16" / "final", "vqgan")
     assert torch.equal(back.encoder.conv_in.weight, task.model.encoder.conv_in.weight)
+
+
+def test_discriminator_runs_in_fp32_under_bf16_autocast():
+    """Under bf16 autocast the tokenizer's encoder and decoder run in bf16 but the discriminator sees fp32 images and
+    gives fp32 logits, so its hinge losses equal an fp32 evaluation of the same reconstructions."""
+    import torch.nn.functional as F
+
+    from maskgit.config import TokenizerTrainConfig
+    from maskgit.training.loop import StepContext
+    from maskgit.training.losses import TokenizerTask
+    torch.manual_seed(0)
+    cfg = vqgan_preset("tiny")
+    task = TokenizerTask(VQGAN(cfg), TokenizerTrainConfig(disc_start=0))
+    task.channels_last = False
+    seen, recs = [], []
+    task.disc.net[0].register_forward_hook(lambda m, a, out: seen.append((a[0].dtype, out.dtype)))
+    task.model.decoder.register_forward_hook(lambda m, a, out: recs.append(out.detach()))
+    x = torch.rand(2, cfg.channels, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, logs = task({"images": x}, StepContext(0, 0, 2, 0, 1, torch.device("cpu")))
+    assert recs[0].dtype == torch.bfloat16  # the rest of the step is under bf16
+    assert seen and all(d == (torch.float32, torch.float32) for d in seen)
+    with torch.no_grad():
+        rec = recs[0].float()
+        want = F.relu(1 - task.disc(x)).mean() + F.relu(1 + task.disc(rec)).mean()
+    torch.testing.assert_close(logs["d_loss"], want, rtol=1e-6, atol=1e-6)
+    assert torch.isfinite(loss)

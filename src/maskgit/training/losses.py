@@ -33,6 +33,14 @@ class PatchDiscriminator(nn.Module):
         return self.net(x * 2 - 1)
 
 
+def _fp32(disc, images: torch.Tensor) -> torch.Tensor:
+    """The discriminator's logits in fp32 even under bf16 autocast: the GAN's hinge losses and the adaptive weight's
+    gradient ratio are computed from them, and the discriminator is a small part of a step. In fp32 training this is
+    the plain call."""
+    with torch.autocast(images.device.type, enabled=False):
+        return disc(images.float())
+
+
 class _Frozen:
     """Holds a frozen helper network outside the module tree (not trained, not checkpointed)."""
 
@@ -81,14 +89,14 @@ class TokenizerTask(nn.Module):
         loss = nll + sum(vq_losses.values())
         if self.disc is not None and ctx.step >= cfg.disc_start:
             frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
-            g_loss = -functional_call(self.disc, frozen, (rec,)).float().mean()  # losses in fp32 under autocast
+            g_loss = -_fp32(lambda im: functional_call(self.disc, frozen, (im,)), rec).mean()
             w = cfg.disc_weight
             if self.training and torch.is_grad_enabled():
                 last = vq.decoder.last_layer
                 gn = torch.autograd.grad(nll, last, retain_graph=True)[0].norm()
                 gg = torch.autograd.grad(g_loss, last, retain_graph=True)[0].norm()
                 w = (gn / (gg + 1e-4)).clamp(0, 1e4).detach() * cfg.disc_weight
-            d_loss = F.relu(1 - self.disc(x).float()).mean() + F.relu(1 + self.disc(rec.detach()).float()).mean()
+            d_loss = F.relu(1 - _fp32(self.disc, x)).mean() + F.relu(1 + _fp32(self.disc, rec.detach())).mean()
             loss = loss + w * g_loss + d_loss
             logs.update(g_loss=g_loss.detach(), d_loss=d_loss.detach())
         with torch.no_grad():
