@@ -156,8 +156,9 @@ def test_readme_file_map_matches_the_tree():
 CONCEPTS = {
     "the decode loop, for torch and numpy": ("maskgit.sampling.arithmetic", (
         "decode_loop", "fixed_priority", "filter_logits", "sample_tokens", "gumbel", "guide", "guidance_scale")),
-    "the mask schedule of decoding": ("maskgit.sampling.arithmetic", ("decode_mask_ratio", "mask_counts")),
-    "the mask schedule of training": ("maskgit.sampling.schedules", ("gamma",)),
+    "the mask schedule, of training and decoding": ("maskgit.sampling.arithmetic", (
+        "mask_ratio", "decode_mask_ratio", "mask_counts")),
+    "the mask schedule on torch tensors (mask_ratio's)": ("maskgit.sampling.schedules", ("gamma",)),
     "what a sampling config may hold": ("maskgit.sampling.arithmetic", ("check_sample_config",)),
     "class ids and the rows of a generate call": ("maskgit.sampling.arithmetic", ("class_ids", "batch_rows")),
     "decoding orders": ("maskgit.sampling.arithmetic", ("check_order", "halton_priority")),

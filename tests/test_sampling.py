@@ -127,12 +127,27 @@ def test_log_and_exp_use_each_samples_own_n0(schedule):
 
 def test_mask_ratio_matches_the_reference_on_a_wide_range():
     """decode_mask_ratio equals the numpy float32 reference for every schedule, T <= 24 and 2 <= N0 <= 1024."""
-    from maskgit.sampling.schedules import decode_mask_ratio
+    from maskgit.sampling.arithmetic import decode_mask_ratio
     n0 = np.arange(2, 1025)
     for schedule in SCHEDULES:
         for T in range(1, 25):
             for t in range(T - 1):
                 assert np.array_equal(decode_mask_ratio(schedule, t, T, n0), official_mask_ratio(schedule, t, T, n0))
+
+
+def test_training_and_decoding_share_one_float32_mask_schedule():
+    """Training's gamma (torch) is the decoder's float32 ratio: at r = (t+1)/T the same bits for every schedule and
+    token count, so ceil(gamma * N) in training and floor(N0 * ratio) in decoding read one schedule."""
+    from maskgit.sampling.arithmetic import decode_mask_ratio
+    from maskgit.sampling.schedules import gamma
+    for schedule in SCHEDULES:
+        for n in (2, 64, 256, 1000):
+            for T in (1, 8, 12):
+                r = torch.tensor([(t + 1) / T for t in range(T)], dtype=torch.float32)
+                want = np.array([decode_mask_ratio(schedule, t, T, [n])[0] for t in range(T)])
+                got = gamma(schedule, r, n)
+                assert got.dtype == torch.float32 and np.array_equal(got.numpy(), want), (schedule, n, T)
+    assert float(gamma("cosine", 0.0)) == 1.0 and float(gamma("pow2", 0.5)) == 0.75  # aliases name the same curve
 
 
 def test_known_tokens_never_change_and_no_mask_left():

@@ -4,7 +4,6 @@ from the input image and calls the one decode (``Pipeline.decode_tokens``); the 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 
@@ -98,11 +97,9 @@ class Edits:
         generator = seeded(seed, len(tokens))
         if start == 0:
             masked = torch.ones_like(tokens, dtype=torch.bool)
-        else:  # the schedule's mask ratio where decoding resumes, in float32 as the reference computes it
-            r = torch.tensor([[start]]) / cfg.steps
-            ratio = (torch.cos(r * math.pi / 2) if cfg.schedule == "cosine" else 1 - r if cfg.schedule == "linear"
-                     else gamma(cfg.schedule, r, tokens.shape[1]))
-            masked = uniform(tokens.shape, generator, "cpu") < ratio.float()
+        else:  # the schedule's float32 mask ratio where decoding resumes
+            ratio = gamma(cfg.schedule, torch.tensor([[start]]) / cfg.steps, tokens.shape[1])
+            masked = uniform(tokens.shape, generator, "cpu") < ratio
         tokens = torch.where(masked, torch.full_like(tokens, self.mask_id), tokens)
         labels = self.check_labels([-1 if label is None else label] * x.shape[0])
         text = self._prompt_condition(prompt, negative_prompt, x.shape[0])

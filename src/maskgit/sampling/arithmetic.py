@@ -55,14 +55,14 @@ def _f32(fn, x):
     return np.asarray(fn(np.asarray(x, np.float64))).astype(F32)
 
 
-def decode_mask_ratio(name: str, step: int, steps: int, n0) -> np.ndarray:
-    """The fraction of the N0 initially unknown tokens that stays masked after ``step`` (0-based) of ``steps``,
-    computed like the official JAX decoder: ``ratio = (step+1)/steps`` and every operation in float32 (IEEE
-    arithmetic, correctly rounded elementary functions), the log/exp schedules on each sample's own N0
-    (``total_unknown``), clipped to [1e-6, 1]. n0: (B,) ints -> (B,) float32."""
+def mask_ratio(name: str, r, n) -> np.ndarray:
+    """gamma_name(r): the fraction of ``n`` tokens still masked at progress ``r`` in [0, 1], the one mask schedule
+    of training and decoding. Computed like the official ``mask_schedule.schedule``: every operation in float32
+    (IEEE arithmetic, correctly rounded elementary functions), the log/exp schedules on ``n`` (a sample's own
+    number of unknown tokens), clipped to [1e-6, 1]. r, n: floats or arrays that broadcast -> float32 array."""
     name = check_schedule(name)
-    ratio = F32(step + 1) / F32(steps)
-    n0f = np.asarray(n0, dtype=F32)
+    ratio = np.asarray(r, dtype=F32)
+    nf = np.asarray(n, dtype=F32)
     one = F32(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         if name == "cosine":
@@ -72,15 +72,23 @@ def decode_mask_ratio(name: str, step: int, steps: int, n0) -> np.ndarray:
         elif name == "square":
             g = one - ratio * ratio
         elif name == "cubic":
-            g = one - _f32(lambda r: r ** 3, ratio)
+            g = one - _f32(lambda x: x ** 3, ratio)
         elif name == "sqrt":
-            g = one - _f32(np.sqrt, ratio)
+            g = one - _f32(np.sqrt, np.maximum(ratio, F32(0)))
         elif name == "log":
-            g = -_f32(np.log2, ratio) / _f32(np.log2, n0f)
+            g = -_f32(np.log2, ratio) / _f32(np.log2, nf)
         else:  # exp
-            g = one - _f32(np.exp2, -_f32(np.log2, n0f) * (one - ratio))
-    g = np.nan_to_num(np.broadcast_to(g, n0f.shape).astype(F32), nan=1.0)  # log/exp, N0 <= 1: no division by 0
+            g = one - _f32(np.exp2, -_f32(np.log2, nf) * (one - ratio))
+    shape = np.broadcast_shapes(ratio.shape, nf.shape)
+    g = np.nan_to_num(np.broadcast_to(g, shape).astype(F32), nan=1.0)  # log/exp, n <= 1: no division by 0
     return np.clip(g, F32(1e-6), one)
+
+
+def decode_mask_ratio(name: str, step: int, steps: int, n0) -> np.ndarray:
+    """The fraction of the N0 initially unknown tokens that stays masked after ``step`` (0-based) of ``steps``:
+    ``mask_ratio`` at ``ratio = (step+1)/steps`` (a float32 division), as the official decoder computes it.
+    n0: (B,) ints -> (B,) float32."""
+    return mask_ratio(name, F32(step + 1) / F32(steps), n0)
 
 
 def mask_counts(name: str, step: int, steps: int, n0, unknown, ops: ArrayOps | None = None):

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskgit.config import TrainConfig
-from maskgit.sampling.schedules import check_schedule, gamma
+from maskgit.sampling.arithmetic import check_schedule
+from maskgit.sampling.schedules import gamma
 from maskgit.training.loop import StepContext
 
 
 def num_masked(r: torch.Tensor, n: int, schedule: str) -> torch.Tensor:
-    """ceil(gamma(r) * n) per example, at least 1."""
+    """ceil(gamma(r) * n) per example (a float32 product, as decoding counts), at least 1."""
     return torch.ceil(gamma(schedule, r, n) * n).long().clamp(1, n)
 
 
