@@ -166,8 +166,8 @@ def main() -> int:
     args = ap.parse_args()
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MASKGIT_CACHE": str(root / "cache"), "PYTHONUNBUFFERED": "1"}
-    os.environ["MASKGIT_CACHE"] = env["MASKGIT_CACHE"]
+    env = {**os.environ, "MASKGIT_HOME": str(root / "cache"), "PYTHONUNBUFFERED": "1"}
+    os.environ["MASKGIT_HOME"] = env["MASKGIT_HOME"]
     torch.manual_seed(0)
     model = VQGAN(vqgan_preset(PRESET)).eval()
     tok = root / "tokenizer"

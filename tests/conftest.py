@@ -13,8 +13,7 @@ torch.set_num_threads(2)
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MASKGIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setenv("MASKGIT_HOME", str(tmp_path_factory.getbasetemp() / "home"))  # official-model cache
+    monkeypatch.setenv("MASKGIT_HOME", str(tmp_path_factory.getbasetemp() / "home"))  # the one cache folder
 
 
 def tiny_models(seed: int = 0):

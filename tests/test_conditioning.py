@@ -134,3 +134,66 @@ def test_cli_fails_in_one_line_before_writing(tiny_pipeline_dir, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err == f"maskgit sample: error: {BAD}", err
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the sampling config: one rule for both pipelines
+
+def test_a_models_sampling_config_is_one_rule():
+    from maskgit.config import SampleConfig
+    from maskgit.sampling.arithmetic import model_sample_config
+    base = SampleConfig(steps=6, order="halton")
+    cfg = model_sample_config(base, {"steps": None, "cfg": 2.0}, can_guide=True)
+    assert (cfg.steps, cfg.order, cfg.cfg) == (6, "halton", 2.0)  # None keeps the model's default
+    with pytest.raises(MaskGITError, match=r"^unknown sampling setting\(s\): colour, size$"):
+        model_sample_config(base, {"colour": 1, "size": 2}, can_guide=True)
+    with pytest.raises(MaskGITError, match="without a 'no class' id, so it cannot use CFG"):
+        model_sample_config(base, {"cfg": 1.0}, can_guide=False)
+    with pytest.raises(MaskGITError, match="temperature must be a finite number"):
+        model_sample_config(base, {"temperature": float("nan")}, can_guide=True)
+
+
+def test_both_pipelines_refuse_settings_alike(pipe, tiny_pipeline_dir, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from maskgit import runtime
+    out = tmp_path / "onnx"
+    assert main(["export", "onnx", "--model", str(tiny_pipeline_dir), "--out", str(out), "--no-encoder"]) == 0
+    rt = runtime.load(out)
+    for kw in ({"colour": 1}, {"steps": 0}, {"schedule": "zigzag"}, {"top_p": 2}):
+        with pytest.raises(MaskGITError) as torch_err:
+            pipe.generate([0], **kw)
+        with pytest.raises(MaskGITError) as numpy_err:
+            rt.generate([0], **kw)
+        assert str(torch_err.value) == str(numpy_err.value), kw
+    assert rt.sample_config(schedule="pow2").schedule == pipe.sample_config(schedule="pow2").schedule
+    card = json.loads((out / "model_card.json").read_text())
+    card["sampling"]["temperature"] = -1  # a damaged card's defaults: one line naming the card, at load
+    (out / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(MaskGITError, match=r"model_card\.json: meta\.sampling: .*temperature must be >= 0"):
+        runtime.load(out)
+
+
+def test_server_takes_the_schedule_aliases_the_library_takes(pipe):
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    import base64
+    import io
+
+    from PIL import Image
+
+    from maskgit.serving.app import ServerConfig, create_app
+
+    async def scenario():
+        app = create_app(pipe, "tiny", ServerConfig())
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as c:
+                return await c.post("/v1/generate", json={"labels": [1], "steps": 3, "schedule": "pow2", "seed": 5})
+
+    r = asyncio.run(scenario())
+    assert r.status_code == 200, r.text
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))))
+    want = pipe.generate(labels=[1], steps=3, schedule="square", seed=5, output="np")[0]
+    assert np.array_equal(got, want.reshape(got.shape))

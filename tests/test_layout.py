@@ -9,7 +9,7 @@ PKG = Path(maskgit.__file__).parent
 
 # lower layers first; a module may import only from its own layer or below
 LAYERS = [
-    ["maskgit.errors", "maskgit.config", "maskgit.storage.files", "maskgit.inference",
+    ["maskgit.errors", "maskgit.config", "maskgit.storage.files", "maskgit.outputs", "maskgit.inference",
      "maskgit.devices", "maskgit.step_plan", "maskgit.model_checks", "maskgit.distributed"],
     ["maskgit.sampling", "maskgit.runtime"],  # runtime: the numpy + onnxruntime decoder (no torch)
     ["maskgit.models"],
@@ -159,7 +159,8 @@ CONCEPTS = {
     "the mask schedule, of training and decoding": ("maskgit.sampling.arithmetic", (
         "mask_ratio", "decode_mask_ratio", "mask_counts")),
     "the mask schedule on torch tensors (mask_ratio's)": ("maskgit.sampling.schedules", ("gamma",)),
-    "what a sampling config may hold": ("maskgit.sampling.arithmetic", ("check_sample_config",)),
+    "what a sampling config may hold": ("maskgit.config", ("check_sample_fields",)),
+    "what a model can sample with": ("maskgit.sampling.arithmetic", ("model_sample_config",)),
     "class ids and the rows of a generate call": ("maskgit.sampling.arithmetic", ("class_ids", "batch_rows")),
     "decoding orders": ("maskgit.sampling.arithmetic", ("check_order", "halton_priority")),
     "cached decoding": ("maskgit.sampling.cache", ("CachedSteps", "padded_positions")),

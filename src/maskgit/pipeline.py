@@ -18,8 +18,8 @@ from maskgit.edits import Edits
 from maskgit.errors import MaskGITError
 from maskgit.models.text import TextCondition
 from maskgit.names import DEFAULT_MODEL, WEIGHTS_DIR, resolve, shipped_models  # noqa: F401  (public here too)
-from maskgit.sampling.arithmetic import batch_rows, check_class_ids
-from maskgit.sampling.decoding import check_sample_config, decode
+from maskgit.sampling.arithmetic import batch_rows, check_class_ids, model_sample_config
+from maskgit.sampling.decoding import decode
 from maskgit.sampling.defaults import defaults_from_meta
 from maskgit.sampling.noise import NoiseSource, seeded
 from maskgit.sampling.selection import best_of, candidate_noise
@@ -234,12 +234,9 @@ class Pipeline(Edits):
         return fn
 
     def sample_config(self, **kw) -> SampleConfig:
-        cfg = dataclasses.replace(self.sample_defaults, **{k: v for k, v in kw.items() if v is not None})
-        check_sample_config(cfg)
+        """The model's sampling defaults with ``kw`` (None = the default), checked (``model_sample_config``)."""
         c = self.transformer.config
-        if cfg.cfg != 0 and not (c.null_class or c.text_dim):
-            raise MaskGITError("this model was trained without a 'no class' id, so it cannot use CFG (use --cfg 0)")
-        return cfg
+        return model_sample_config(self.sample_defaults, kw, bool(c.null_class or c.text_dim))
 
     @torch.inference_mode()
     def decode_tokens(self, tokens: torch.Tensor, labels: torch.Tensor, cfg: SampleConfig,
@@ -302,8 +299,7 @@ class Pipeline(Edits):
         settings not given are SampleConfig's (the model's stored defaults belong to the MaskGIT sampler)."""
         if self.ar is None:
             raise MaskGITError("this model has no AR baseline (no ar/ directory)")
-        cfg = dataclasses.replace(SampleConfig(), **{k: v for k, v in sample_kw.items() if v is not None})
-        check_sample_config(cfg)
+        cfg = model_sample_config(SampleConfig(), sample_kw, bool(self.ar.config.null_class))
         if cfg.cache != "off" or (cfg.cfg_start, cfg.cfg_end) != (0, 1):
             raise MaskGITError("the AR baseline guides every token and keeps its own KV cache (use_cache): cache, "
                                "cfg_start and cfg_end are MaskGIT decoding settings")

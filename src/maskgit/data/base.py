@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
+
+from maskgit.storage.files import cache_root
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test")
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MASKGIT_CACHE", Path.home() / ".cache" / "maskgit"))
+    """Where datasets are fetched and rendered: the project's one cache folder (``$MASKGIT_HOME``)."""
+    return cache_root()
 
 
 class ArrayDataset(torch.utils.data.Dataset):

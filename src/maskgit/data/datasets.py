@@ -145,7 +145,7 @@ def download_fashion_mnist(dest: str | Path | None = None) -> Path:
         try:
             atomic_write(target, lambda f, d=data: f.write(d))
         except OSError as e:
-            raise MaskGITError(f"cannot write {target} ({e.strerror or e}): set MASKGIT_CACHE to a writable "
+            raise MaskGITError(f"cannot write {target} ({e.strerror or e}): set MASKGIT_HOME to a writable "
                                "folder") from None
     return dest
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -10,8 +9,10 @@ import numpy as np
 
 from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
-from maskgit.runtime.decoding import Noise, decode
-from maskgit.sampling.arithmetic import batch_rows, check_class_ids
+from maskgit.outputs import as_output, check_output, uint8_images
+from maskgit.runtime.decoding import Noise, check_config, decode
+from maskgit.sampling.arithmetic import batch_rows, check_class_ids, model_sample_config
+from maskgit.sampling.defaults import defaults_from_meta
 from maskgit.storage.files import sha256_file
 
 CARD = "model_card.json"
@@ -68,8 +69,7 @@ class OnnxPipeline:
         self.mask_id, self.num_classes, self.null_class = c["mask_id"], c["num_classes"], c["null_class"]
         self.grid = tuple(c["grid"])
         self.class_names = c.get("class_names")
-        fields = {f.name for f in dataclasses.fields(SampleConfig)}
-        self.defaults = SampleConfig(**{k: v for k, v in c.get("sampling", {}).items() if k in fields})
+        self.defaults = defaults_from_meta(c, str(card_path))  # the card's "sampling" section, as config.json's
         self.transformer_graph = "transformer_int8" if int8 else "transformer"
         if int8 and "transformer_int8" not in c.get("files", {}):
             raise MaskGITError(f"{self.root} has no int8 transformer: export with `maskgit export onnx --int8`")
@@ -96,13 +96,8 @@ class OnnxPipeline:
 
     # ------------------------------------------------------------ checks
     def sample_config(self, **kw) -> SampleConfig:
-        unknown = set(kw) - {f.name for f in dataclasses.fields(SampleConfig)}
-        if unknown:
-            raise MaskGITError(f"unknown sampling setting(s): {', '.join(sorted(unknown))}")
-        cfg = dataclasses.replace(self.defaults, **{k: v for k, v in kw.items() if v is not None})
-        if cfg.cfg != 0 and not self.null_class:
-            raise MaskGITError("this model was trained without a 'no class' id, so it cannot use CFG (cfg=0)")
-        return cfg
+        """The export's sampling defaults with ``kw`` (None = the default), checked as the PyTorch pipeline does."""
+        return check_config(model_sample_config(self.defaults, kw, self.null_class))
 
     def check_labels(self, labels) -> np.ndarray:
         """Class ids (B,) for this export: the one rule of ``check_class_ids``, as the PyTorch pipeline."""
@@ -154,7 +149,8 @@ class OnnxPipeline:
         check_output(output)
         lab = self.check_labels(batch_rows(labels, num)[0])
         tokens = np.full((len(lab), self.grid[0] * self.grid[1]), self.mask_id, np.int64)
-        return as_output(to_uint8(self.to_images(self.decode_tokens(tokens, lab, seed, noise, **sample_kw))), output)
+        images = self.to_images(self.decode_tokens(tokens, lab, seed, noise, **sample_kw))
+        return as_output(uint8_images(images), output)
 
     def inpaint(self, image, mask=None, box=None, label: int | None = None, seed: int | None = 0,
                 output: str = "np", **sample_kw):
@@ -185,10 +181,10 @@ class OnnxPipeline:
             raise MaskGITError("the mask is empty: mark at least one pixel to edit")
         tokens = self.encode(x.transpose(2, 0, 1)[None].astype(np.float32) / 255).reshape(1, -1)
         tokens = np.where(tm.reshape(1, -1), self.mask_id, tokens)
-        out = to_uint8(self.to_images(self.decode_tokens(tokens, [-1 if label is None else label], seed,
+        out = uint8_images(self.to_images(self.decode_tokens(tokens, [-1 if label is None else label], seed,
                                                          **sample_kw)))[0]
         keep = np.repeat(np.repeat(tm, cell, 0), cell, 1)[..., None]  # (H, W, 1)
-        return as_output(np.where(keep, out, x)[None], output)[0]
+        return as_output(np.where(keep, out, x)[None], output, one=True)
 
 
 def _pixel_mask(mask, box, size: int) -> np.ndarray:
@@ -207,27 +203,6 @@ def _pixel_mask(mask, box, size: int) -> np.ndarray:
     if m.shape != (size, size):
         raise MaskGITError(f"mask is {m.shape} but the image is ({size}, {size})")
     return m
-
-
-def check_output(output: str) -> None:
-    if output not in ("np", "pil"):
-        raise MaskGITError(f"output must be 'np' or 'pil', got {output!r}")
-
-
-def as_output(images: np.ndarray, output: str):
-    """uint8 (B,H,W,C) -> itself, or a list of PIL images (grey as mode L) for ``output="pil"``."""
-    if output == "np":
-        return images
-    from PIL import Image
-    return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in images]
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """float (B,C,H,W) in [0,1] -> uint8 (B,H,W,C), rounded as the PyTorch pipeline rounds."""
-    return (np.clip(images, 0, 1) * F255 + F05).astype(np.uint8).transpose(0, 2, 3, 1)
-
-
-F255, F05 = np.float32(255), np.float32(0.5)
 
 
 def load(root: str | Path, providers: list[str] | None = None, threads: int | None = None,

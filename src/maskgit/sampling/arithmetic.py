@@ -5,6 +5,7 @@ against an array-ops seam (``ArrayOps``) that each backend implements."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -19,7 +20,6 @@ from maskgit.config import (
     SCHEDULE_ALIASES,
     SCHEDULE_NAMES,
     SampleConfig,
-    check_sample_fields,
 )
 from maskgit.errors import MaskGITError
 from maskgit.step_plan import guided_step
@@ -44,9 +44,21 @@ def check_order(name: str) -> str:
     return name
 
 
-def check_sample_config(cfg: SampleConfig) -> None:
-    """The config's own check (``SampleConfig.__post_init__``), again for a config built around it."""
-    check_sample_fields(cfg)
+SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(SampleConfig))
+
+
+def model_sample_config(defaults: SampleConfig, settings: dict, can_guide: bool) -> SampleConfig:
+    """The SampleConfig a model decodes with: its ``defaults`` with ``settings`` (None = the default). Every field
+    is checked where the config is born (``SampleConfig.__post_init__``); this adds the model's part, once for the
+    torch and numpy pipelines: guidance needs a model trained with a "no class" id (or a text model)."""
+    unknown = set(settings) - set(SAMPLE_FIELDS)
+    if unknown:
+        raise MaskGITError(f"unknown sampling setting(s): {', '.join(sorted(unknown))}")
+    cfg = dataclasses.replace(defaults, **{k: v for k, v in settings.items() if v is not None})
+    if cfg.cfg != 0 and not can_guide:
+        raise MaskGITError("this model was trained without a 'no class' id, so it cannot use CFG (use --cfg 0, "
+                           "or cfg=0)")
+    return cfg
 
 
 def _f32(fn, x):

@@ -14,7 +14,6 @@ from maskgit.config import SampleConfig
 from maskgit.errors import MaskGITError
 from maskgit.sampling import amused, arithmetic
 from maskgit.sampling.arithmetic import (  # noqa: F401  (re-exported: the decoder's public names)
-    check_sample_config,
     choice_noise_scale,
     decode_loop,
     guidance_scale,
@@ -142,7 +141,8 @@ def decode(logits_fn: LogitsFn, tokens: torch.Tensor, config: SampleConfig, mask
     ``generator``: one torch.Generator for the batch, or RowGenerators (one per block of rows). Guidance runs on the
     steps ``step_plan.guided_step`` names (``cfg_start`` / ``cfg_end``); with ``config.cache`` on, ``logits_fn`` is
     also called as ``logits_fn(tokens, guided, cache=store[, positions=(B,P)])`` (see sampling/cache.py)."""
-    check_sample_config(config)
+    if not isinstance(config, SampleConfig):  # a SampleConfig checked its fields when it was made
+        raise MaskGITError(f"config must be a SampleConfig, got {type(config).__name__}")
     if tokens.ndim != 2:
         raise MaskGITError(f"decode expects tokens (B,N), got {tuple(tokens.shape)}")
     cur = tokens.clone()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from maskgit.errors import MaskGITError
-from maskgit.storage.files import atomic_dir, sha256_file
+from maskgit.storage.files import atomic_dir, cache_root, sha256_file
 from maskgit.storage.flax import OFFICIAL_URL
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,8 @@ TRUE = ("1", "true", "yes", "on")
 
 
 def home() -> Path:
-    """The cache root: ``$MASKGIT_HOME``, default ``~/.cache/maskgit``."""
-    return Path(os.environ.get("MASKGIT_HOME") or Path.home() / ".cache" / "maskgit").expanduser()
+    """The cache root (``storage.files.cache_root``: ``$MASKGIT_HOME``, default ``~/.cache/maskgit``)."""
+    return cache_root()
 
 
 def official_url() -> str:

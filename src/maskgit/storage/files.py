@@ -1,4 +1,5 @@
-"""Atomic file and folder writes: a reader never sees half a file, and files follow the umask."""
+"""Atomic file and folder writes (a reader never sees half a file, and files follow the umask), and the one cache
+folder the project writes to."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+
+
+def cache_root() -> Path:
+    """The project's one cache folder, ``$MASKGIT_HOME`` (default ``~/.cache/maskgit``), read at each call: converted
+    and downloaded models (``models/``, ``downloads/``), datasets it fetches (``fashion-mnist/``), rendered data
+    (``emoji-*.npz``) and the image-verification index (``verified/``)."""
+    return Path(os.environ.get("MASKGIT_HOME") or Path.home() / ".cache" / "maskgit").expanduser()
 
 
 def atomic_write(path: str | Path, write) -> Path:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from maskgit.errors import MaskGITError
+from maskgit.outputs import as_output, check_output, uint8_images
 from maskgit.storage.files import atomic_write
 
 WHITE = (255, 255, 255)
@@ -26,8 +27,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     float -> uint8 conversion of the package (outputs, files, metrics, the server)."""
     if x.dim() not in (3, 4):
         raise MaskGITError(f"expected images shaped (B,C,H,W) or (C,H,W), got {tuple(x.shape)}")
-    x = x.detach().float().cpu().clamp(0, 1).mul(255).add(0.5).to(torch.uint8)
-    return x.movedim(-3, -1).contiguous().numpy()  # (..., H, W, C)
+    return uint8_images(x.detach().float().cpu().numpy())
 
 
 def _as_nhwc(images) -> np.ndarray:
@@ -320,13 +320,7 @@ def as_pixel_mask(mask, H: int, W: int) -> torch.Tensor:
 def format_images(images: torch.Tensor, output: str, one: bool = False):
     """(B,C,H,W) in [0,1] -> list of PIL images / uint8 (B,H,W,C) array / the tensor; ``one``: the first image
     alone (a PIL image, (H,W,C) or (C,H,W))."""
-    if output not in ("pil", "np", "tensor"):
-        raise MaskGITError(f"output must be 'pil', 'np' or 'tensor', got {output!r}")
+    check_output(output, ("pil", "np", "tensor"))
     if output == "tensor":
         return images[0] if one else images
-    arr = to_uint8(images)
-    if output == "np":
-        return arr[0] if one else arr
-    from PIL import Image
-    pils = [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr]
-    return pils[0] if one else pils
+    return as_output(to_uint8(images), output, one)
