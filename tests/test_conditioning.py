@@ -108,7 +108,8 @@ def test_runtime_refuses_with_the_rule(tiny_pipeline_dir, tmp_path):
         rt.generate([True])
 
 
-def test_server_answers_422_naming_the_field(pipe):
+def post_generate(pipe, *bodies):
+    """The answers of a live app (in process) to POST /v1/generate with each body, in order."""
     pytest.importorskip("fastapi")
     httpx = pytest.importorskip("httpx")
     from maskgit.serving.app import ServerConfig, create_app
@@ -118,9 +119,13 @@ def test_server_answers_422_naming_the_field(pipe):
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as c:
-                return [await c.post("/v1/generate", json=b) for b in ({"labels": [0, 9]}, {"label": 9})]
+                return [await c.post("/v1/generate", json=b) for b in bodies]
 
-    many, one = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_server_answers_422_naming_the_field(pipe):
+    many, one = post_generate(pipe, {"labels": [0, 9]}, {"label": 9})
     assert many.status_code == 422 and many.json()["error"] == f"labels.1: {BAD}"
     assert one.status_code == 422 and one.json()["error"] == f"label: {BAD}"
 
@@ -176,23 +181,11 @@ def test_both_pipelines_refuse_settings_alike(pipe, tiny_pipeline_dir, tmp_path)
 
 
 def test_server_takes_the_schedule_aliases_the_library_takes(pipe):
-    pytest.importorskip("fastapi")
-    httpx = pytest.importorskip("httpx")
     import base64
     import io
 
     from PIL import Image
-
-    from maskgit.serving.app import ServerConfig, create_app
-
-    async def scenario():
-        app = create_app(pipe, "tiny", ServerConfig())
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as c:
-                return await c.post("/v1/generate", json={"labels": [1], "steps": 3, "schedule": "pow2", "seed": 5})
-
-    r = asyncio.run(scenario())
+    r, = post_generate(pipe, {"labels": [1], "steps": 3, "schedule": "pow2", "seed": 5})
     assert r.status_code == 200, r.text
     got = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))))
     want = pipe.generate(labels=[1], steps=3, schedule="square", seed=5, output="np")[0]

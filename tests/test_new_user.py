@@ -94,6 +94,32 @@ def test_pipeline_repr_names_model_size_classes_device_precision(tiny_pipeline_d
         assert part in text, text
 
 
+def test_generate_calls_back_after_every_step_with_the_grid_so_far(tiny_pipeline_dir):
+    pipe = load(tiny_pipeline_dir)
+    seen = []
+    out = pipe.generate([0, 2], steps=4, seed=3, output="tensor", callback=lambda t, grid: seen.append((t, grid)))
+    assert [t for t, _ in seen] == [0, 1, 2, 3]
+    assert all(g.shape == (2, 8, 8) for _, g in seen)
+    masked = [int((g == pipe.mask_id).sum()) for _, g in seen]
+    assert masked[0] > 0 and masked == sorted(masked, reverse=True) and masked[-1] == 0
+    assert torch.equal(pipe.to_images(seen[-1][1].flatten(1)), out)  # the last grid is the images returned
+    assert torch.equal(out, pipe.generate([0, 2], steps=4, seed=3, output="tensor"))  # watching changes nothing
+    with pytest.raises(MaskGITError, match="callback must be callable"):
+        pipe.generate([0], callback="print")
+
+
+def test_one_return_convention_for_one_image_and_a_batch(tiny_pipeline_dir):
+    pipe = load(tiny_pipeline_dir)
+    batch = pipe.generate([0, 1], steps=2, output="tensor")
+    one = pipe.inpaint(batch[0], box=(0, 0, 8, 8), steps=2, output="np")
+    many = pipe.inpaint(batch, box=(0, 0, 8, 8), steps=2, output="np")
+    assert one.shape == (16, 16, 1) and many.shape == (2, 16, 16, 1)
+    assert len(pipe.inpaint(batch, box=(0, 0, 8, 8), steps=2)) == 2  # PIL: a list for a batch
+    assert pipe.inpaint(batch[0], box=(0, 0, 8, 8), steps=2).size == (16, 16)  # and one image for one
+    with pytest.raises(MaskGITError, match="unknown sampling setting"):  # checked before the image is encoded
+        pipe.inpaint("no-such-file.png", box=(0, 0, 8, 8), colour=1)
+
+
 def test_load_takes_precision_auto_as_the_cli_does(tiny_pipeline_dir):
     from maskgit.inference.precision import resolve_precision
     p = load(tiny_pipeline_dir, precision="auto")

@@ -37,7 +37,9 @@ class Edits:
                 seed: int | None = 0, output: str = "pil", prompt: str | None = None,
                 negative_prompt: str | None = None, **sample_kw):
         """Regenerate the tokens under ``mask`` (bool (H,W), True = regenerate) or ``box`` (x,y,w,h), under a
-        class ``label`` or, for text-conditioned models, a ``prompt``."""
+        class ``label`` or, for text-conditioned models, a ``prompt``. Returns one image for one image (a PIL
+        image, (H,W,C) uint8 or (C,H,W) float for output "pil", "np", "tensor"), a batch for a batch."""
+        cfg = self.sample_config(**sample_kw)  # checked before any work
         x = self._prepare_image(image)
         H, W = x.shape[-2:]
         if (mask is None) == (box is None):
@@ -51,14 +53,15 @@ class Edits:
         if label is None and c.num_classes and not c.null_class:
             raise MaskGITError("this model needs a class label for editing (--label N)")
         text = self._prompt_condition(prompt, negative_prompt, x.shape[0])
-        out = self.decode_tokens(tokens, labels, self.sample_config(**sample_kw), seed, text=text)
+        out = self.decode_tokens(tokens, labels, cfg, seed, text=text)
         gen = self.to_images(out)
         result = editing.blend(x, gen, editing.feather(tm, (H, W), feather))
         return format_images(result, output, one=not _is_batch(image))
 
     def class_edit(self, image, box, label: int, start_step: int | None = None, feather: int = 2, seed: int | None = 0,
              output: str = "pil", **sample_kw):
-        """Class-conditional editing: regenerate ``box`` under class ``label``, starting later in the schedule."""
+        """Class-conditional editing: regenerate ``box`` under class ``label``, starting later in the schedule
+        (``start_step``, default a quarter of the steps). Returns what ``inpaint`` returns."""
         steps = sample_kw.get("steps") or self.sample_defaults.steps
         start = steps // 4 if start_step is None else start_step
         return self.inpaint(image, box=box, label=label, feather=feather, seed=seed, output=output,
@@ -67,14 +70,16 @@ class Edits:
     def outpaint(self, image, side: str, tokens: int, label: int | None = None, seed: int | None = 0,
                  output: str = "pil", prompt: str | None = None, negative_prompt: str | None = None,
                  **sample_kw):
-        """Extend the canvas by ``tokens`` token rows/columns on ``side`` (left/right/top/bottom)."""
+        """Extend the canvas by ``tokens`` token rows/columns on ``side`` (left/right/top/bottom). Returns the wider
+        (or taller) image(s), one for one image and a batch for a batch, in the form ``output`` names."""
         editing.check_outpaint(side, tokens, self.grid)
+        cfg = self.sample_config(**sample_kw)  # checked before any work
         x = self._prepare_image(image)
         grid_tokens = self.encode(x)  # (B, h, w)
         window = editing.shift_window(grid_tokens, side, tokens, self.mask_id)
         labels = self.check_labels([-1 if label is None else label] * x.shape[0])
         text = self._prompt_condition(prompt, negative_prompt, x.shape[0])
-        out = self.decode_tokens(window.flatten(1), labels, self.sample_config(**sample_kw), seed, text=text)
+        out = self.decode_tokens(window.flatten(1), labels, cfg, seed, text=text)
         cell = self.tokenizer.config.downsample
         result = editing.stitch(x, self.to_images(out), side, tokens * cell)
         return format_images(result, output, one=not _is_batch(image))
@@ -83,7 +88,8 @@ class Edits:
                 label: int | None = None, seed: int | list[int] | None = 0, output: str = "pil", **sample_kw):
         """A variation of ``image``: the last ``int(steps * strength)`` steps of the schedule, from the image's
         tokens with each position masked with probability gamma(start / steps) (start = the first step run), as
-        the aMUSEd reference img2img pipeline does (strength 1: every position masked, i.e. a fresh sample)."""
+        the aMUSEd reference img2img pipeline does (strength 1: every position masked, i.e. a fresh sample).
+        Returns one image for one image, a batch for a batch, in the form ``output`` names."""
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise MaskGITError(f"strength must be a number in (0, 1], got {strength!r}")
         if "start_step" in sample_kw:

@@ -265,29 +265,41 @@ class Pipeline(Edits):
     def generate(self, labels=None, num: int | None = None, seed: int | list[int] | None = 0, output: str = "pil",
                  return_steps: bool = False, generator: NoiseSource = None,
                  prompts: list[str] | None = None, negative_prompts=None, arch: str = "maskgit",
-                 use_cache: bool = True, **sample_kw):
+                 use_cache: bool = True, callback: Callable[[int, torch.Tensor], None] | None = None, **sample_kw):
         """Class-conditional (``labels``), text-conditional (``prompts``; ``negative_prompts``, one for all or one
         per prompt, replace the null text in CFG's unconditional branch) or unconditional (``num``) samples; with
         labels or prompts ``num`` images of each (as --num); ``sample_kw``: SampleConfig fields (steps, top_k, top_p,
         choice_temperature, cfg, cfg_schedule). ``seed``: one for the batch, or one per image (each image is then
         the one its seed gives alone, up to float rounding). ``generator`` (a torch.Generator, or
         ``sampling.noise.RowGenerators`` for blocks of rows with their own seeds) replaces ``seed``. ``arch="ar"``: the
-        autoregressive baseline on the same tokens (``use_cache=False``: without its KV cache)."""
+        autoregressive baseline on the same tokens (``use_cache=False``: without its KV cache). ``callback(step,
+        tokens)`` is called after every decoding step with the (B, h, w) token grid so far (``mask_id`` where still
+        masked). Returns the images in the form ``output`` names (``maskgit.outputs``): a list of PIL images
+        ("pil", the default), a uint8 array (B,H,W,C) ("np") or the float tensor (B,C,H,W) in [0, 1] ("tensor");
+        with ``return_steps``, also one image batch per step (masked cells grey)."""
         if arch not in ("maskgit", "ar"):
             raise MaskGITError(f"arch must be 'maskgit' or 'ar', got {arch!r}")
+        if callback is not None and not callable(callback):
+            raise MaskGITError(f"callback must be callable, got {type(callback).__name__}")
         labels, prompts, negative_prompts = batch_rows(labels, num, prompts, negative_prompts)  # num: of each
-        text = self.text_condition(prompts, negative_prompts) if prompts is not None else None
         labels = self.check_labels(labels)
         if arch == "ar":
-            if return_steps or text is not None:
+            if return_steps or callback or prompts is not None:
                 raise MaskGITError("the AR baseline is class-conditional only and has no decoding steps to show")
             return format_images(self._generate_ar(labels, seed, generator, use_cache, sample_kw), output)
-        cfg = self.sample_config(**sample_kw)
+        cfg = self.sample_config(**sample_kw)  # checked before any work
+        text = self.text_condition(prompts, negative_prompts) if prompts is not None else None
         B, N = len(labels), self.grid[0] * self.grid[1]
         tokens = torch.full((B, N), self.mask_id, dtype=torch.long)
         steps: list[torch.Tensor] = []
-        cb = (lambda t, cur, sampled: steps.append(cur.clone())) if return_steps else None
-        out = self.decode_tokens(tokens, labels, cfg, seed, generator, cb, text)
+
+        def cb(t, cur, sampled):
+            if return_steps:
+                steps.append(cur.clone())
+            if callback is not None:
+                callback(t, cur.view(B, *self.grid).clone())
+
+        out = self.decode_tokens(tokens, labels, cfg, seed, generator, cb if return_steps or callback else None, text)
         images = self.to_images(out)
         result = format_images(images, output)
         if return_steps:

@@ -91,11 +91,16 @@ def _read_idx(path: Path) -> np.ndarray:
     return arr.reshape(shape)
 
 
+def data_root() -> Path | None:
+    """``$MASKGIT_DATA``: a folder searched first for installed data (Fashion-MNIST's IDX files, the emoji font)."""
+    value = os.environ.get("MASKGIT_DATA")
+    return Path(value).expanduser() if value else None
+
+
 def fashion_mnist_dir() -> Path:
     """Where the IDX files are: $MASKGIT_DATA/fashion-mnist, the Debian package's folder, or the cache."""
-    cands = []
-    if os.environ.get("MASKGIT_DATA"):
-        cands += [Path(os.environ["MASKGIT_DATA"]) / "fashion-mnist", Path(os.environ["MASKGIT_DATA"])]
+    root = data_root()
+    cands = [root / "fashion-mnist", root] if root else []
     cands += FASHION_MNIST_DIRS + [cache_dir() / "fashion-mnist"]
     for d in cands:
         if all((d / f).exists() for pair in FASHION_MNIST_FILES.values() for f in pair):
@@ -207,10 +212,8 @@ def load_mnist(split: str = "train", image_size: int | None = 32) -> ArrayDatase
 
 def emoji_font_path() -> Path:
     """NotoColorEmoji.ttf from $MASKGIT_DATA (or its fonts/ folder) or the Debian package's folder."""
-    cands = []
-    if os.environ.get("MASKGIT_DATA"):
-        cands += [Path(os.environ["MASKGIT_DATA"]), Path(os.environ["MASKGIT_DATA"]) / "fonts"]
-    cands += EMOJI_FONT_DIRS
+    root = data_root()
+    cands = ([root, root / "fonts"] if root else []) + EMOJI_FONT_DIRS
     for d in cands:
         if (d / EMOJI_FONT).is_file():
             return d / EMOJI_FONT
