@@ -258,12 +258,56 @@ def test_the_numpy_runtime_has_the_interval_and_refuses_the_cache():
         np_decode(fn, tok, SampleConfig(cache="every2"), 99, Noise(1))
 
 
+def test_cfg_every_runs_the_unconditional_pass_on_every_kth_guided_step():
+    from maskgit.step_plan import guided_step, reused_step
+
+    def plan(**kw):
+        cfg = SampleConfig(cfg=1.0, **kw)
+        return "".join("P" if guided_step(cfg, s) else "R" if reused_step(cfg, s) else "-"
+                       for s in range(cfg.start_step, cfg.steps)).rjust(cfg.steps, "-")
+    assert plan(steps=8) == "PPPPPPPP" and plan(steps=8, cfg_every=2) == "PRPRPRPR"
+    assert plan(steps=8, cfg_every=3, cfg_start=0.25) == "--PRRPRR"  # counted from the interval's first step
+    assert plan(steps=8, cfg_every=2, start_step=3) == "---PRPRP"  # and from the first step an edit runs
+    assert plan(steps=6, cfg_every=4, cfg_end=0.5) == "PRR---"
+
+
+def test_cfg_every_reuses_the_last_guided_difference_exactly(shipped):
+    """cfg_every=2 decodes as if each reused step had run its unconditional pass and found the conditional logits
+    minus the last pass's difference; the passes it skips are not run."""
+    labels, tok = torch.tensor([3, 8]), grids(shipped, [1.0, 0.6])
+    fn = shipped.logits_fn(labels)
+    cfg = shipped.sample_config(cfg=2.0, steps=6, order="confidence")
+    state = {"step": 0}
+
+    def by_hand(tokens, guided):  # every step guided: the even ones for real, the odd ones from the stored difference
+        cond, uncond = fn(tokens, True)
+        if state["step"] % 2 == 0:
+            state["diff"] = cond.float() - uncond.float()
+        else:
+            uncond = cond.float() - state["diff"]
+        state["step"] += 1
+        return cond.float(), uncond.float()
+    want = decode(by_hand, tok, cfg, shipped.mask_id, torch.Generator().manual_seed(4))
+    spy = Spy(fn)
+    got = decode(spy, tok, dataclasses.replace(cfg, cfg_every=2), shipped.mask_id, torch.Generator().manual_seed(4))
+    assert torch.equal(got, want)
+    assert [g for g, _ in spy.calls] == [True, False] * 3  # three unconditional passes instead of six
+    cached = dataclasses.replace(cfg, cfg_every=2, cache="every2")  # with the cache: a finished decode, known kept
+    out = decode(fn, tok, cached, shipped.mask_id, torch.Generator().manual_seed(4))
+    known = tok != shipped.mask_id
+    assert torch.equal(out[known], tok[known]) and not (out == shipped.mask_id).any()
+    with pytest.raises(MaskGITError, match="AR baseline"):
+        shipped.generate([0], arch="ar", cfg=1.0, cfg_every=2)
+
+
 @pytest.mark.parametrize("kw,needle", [
     (dict(cache="every0"), "cache must be"), (dict(cache="CF"), "cache must be"), (dict(cache="FXC"), "cache must be"),
     (dict(cache="F" * 257), "cache must be"), (dict(cache=2), "cache must be"), (dict(cache="on"), "cache must be"),
     (dict(cfg_start=0.6, cfg_end=0.5), "cfg_start and cfg_end"), (dict(cfg_end=1.5), "cfg_start and cfg_end"),
     (dict(cfg_start=-0.1), "cfg_start"), (dict(cfg_start=float("nan")), "cfg_start"), (dict(cfg_end=True), "cfg_end"),
     (dict(cache="every2", sampler="amused"), "maskgit sampler"),
+    (dict(cfg_every=0), "cfg_every"), (dict(cfg_every=1.5), "cfg_every"), (dict(cfg_every=True), "cfg_every"),
+    (dict(cfg_every=1001), "cfg_every"),
 ])
 def test_bad_values_are_refused_in_one_line(kw, needle):
     with pytest.raises(MaskGITError, match=needle) as e:
@@ -298,9 +342,14 @@ def test_the_server_takes_the_cache_and_the_interval(tiny_pipeline_dir):
 
     async def scenario(c, app):
         return [await c.post("/v1/generate", json={**body, **extra}) for extra in (
-            {}, {"cache": "FX"}, {"cfg_start": 0.9, "cfg_end": 0.5}, {"cfg_end": 2})]
+            {}, {"cache": "FX"}, {"cfg_start": 0.9, "cfg_end": 0.5}, {"cfg_end": 2}, {"cfg_every": 2},
+            {"cfg_every": 0})]
 
-    ok, bad_cache, bad_interval, out_of_range = serve(pipe, scenario)
+    ok, bad_cache, bad_interval, out_of_range, every2, every0 = serve(pipe, scenario)
+    want2 = pipe.generate(labels=[1, 3], seed=7, steps=4, cfg=1.0, cfg_start=0.25, cache="every2", cfg_every=2,
+                          output="np")
+    assert np.array_equal(np.stack([image_of(t) for t in every2.json()["images"]]), want2[..., 0])
+    assert every0.status_code == 422 and "cfg_every" in every0.json()["error"]
     want = pipe.generate(labels=[1, 3], seed=7, steps=4, cfg=1.0, cfg_start=0.25, cache="every2", output="np")
     assert np.array_equal(np.stack([image_of(t) for t in ok.json()["images"]]), want[..., 0])
     assert bad_cache.status_code == 422 and "cache" in bad_cache.json()["error"]

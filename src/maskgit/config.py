@@ -104,6 +104,7 @@ class SampleConfig:
     cfg_schedule: str = "constant"  # "constant" or "linear" (ramps 0 -> cfg over the steps)
     cfg_start: float = 0.0  # guidance (the unconditional pass) runs only on steps t with t/T in [cfg_start, cfg_end)
     cfg_end: float = 1.0
+    cfg_every: int = 1  # the unconditional pass on every K-th guided step; the steps between reuse its difference
     start_step: int = 0  # >0 starts later in the schedule (class-conditional editing)
     order: str = "confidence"  # which tokens each step reveals: "confidence" | "halton" | "random"
     candidates: int = 1  # >1: decode this many per image, keep the one the classifier finds most on-class

@@ -312,9 +312,9 @@ class Pipeline(Edits):
         if self.ar is None:
             raise MaskGITError("this model has no AR baseline (no ar/ directory)")
         cfg = model_sample_config(SampleConfig(), sample_kw, bool(self.ar.config.null_class))
-        if cfg.cache != "off" or (cfg.cfg_start, cfg.cfg_end) != (0, 1):
+        if cfg.cache != "off" or (cfg.cfg_start, cfg.cfg_end, cfg.cfg_every) != (0, 1, 1):
             raise MaskGITError("the AR baseline guides every token and keeps its own KV cache (use_cache): cache, "
-                               "cfg_start and cfg_end are MaskGIT decoding settings")
+                               "cfg_start, cfg_end and cfg_every are MaskGIT decoding settings")
         noise = generator if generator is not None else seeded(seed, len(labels))
         return self.to_images(self.ar.generate(labels.to(self.device), cfg, noise, use_cache=use_cache))
 

@@ -1,6 +1,7 @@
 """The per-step plan of a decode, without torch or numpy: which steps run the whole transformer and which reuse its
 cached keys and values (``SampleConfig.cache``), and which steps pay for guidance's unconditional pass
-(``SampleConfig.cfg_start`` / ``cfg_end``). ``config.check_sample_fields`` checks both with ``check_step_plan``; the
+(``SampleConfig.cfg_start`` / ``cfg_end``, and ``cfg_every``: on which guided steps it runs, the others reusing
+the last guided difference). ``config.check_sample_fields`` checks both with ``check_step_plan``; the
 PyTorch decoder (``sampling.decoding`` + ``sampling.cache``) and the numpy runtime read the plan from here.
 
 Cache schedules: ``"off"`` (every step full, today's decoder), ``"everyK"`` (a full step, then K - 1 cheap ones,
@@ -45,10 +46,28 @@ def full_steps(spec: str, start_step: int, steps: int) -> list[bool]:
     return plan
 
 
-def guided_step(cfg, step: int) -> bool:
-    """Whether guidance (the unconditional pass) runs at ``step``: its progress step / steps lies in
-    [cfg_start, cfg_end) and the scale is not 0. The defaults (0, 1) cover every step."""
+MAX_CFG_EVERY = 1000
+
+
+def in_guidance_interval(cfg, step: int) -> bool:
+    """Whether ``step`` is guided at all: the scale is not 0 and its progress step / steps lies in
+    [cfg_start, cfg_end). The defaults (0, 1) cover every step."""
     return cfg.cfg != 0 and cfg.cfg_start <= step / cfg.steps < cfg.cfg_end
+
+
+def guided_step(cfg, step: int) -> bool:
+    """Whether the unconditional pass runs at ``step``: a step of the guidance interval and, with ``cfg_every`` K,
+    the first of every K guided steps the decode runs (counted from ``start_step``). K = 1: every guided step."""
+    if not in_guidance_interval(cfg, step):
+        return False
+    k = cfg.cfg_every
+    return k == 1 or sum(in_guidance_interval(cfg, s) for s in range(cfg.start_step, step)) % k == 0
+
+
+def reused_step(cfg, step: int) -> bool:
+    """Whether ``step`` is guided without its own unconditional pass: it reuses the guided difference
+    (conditional - unconditional logits) of the last step that ran one (``cfg_every`` > 1)."""
+    return in_guidance_interval(cfg, step) and not guided_step(cfg, step)
 
 
 def check_step_plan(cfg) -> None:
@@ -58,6 +77,10 @@ def check_step_plan(cfg) -> None:
             or not 0 <= lo <= hi <= 1:
         raise MaskGITError(f"cfg_start and cfg_end must be numbers with 0 <= cfg_start <= cfg_end <= 1 (guidance "
                            f"runs on the steps whose progress t/T lies in [cfg_start, cfg_end)), got {lo!r}, {hi!r}")
+    k = cfg.cfg_every
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= MAX_CFG_EVERY:
+        raise MaskGITError(f"cfg_every must be an integer in 1..{MAX_CFG_EVERY} (the unconditional pass on every "
+                           f"K-th guided step, the difference reused between), got {k!r}")
     if cache_pattern(cfg.cache) and cfg.sampler != "maskgit":
         raise MaskGITError(f"cached decoding (cache={cfg.cache!r}) runs with the maskgit sampler, not "
                            f"{cfg.sampler!r}: use cache='off'")

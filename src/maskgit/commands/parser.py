@@ -103,6 +103,8 @@ SAMPLE_HELP = {
     "cfg_start": "guidance interval: the unconditional pass runs only on steps t whose progress t/T lies in "
                  "[cfg-start, cfg-end); elsewhere one conditional pass (fractions of the steps)",
     "cfg_end": "end of the guidance interval (exclusive; 1 = through the last step)",
+    "cfg_every": "the unconditional pass on every K-th guided step only; the guided steps between reuse its "
+                 "difference (conditional - unconditional logits): fewer passes (1 = every guided step)",
     "order": "which tokens each step reveals: {choices}",
     "candidates": "decode k images per image and keep the one the model's classifier finds most on-class (k times "
                   "the cost)",

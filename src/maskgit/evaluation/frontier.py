@@ -1,4 +1,5 @@
-"""`maskgit bench frontier`: quality against cost for plain step counts, cached decoding and guidance intervals.
+"""`maskgit bench frontier`: quality against cost for plain step counts, cached decoding, guidance intervals and
+guidance reused between unconditional passes (``cfg_every``).
 
 Quality: every setting on a trained model (the shipped one by default), n images per seed over several seeds,
 FD in the model's own feature space and in the independent one (``weights/eval``) and class agreement, as mean and
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-# Around the shipped model's own sampler (Halton order, CFG 1): plain T, cached schedules, guidance intervals.
+# Around the shipped model's own sampler (Halton order, CFG 1): plain T, cached schedules, guidance intervals, and
+# the unconditional pass on every K-th step only.
 SETTINGS: dict[str, dict] = {
     "plain T=4": dict(steps=4),
     "plain T=6": dict(steps=6),
@@ -30,6 +32,10 @@ SETTINGS: dict[str, dict] = {
     "T=8, CFG on [0.25, 1)": dict(steps=8, cfg_start=0.25),
     "T=8, CFG on [0, 0.5)": dict(steps=8, cfg_end=0.5),
     "T=8, cache every2, CFG on [0.25, 1)": dict(steps=8, cache="every2", cfg_start=0.25),
+    "T=8, CFG pass every 2": dict(steps=8, cfg_every=2),
+    "T=8, CFG pass every 4": dict(steps=8, cfg_every=4),
+    "T=12, CFG pass every 3": dict(steps=12, cfg_every=3),
+    "T=8, cache every2, CFG pass every 2": dict(steps=8, cache="every2", cfg_every=2),
 }
 BASE = dict(order="halton", cfg=1.0)
 

@@ -22,7 +22,7 @@ from maskgit.config import (
     SampleConfig,
 )
 from maskgit.errors import MaskGITError
-from maskgit.step_plan import guided_step
+from maskgit.step_plan import guided_step, reused_step
 
 F32 = np.float32
 SCHEDULE_NAMES = SCHEDULE_NAMES  # one list of names, defined beside the SampleConfig that checks them
@@ -250,7 +250,8 @@ def decode_loop(ops: ArrayOps, logits_fn: Callable, cur, config: SampleConfig, m
     """MaskGIT decoding of ``cur`` (B,N) int64, whose ``mask_id`` entries are unknown; known tokens never change.
 
     Per sample, N0 = the number of masked tokens at the start, so generation (all masked) and editing (some masked)
-    are the same call. Each step: the logits (with guidance on the steps ``step_plan.guided_step`` names), a token
+    are the same call. Each step: the logits (with guidance on the steps ``step_plan.guided_step`` names; with
+    ``cfg_every`` > 1 the guided steps between reuse the last guided difference, ``reused_step``), a token
     for every unknown position, then the lowest-ranked ``mask_counts`` of them masked again, ranked by the model's
     confidence in its token (plus Gumbel choice noise) or by a fixed order. ``callback(step, tokens_after_step,
     sampled)`` sees every intermediate grid. The torch decoder adds two optional hooks: ``cached`` (cached decoding,
@@ -259,14 +260,21 @@ def decode_loop(ops: ArrayOps, logits_fn: Callable, cur, config: SampleConfig, m
     B, N = cur.shape
     n0 = (cur == mask_id).sum(1)  # (B,)
     fixed = fixed_priority(ops, config.order, B, N)  # None = rank by confidence
+    guide_fn = guide if reference is None else reference.guide
+    difference = None  # cfg_every > 1: the last unconditional pass's (conditional - unconditional) logits
     for step in range(config.start_step, config.steps):
         unknown = cur == mask_id
         if not unknown.any():
             break
-        guided = guided_step(config, step)  # cfg != 0 and t/T in [cfg_start, cfg_end)
+        guided = guided_step(config, step)  # the unconditional pass runs (step_plan: interval, cfg_every)
         out = logits_fn(cur, guided) if cached is None else cached.logits(logits_fn, cur, step, guided)
+        if guided and config.cfg_every > 1:
+            difference = ops.float32(out[0]) - ops.float32(out[1])
         if guided:
-            out = (guide if reference is None else reference.guide)(*out, ops.scalar(guidance_scale(config, step)))
+            out = guide_fn(*out, ops.scalar(guidance_scale(config, step)))
+        elif difference is not None and reused_step(config, step):  # guided with the last pass's difference
+            cond = ops.float32(out)
+            out = guide_fn(cond, cond - difference, ops.scalar(guidance_scale(config, step)))
         logits = ops.float32(out)
         drawn = sample_tokens(ops, logits, config) if reference is None else reference.sample(logits)
         sampled = ops.where(unknown, drawn, cur)

@@ -111,6 +111,8 @@ def schemas() -> SimpleNamespace:
         cfg_schedule: Literal["constant", "linear"] | None = None
         cfg_start: float | None = Field(None, ge=0, le=1, description="guidance only on steps t with t/T >= this")
         cfg_end: float | None = Field(None, ge=0, le=1, description="guidance only on steps t with t/T < this")
+        cfg_every: int | None = Field(None, ge=1, le=1000, description="the unconditional pass on every K-th "
+                                      "guided step; the guided steps between reuse its difference")
         cache: str | None = Field(None, max_length=256, pattern=r"^(off|every[1-9][0-9]{0,2}|F[FC]*)$",
                                   description="cached decoding: off, everyK (a full step, then K-1 cheap ones) or "
                                               "F/C per step, e.g. FCCFCC")
