@@ -22,6 +22,7 @@ import torch
 
 from maskgit import runtime
 from maskgit.config import SampleConfig, transformer_preset, vqgan_preset
+from maskgit.outputs import uint8_images
 from maskgit.evaluation.samples import machine_description
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
@@ -90,7 +91,7 @@ def main() -> None:
     x_t = pipe.to_images(grid).numpy()
     x_o = rt.to_images(grid.numpy())
     img_diff = float(np.abs(x_t - x_o).max())
-    u8 = np.abs(runtime.pipeline.to_uint8(x_t).astype(int) - runtime.pipeline.to_uint8(x_o).astype(int)).max()
+    u8 = np.abs(uint8_images(x_t).astype(int) - uint8_images(x_o).astype(int)).max()
     print(f"logits max abs diff {logit_diff:.2e}; images max abs diff {img_diff:.2e}, uint8 {u8}/255", flush=True)
 
     # 3. tokens from the same noise, one seed per row
