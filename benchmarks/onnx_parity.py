@@ -22,10 +22,10 @@ import torch
 
 from maskgit import runtime
 from maskgit.config import SampleConfig, transformer_preset, vqgan_preset
-from maskgit.outputs import uint8_images
 from maskgit.evaluation.samples import machine_description
 from maskgit.models.transformer import MaskGITTransformer
 from maskgit.models.vqgan import VQGAN
+from maskgit.outputs import uint8_images
 from maskgit.pipeline import Pipeline, load
 from maskgit.sampling.noise import seeded
 from maskgit.storage.onnx import export_pipeline
