@@ -9,7 +9,8 @@
 # `benchmarks/trainer_profile.py --amp off,bf16`, run alone).
 #
 # Usage: benchmarks/precision_training.sh RUN_DIR TOKENS_DIR TOKENIZER_DIR
-#   (env: TOK_STEPS=800 TR_STEPS=1600 SEEDS="1 2"; STAGES=tok for the tokenizer runs only; FP32_CORE=0 BF16_CORE=1
+#   (env: TOK_STEPS=800 TR_STEPS=1600 SEEDS="1 2"; STAGES=tok or STAGES=mg for one trainer only; VAL_TOKENS=DIR a
+#   token store of held-out images for the transformer's validation loss every TR_STEPS/8 steps; FP32_CORE=0 BF16_CORE=1
 #   to place the lanes, e.g. both on one core while the other is busy; LANES=bf16 or LANES=fp32 for one lane only)
 set -euo pipefail
 R=${1:?run directory}
@@ -23,14 +24,19 @@ FEATURES=${FEATURES:-src/maskgit/weights/fashion-mnist/features}
 LANES=${LANES:-fp32,bf16}
 mkdir -p "$R"
 
+val=()
+if [[ -n ${VAL_TOKENS:-} ]]; then val=(--val-tokens "$VAL_TOKENS" --eval-every $((TR_STEPS / 8))); fi
+
 lane() {  # lane AMP CORE: every seed of one precision, on one core
   local amp=$1 core=$2 seed
   for seed in $SEEDS; do
-    OMP_NUM_THREADS=1 taskset -c "$core" maskgit train-tokenizer --data fashion-mnist --preset cpu32-f4 \
-      --batch-size 64 --max-steps "$TOK_STEPS" --disc-start $((TOK_STEPS / 2)) --perceptual "features:$FEATURES" \
-      --eval-every $((TOK_STEPS / 4)) --log-every 50 --seed "$seed" --amp "$amp" --out "$R/tok_${amp}_s$seed"
+    if [[ $STAGES == *tok* ]]; then
+      OMP_NUM_THREADS=1 taskset -c "$core" maskgit train-tokenizer --data fashion-mnist --preset cpu32-f4 \
+        --batch-size 64 --max-steps "$TOK_STEPS" --disc-start $((TOK_STEPS / 2)) --perceptual "features:$FEATURES" \
+        --eval-every $((TOK_STEPS / 4)) --log-every 50 --seed "$seed" --amp "$amp" --out "$R/tok_${amp}_s$seed"
+    fi
     [[ $STAGES == *mg* ]] || continue
-    OMP_NUM_THREADS=1 taskset -c "$core" maskgit train --tokens "$TOKENS" --tokenizer "$TOKENIZER" \
+    OMP_NUM_THREADS=1 taskset -c "$core" maskgit train --tokens "$TOKENS" --tokenizer "$TOKENIZER" "${val[@]}" \
       --preset maskgit-cpu-8x8 --batch-size 32 --lr 5e-4 --max-steps "$TR_STEPS" --warmup-steps $((TR_STEPS / 10)) \
       --log-every 50 --seed "$seed" --amp "$amp" --out "$R/mg_${amp}_s$seed"
     mkdir -p "$R/model_${amp}_s$seed"

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 import maskgit
-from maskgit.serving.app import APIError, Batcher, Job, ServerConfig, create_app
+from maskgit.serving.app import ServerConfig, create_app
+from maskgit.serving.batching import APIError, Batcher, Job
 
 SIZE = 16  # the tiny pipeline: 16x16 grey images, 8x8 tokens, classes 0..3 and a null class
 

@@ -21,7 +21,8 @@ from PIL import Image
 
 import maskgit
 from maskgit.errors import MaskGITError
-from maskgit.serving.app import Batcher, Job, ServerConfig, create_app, require_server
+from maskgit.serving.app import ServerConfig, create_app, require_server
+from maskgit.serving.batching import Batcher, Job
 
 SIZE = 16  # the tiny pipeline: 16x16 grey images, 8x8 tokens, classes 0..3 and a null class
 

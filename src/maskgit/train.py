@@ -105,11 +105,11 @@ def train_tokenizer(data: str, out: str | Path, *, preset: str | None = None, im
     ``out`` (checkpoints, metrics, reconstruction grids, final/). ``preset`` (default fmnist-f4) or ``init`` (a
     tokenizer or run to fine-tune) gives the shape; ``perceptual`` is "none" or "features:PATH"; ``workers``
     loader processes (default min(4, CPUs)); ``augment`` auto, crop-flip or none."""
-    from maskgit.data.loader import default_workers, resolve_augment
+    from maskgit.data.loader import DatasetSource, default_workers, resolve_augment
     from maskgit.models.features import FeatureNet  # noqa: F401  (registers the kind)
     from maskgit.models.vqgan import VQGAN
     from maskgit.training import finetune
-    from maskgit.training.loop import DatasetSource, train
+    from maskgit.training.loop import train
     from maskgit.training.losses import TokenizerTask
     _check_settings("train_tokenizer", settings, (TrainConfig, TokenizerTrainConfig), TOKENIZER_UNUSED)
     call = command or _python_call("train_tokenizer", data=data, out=out, preset=preset, image_size=image_size,

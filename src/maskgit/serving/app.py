@@ -47,19 +47,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from maskgit.errors import MaskGITError
-from maskgit.serving.batching import SAMPLE_FIELDS, APIError, Batcher, GenResult, Job, ServerConfig  # noqa: F401
+from maskgit.serving.batching import APIError, Batcher, ServerConfig
 from maskgit.serving.handlers import Handlers
-from maskgit.serving.schemas import (  # noqa: F401  (re-exported)
-    MAX_JSON_DEPTH,
-    MAX_PROMPT_CHARS,
-    BodyLimit,
-    b64_png,
-    decode_b64,
-    png_bytes,
-    read_png,
-    schemas,
-    validation_message,
-)
+from maskgit.serving.schemas import BodyLimit, schemas, validation_message
 
 log = logging.getLogger(__name__)
 

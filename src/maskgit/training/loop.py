@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from maskgit.config import TrainConfig, to_dict
-from maskgit.data.loader import DatasetSource, batch_indices  # noqa: F401  (DatasetSource: re-exported)
+from maskgit.data.loader import batch_indices
 from maskgit.distributed import init_distributed, shutdown_distributed
 from maskgit.errors import MaskGITError
 from maskgit.storage.checkpoint import (
@@ -37,8 +37,8 @@ from maskgit.storage.checkpoint import (
 )
 from maskgit.training.curves import plot_metrics
 from maskgit.training.lora import CONFIG_NAME, WEIGHTS_NAME, checkpoint_state, lora_modules, save_lora
-from maskgit.training.resume import TrainingInterrupted, find_checkpoint, latest_checkpoint, truncate_metrics  # noqa: F401
-from maskgit.training.schedule import BudgetSchedule, lr_factor  # noqa: F401  (lr_factor: re-exported)
+from maskgit.training.resume import TrainingInterrupted, find_checkpoint, truncate_metrics
+from maskgit.training.schedule import BudgetSchedule
 
 log = logging.getLogger(__name__)  # the run's messages (the maskgit command shows INFO on stdout)
 
