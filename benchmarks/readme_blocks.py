@@ -4,8 +4,9 @@ Every ```bash and ```python block of README.md is run in order inside a fresh `g
 a fresh virtual environment (its `bin/` first on PATH, so the README's `pip install` lines install into it, as on
 a new machine; bash blocks with `bash -e`, python blocks with its python), each under a time limit; the serving
 block runs in the background while the block of requests that follows it runs against it. Blocks that need the
-network (Google's bucket, the Hugging Face Hub) or hardware this machine lacks (CUDA, ImageNet on disk) are listed
-as skipped with the reason unless ``--all`` is given; a block still running at its time limit is listed with exit
+network (Google's bucket, the Hugging Face Hub) or hardware this machine lacks (CUDA, ImageNet on disk), and the
+blocks whose first line says they are sized for a GPU or run for over an hour on a CPU, are listed as skipped with
+the reason unless ``--all`` is given; a block still running at its time limit is listed with exit
 code 124.
 
     python3 benchmarks/readme_blocks.py --out /tmp/readme_run [--only 1,2,9] [--timeout 900]
@@ -27,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NEEDS = [  # (pattern in the block, why it cannot run on an offline CPU machine)
     (r"google/maskgit-imagenet|amused/amused-|--init amused/", "downloads weights (Google's bucket or the Hub)"),
     (r"--device cuda|/data/imagenet", "needs CUDA GPUs and ImageNet on disk"),
+    (r"^# sized for a GPU", "sized for a GPU: up to 100,000 steps per training line, many hours on a CPU"),
+    (r"^# over an hour each on a CPU", "benchmarks that run for over an hour each on a CPU"),
 ]
 
 
@@ -41,7 +44,7 @@ def blocks(readme: Path) -> list[tuple[int, str, str]]:
 
 def skip_reason(body: str) -> str | None:
     for pattern, why in NEEDS:
-        if re.search(pattern, body):
+        if re.search(pattern, body, re.M):
             return why
     return None
 

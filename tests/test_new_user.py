@@ -361,3 +361,26 @@ def test_readme_mask_line_makes_the_mask_its_edit_line_reads(tmp_path):
     from PIL import Image
     assert Image.open(tmp_path / "mask.png").size == (32, 32)
     assert Image.open(tmp_path / "out.png").size == Image.open(tmp_path / "in" / "000000.png").size
+
+
+def _readme_blocks_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("readme_blocks", ROOT / "benchmarks" / "readme_blocks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_blocks_that_cannot_run_offline_on_a_cpu_say_why_and_the_rest_carry_no_placeholder():
+    rb = _readme_blocks_module()
+    blocks = rb.blocks(ROOT / "README.md")
+    reasons = {i: rb.skip_reason(body) for i, (_, _, body) in enumerate(blocks)}
+    gpu = [i for i, (_, _, body) in enumerate(blocks) if "--preset maskgit-small-8x8 --out runs/mg" in body]
+    long = [i for i, (_, _, body) in enumerate(blocks) if "benchmarks/run_all.sh" in body]
+    assert len(gpu) == 1 and "sized for a GPU" in reasons[gpu[0]]
+    assert len(long) == 1 and "over an hour" in reasons[long[0]]
+    # the short evaluation lines are not in the long block, so they run
+    assert not any("maskgit eval" in blocks[i][2] for i in long)
+    for i, (_, _, body) in enumerate(blocks):
+        if reasons[i] is None:  # a block that runs as written refers to no file the user must bring
+            assert "imagefolder:DIR" not in body and "ref.npz" not in body, f"block {i} has a placeholder"
