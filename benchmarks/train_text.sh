@@ -23,7 +23,8 @@ TOK_EMA=${TOK_EMA:-0.99}; TR_EMA=${TR_EMA:-0.995}
 DISC_START=${DISC_START:-100000000}  # adversarial loss off by default: flat colours on black need none
 TR_MIN=${TR_MIN:-1.5}; TR_STEPS=${TR_STEPS:-100000}; TR_BS=${TR_BS:-512}; TR_PRESET=${TR_PRESET:-muse-small-8x8}
 TR_LR=${TR_LR:-5e-4}
-TEXT_MODE=${TEXT_MODE:-}; TAG=${TAG:-muse}  # TEXT_MODE empty = the preset's (prefix); TR_WARMUP=${TR_WARMUP:-500}
+TEXT_MODE=${TEXT_MODE:-}; TAG=${TAG:-muse}  # TEXT_MODE empty = the preset's (prefix)
+TR_WARMUP=${TR_WARMUP:-500}
 BIND_N=${BIND_N:-500}; BIND_STEPS=${BIND_STEPS:-4,8,12}; BIND_CFG=${BIND_CFG:-0,1,2,4}
 RESULTS=${RESULTS:-benchmarks/RESULTS.md}
 MG="python3 -m maskgit"
